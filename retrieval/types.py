@@ -61,12 +61,22 @@ class Chunk:
 
 @dataclass(frozen=True)
 class Hit:
-    """A search result: a chunk plus its fused score and the ranks that produced it."""
+    """A search result: a chunk plus its fused score and the ranks that produced it.
+
+    Attributes:
+        chunk: The passage and its provenance.
+        score: Fused (rank-based) score; comparable only within one result list.
+        dense_rank: 1-based rank in the dense list, `None` when absent from it.
+        keyword_rank: 1-based rank in the BM25 list, `None` when absent from it.
+        similarity: Cosine similarity between query and chunk embeddings, in [-1, 1]; an absolute
+            relevance signal usable for thresholds (grading, FAQ match). `None` when unknown.
+    """
 
     chunk: Chunk
     score: float
     dense_rank: int | None = None
     keyword_rank: int | None = None
+    similarity: float | None = None
 
     @property
     def text(self) -> str:
