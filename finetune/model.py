@@ -145,3 +145,59 @@ def load_tokenizer(model_path: str):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def _check_adapter_dir(adapter: str) -> Path:
+    path = Path(adapter).expanduser()
+    if not path.is_dir():
+        raise ModelNotFoundError(
+            f"adapter path {adapter} does not exist or is not a directory: pass the output "
+            f"directory of `python -m finetune train` (it holds adapter_config.json)"
+        )
+    if not (path / "adapter_config.json").is_file():
+        raise ModelNotFoundError(
+            f"adapter path {adapter} has no adapter_config.json: not a PEFT adapter directory "
+            f"(pass the output directory of `python -m finetune train`)"
+        )
+    return path
+
+
+def load_causal_lm(name_or_path: str = DEFAULT_MODEL, adapter: str | None = None, device="cpu"):
+    """Load a causal LM and its tokenizer, optionally with a LoRA adapter on top.
+
+    Args:
+        name_or_path: `"default"` (embedded SmolLM2), a local model directory or a hub id.
+        adapter: Directory of a PEFT adapter (e.g. the output of `python -m finetune train`);
+            loaded with `PeftModel.from_pretrained`, not merged.
+        device: Torch device string; CPU loads float32, CUDA bfloat16.
+
+    Returns:
+        `(model, tokenizer)`, the model in eval mode on `device`.
+
+    Raises:
+        ModelNotFoundError: The base model or the adapter cannot be found or loaded.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    adapter_path = _check_adapter_dir(adapter) if adapter is not None else None
+    path = resolve_base_model(name_or_path)
+    tokenizer = load_tokenizer(path)
+    dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    except OSError as e:
+        raise ModelNotFoundError(f"cannot load model {name_or_path} ({path}): {e}") from e
+    if adapter_path is not None:
+        from peft import PeftModel
+
+        try:
+            model = PeftModel.from_pretrained(model, str(adapter_path))
+        except (OSError, ValueError, RuntimeError) as e:
+            raise ModelNotFoundError(
+                f"cannot load adapter {adapter} onto {name_or_path}: {e} (was it trained on a "
+                f"different base model? see base_model_name_or_path in adapter_config.json)"
+            ) from e
+    model.to(device)
+    model.eval()
+    return model, tokenizer
