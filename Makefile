@@ -25,6 +25,7 @@ demo: setup
 	$(PY) samples/build_samples.py
 	CASEWISE_HOME=$(DEMO_HOME) $(PY) -m ingest samples/docs
 	CASEWISE_HOME=$(DEMO_HOME) $(PY) -m retrieval "How do I reset the router to factory settings?"
+	CASEWISE_HOME=$(DEMO_HOME) $(PY) -m agent ask "How do I reset the router to factory settings?"
 
 test: setup
 	$(PY) -m pytest -m "not slow and not gpu" -q
