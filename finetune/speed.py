@@ -2,13 +2,43 @@
 
 Owned by the GPU-speed work (issue 6). `finetune.train` parses `SpeedArgs` next to TRL's
 `SFTConfig`/`ModelConfig` and calls `configure_sft_config` before building the trainer and
-`prepare_model` after loading the quantised model. On CPU every lever is a no-op, so the CPU path
-keeps working whatever the flags say.
+`prepare_model` after loading the quantised model (before PEFT wraps it). On CPU every lever is a
+no-op, so the CPU path keeps working whatever the flags say.
+
+The levers, each on by default on a GPU and each switched off by its `--no_<name>` flag:
+
+- `use_liger`: Liger's Triton kernels for RMSNorm, SwiGLU and RoPE, patched into the model
+  instance. The LM head is not Liger's fused linear cross-entropy: TRL's `SFTTrainer` always adds
+  its own fused, chunked LM head (`trl.trainer.utils.add_fused_lm_head`), which likewise never
+  materialises the `(batch, seq, vocab)` logits, and refuses Liger's.
+- `use_padding_free`: TRL's best-fit-decreasing packing, padding-free: several examples share one
+  row, each restarts its `position_ids` at 0, and transformers turns those position ids into a
+  block-diagonal causal mask (sdpa) or varlen boundaries (flash attention), so packed examples
+  never attend to each other.
+- `gradient_checkpointing_mode`: `full` (non-reentrant, every decoder layer), `selective` (TRL's
+  selective activation checkpointing: attention outputs are saved, the rest recomputed) or `off`.
+- `checkpoint_every_n_layers`: checkpoint only every n-th decoder layer (transformers'
+  `every_n_layers`), trading spare memory back for the recompute; 1 checkpoints them all.
+- `micro_batch_size`: a different micro-batch at the same effective batch (gradient accumulation
+  is rescaled); 0 keeps the config's.
+- `use_compile`: `torch.compile` of each decoder layer (the layers share one compiled graph, so
+  compiling costs one layer's time, not 32). Off by default: see `notes/gpu.md` for its figures.
+
+The field names avoid `SFTConfig`'s own (`padding_free`, `torch_compile`): `TrlParser` builds one
+argparse parser for all dataclasses and rejects a flag defined twice.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from retrieval.errors import CasewiseError
+
+CHECKPOINT_MODES = ("full", "selective", "off")
+
+
+class SpeedConfigError(CasewiseError, ValueError):
+    """A speed setting with an impossible value."""
 
 
 @dataclass
@@ -16,25 +46,46 @@ class SpeedArgs:
     """Switches for each speed lever; each can be turned off from the CLI (`--no_<name>`).
 
     Attributes:
-        use_liger: Liger kernels (fused linear cross-entropy, RMSNorm, SwiGLU, RoPE). GPU only.
-        padding_free: Pack examples into one row with position ids; no attention across examples.
+        use_liger: Liger kernels (RMSNorm, SwiGLU, RoPE). GPU only.
+        use_padding_free: Padding-free packing with position ids; no attention across examples.
         gradient_checkpointing_mode: `"full"`, `"selective"` or `"off"`.
-        torch_compile: Compile the model with `torch.compile`.
+        checkpoint_every_n_layers: Checkpoint only every n-th decoder layer; 1 checkpoints all.
+        micro_batch_size: Micro-batch per device at the same effective batch; 0 keeps the config's.
+        use_compile: Compile each decoder layer with `torch.compile`.
     """
 
     use_liger: bool = field(default=True, metadata={"help": "Liger kernels on GPU."})
-    padding_free: bool = field(default=True, metadata={"help": "Padding-free packing on GPU."})
-    gradient_checkpointing_mode: str = field(
-        default="full", metadata={"help": "full | selective | off"}
+    use_padding_free: bool = field(
+        default=True, metadata={"help": "Padding-free packing (position ids) on GPU."}
     )
-    torch_compile: bool = field(default=False, metadata={"help": "torch.compile the model."})
+    gradient_checkpointing_mode: str = field(
+        default="full", metadata={"help": "full | selective | off (GPU only)."}
+    )
+    checkpoint_every_n_layers: int = field(
+        default=1, metadata={"help": "Checkpoint every n-th decoder layer only (1: all of them)."}
+    )
+    micro_batch_size: int = field(
+        default=0,
+        metadata={"help": "Micro-batch per GPU at the same effective batch; 0 keeps the config's."},
+    )
+    use_compile: bool = field(
+        default=False, metadata={"help": "torch.compile each decoder layer on GPU."}
+    )
 
     def __post_init__(self) -> None:
-        modes = ("full", "selective", "off")
-        if self.gradient_checkpointing_mode not in modes:
-            raise ValueError(
+        if self.gradient_checkpointing_mode not in CHECKPOINT_MODES:
+            raise SpeedConfigError(
                 f"gradient_checkpointing_mode ({self.gradient_checkpointing_mode!r}) must be one "
-                f"of {', '.join(modes)}"
+                f"of {', '.join(CHECKPOINT_MODES)}"
+            )
+        if self.checkpoint_every_n_layers < 1:
+            raise SpeedConfigError(
+                f"checkpoint_every_n_layers ({self.checkpoint_every_n_layers}) must be at least 1 "
+                "(1 checkpoints every layer; use gradient_checkpointing_mode off for none)"
+            )
+        if self.micro_batch_size < 0:
+            raise SpeedConfigError(
+                f"micro_batch_size ({self.micro_batch_size}) must be 0 (keep the config's) or positive"
             )
 
 
@@ -45,10 +96,170 @@ def configure_sft_config(sft_config, speed: SpeedArgs, on_gpu: bool):
         sft_config: A `trl.SFTConfig` to adjust in place.
         speed: Which levers are on.
         on_gpu: Whether training runs on CUDA; on CPU nothing changes.
+
+    Returns:
+        The same `sft_config`.
     """
+    if not on_gpu:
+        return sft_config
+    if speed.use_padding_free:
+        # Packing with "bfd" is TRL's padding-free mode: it needs no max_length-free dataset and
+        # keeps each example whole (bfd truncates only examples longer than max_length).
+        sft_config.packing = True
+        sft_config.packing_strategy = "bfd"
+        sft_config.padding_free = True
+    _set_checkpointing(sft_config, checkpointing_kwargs(speed))
+    if speed.micro_batch_size:
+        effective = sft_config.per_device_train_batch_size * sft_config.gradient_accumulation_steps
+        sft_config.per_device_train_batch_size = speed.micro_batch_size
+        sft_config.gradient_accumulation_steps = max(1, effective // speed.micro_batch_size)
+    # Liger and compilation are applied to the model instance by `prepare_model`; TRL's own
+    # `use_liger_kernel`/`torch_compile` would apply them a second time (whole-model compile).
     return sft_config
 
 
+def checkpointing_kwargs(speed: SpeedArgs) -> dict | None:
+    """The trainer's `activation_checkpointing_kwargs` for `speed`, or None for no checkpointing."""
+    if speed.gradient_checkpointing_mode == "off":
+        return None
+    kwargs = {"use_reentrant": False}
+    if speed.gradient_checkpointing_mode == "selective":
+        kwargs["selective"] = True  # TRL's key for selective activation checkpointing
+    if speed.checkpoint_every_n_layers > 1:
+        kwargs["every_n_layers"] = speed.checkpoint_every_n_layers
+    return kwargs
+
+
+def _set_checkpointing(sft_config, kwargs: dict | None) -> None:
+    # transformers 5.2x renamed `gradient_checkpointing*` to `activation_checkpointing*` and mirrors
+    # the two only in `__post_init__`; TRL reads the old names, the Trainer the new ones.
+    enabled = kwargs is not None
+    for flag, key in (("gradient_checkpointing", "gradient_checkpointing_kwargs"),
+                      ("activation_checkpointing", "activation_checkpointing_kwargs")):
+        if hasattr(sft_config, flag):
+            setattr(sft_config, flag, enabled)
+            setattr(sft_config, key, dict(kwargs) if enabled else None)
+
+
+def apply_liger(model) -> None:
+    """Patch Liger's RMSNorm, SwiGLU and RoPE kernels into `model` (not its LM head).
+
+    Raises:
+        SpeedConfigError: liger-kernel is not installed.
+    """
+    try:
+        from liger_kernel.transformers import _apply_liger_kernel_to_instance
+    except ImportError as e:
+        raise SpeedConfigError(
+            "use_liger is on but liger-kernel is not installed: `pip install liger-kernel==0.8.5` "
+            "or pass --no_use_liger"
+        ) from e
+    _apply_liger_kernel_to_instance(
+        model=model, rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
+        fused_linear_cross_entropy=False,
+    )
+
+
+def decoder_layers(model):
+    """The decoder layers of a causal LM (or of the model a PEFT wrapper holds)."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return inner.model.layers
+
+
 def prepare_model(model, speed: SpeedArgs, on_gpu: bool):
-    """Apply the levers that patch the model itself; returns the model."""
+    """Apply the levers that patch the model itself; returns the model.
+
+    Call it on the quantised base model before PEFT wraps it. Checkpointing is only prepared here
+    (selective mode wraps `gradient_checkpointing_enable`); the trainer, or the caller, enables it.
+
+    Args:
+        model: A transformers causal LM.
+        speed: Which levers are on.
+        on_gpu: Whether training runs on CUDA; on CPU the model is returned untouched.
+
+    Returns:
+        The same model, patched.
+    """
+    if not on_gpu:
+        return model
+    # transformers builds the block-diagonal mask from packed position ids only when no KV cache
+    # exists; training never needs one, and with checkpointing off the config would create it.
+    model.config.use_cache = False
+    if speed.use_liger:
+        apply_liger(model)
+    if speed.gradient_checkpointing_mode == "selective":
+        from trl.models.selective_activation_checkpointing import (
+            enable_selective_activation_checkpointing,
+        )
+
+        enable_selective_activation_checkpointing(model)
+    if speed.use_compile:
+        for layer in decoder_layers(model):
+            layer.compile()
     return model
+
+
+def enable_checkpointing(model, speed: SpeedArgs) -> None:
+    """Turn activation checkpointing on or off as `speed` says, as the Trainer does from the config.
+
+    Used by the benchmark's own loop on the base model (before PEFT); `SFTTrainer` does the same
+    from `configure_sft_config`'s settings.
+    """
+    kwargs = checkpointing_kwargs(speed)
+    if kwargs is None:
+        model.gradient_checkpointing_disable()
+        return
+    every = kwargs.pop("every_n_layers", 1)
+    if kwargs.pop("selective", False):
+        from trl.models.selective_activation_checkpointing import (
+            enable_selective_activation_checkpointing,
+        )
+
+        enable_selective_activation_checkpointing(model)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs, every_n_layers=every)
+    model.enable_input_require_grads()
+
+
+def per_example_losses(model, sequences, *, padding_free: bool) -> list[float]:
+    """Mean next-token loss of each sequence, computed packed (one row) or padded (one row each).
+
+    The correctness check for padding-free packing: both ways must give the same loss per example,
+    which holds only if packed examples do not attend to each other. Batches are built by TRL's
+    own `DataCollatorForLanguageModeling`, the collator `SFTTrainer` uses.
+
+    Args:
+        model: A causal LM (eval mode recommended, so dropout does not differ between the passes).
+        sequences: Token id lists, each at least two tokens long.
+        padding_free: Pack all sequences into one row with restarting position ids.
+
+    Returns:
+        One float per sequence.
+    """
+    import torch
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    collator = DataCollatorForLanguageModeling(pad_token_id=0, padding_free=padding_free)
+    batch = collator([{"input_ids": list(s)} for s in sequences])
+    device = next(model.parameters()).device
+    inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "position_ids")
+              if k in batch}
+    with torch.no_grad():
+        # A KV cache (use_cache) hides packed position ids from the mask builder: keep it off.
+        logits = model(**inputs, use_cache=False).logits.float()
+    labels = batch["labels"].to(device)
+    logp = torch.log_softmax(logits[:, :-1], dim=-1)
+    target = labels[:, 1:]
+    nll = -logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    losses = []
+    if padding_free:
+        # Token t of the row belongs to the example whose span holds it; targets at each
+        # example's first token are -100 (the collator masks position 0).
+        start = 0
+        for s in sequences:
+            span = slice(start, start + len(s) - 1)
+            losses.append(nll[0, span].mean().item())
+            start += len(s)
+    else:
+        for i, s in enumerate(sequences):
+            losses.append(nll[i, : len(s) - 1].mean().item())
+    return losses

@@ -1,0 +1,136 @@
+"""CPU tests of the speed levers: flag parsing, CPU no-op, GPU config mapping, packing correctness."""
+
+from __future__ import annotations
+
+import pytest
+
+from finetune.speed import (
+    SpeedArgs,
+    SpeedConfigError,
+    configure_sft_config,
+    per_example_losses,
+    prepare_model,
+)
+from retrieval.errors import CasewiseError
+
+
+def _parse(argv):
+    from trl import ModelConfig, SFTConfig, TrlParser
+
+    parser = TrlParser((SFTConfig, ModelConfig, SpeedArgs))
+    return parser.parse_args_and_config(argv)
+
+
+def _sft(**kw):
+    from trl import SFTConfig
+
+    return SFTConfig(output_dir="unused", report_to="none", use_cpu=True, **kw)
+
+
+def test_defaults_turn_every_lever_but_compile_on():
+    speed = SpeedArgs()
+    assert speed.use_liger and speed.use_padding_free
+    assert speed.gradient_checkpointing_mode == "full"
+    assert speed.micro_batch_size == 0 and not speed.use_compile
+
+
+def test_no_flags_switch_levers_off_next_to_trl_configs():
+    sft, _, speed = _parse([
+        "--output_dir", "out", "--use_cpu", "--no_use_liger", "--no_use_padding_free",
+        "--gradient_checkpointing_mode", "selective", "--micro_batch_size", "4", "--use_compile",
+        "--checkpoint_every_n_layers", "2",
+    ])
+    assert not speed.use_liger and not speed.use_padding_free
+    assert speed.gradient_checkpointing_mode == "selective"
+    assert speed.micro_batch_size == 4 and speed.use_compile
+    assert speed.checkpoint_every_n_layers == 2
+    assert sft.output_dir == "out"
+
+
+def test_yaml_config_sets_levers(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("output_dir: out\nuse_cpu: true\nuse_liger: false\ngradient_checkpointing_mode: 'off'\n")
+    _, _, speed = _parse(["--config", str(cfg)])
+    assert not speed.use_liger and speed.gradient_checkpointing_mode == "off"
+    assert speed.use_padding_free
+
+
+@pytest.mark.parametrize("kw", [{"gradient_checkpointing_mode": "some"}, {"micro_batch_size": -1},
+                                {"checkpoint_every_n_layers": 0}])
+def test_bad_values_are_user_errors_naming_the_field(kw):
+    with pytest.raises(CasewiseError) as err:
+        SpeedArgs(**kw)
+    assert next(iter(kw)) in str(err.value)
+    assert isinstance(err.value, SpeedConfigError)
+
+
+def test_cpu_leaves_config_and_model_untouched(tiny_llama):
+    sft = _sft(per_device_train_batch_size=2, gradient_accumulation_steps=4)
+    before = sft.to_dict()
+    speed = SpeedArgs(micro_batch_size=8, gradient_checkpointing_mode="off", use_compile=True)
+    assert configure_sft_config(sft, speed, on_gpu=False) is sft
+    assert sft.to_dict() == before
+    forwards = {name: m.forward for name, m in tiny_llama.named_modules()}
+    assert prepare_model(tiny_llama, speed, on_gpu=False) is tiny_llama
+    assert {name: m.forward for name, m in tiny_llama.named_modules()} == forwards
+
+
+def test_gpu_config_mapping():
+    sft = _sft(per_device_train_batch_size=2, gradient_accumulation_steps=4)
+    configure_sft_config(sft, SpeedArgs(gradient_checkpointing_mode="selective",
+                                        checkpoint_every_n_layers=2, micro_batch_size=8),
+                         on_gpu=True)
+    assert sft.padding_free and sft.packing and sft.packing_strategy == "bfd"
+    assert sft.gradient_checkpointing
+    want = {"use_reentrant": False, "selective": True, "every_n_layers": 2}
+    assert sft.gradient_checkpointing_kwargs == want == sft.activation_checkpointing_kwargs
+    assert sft.activation_checkpointing
+    assert (sft.per_device_train_batch_size, sft.gradient_accumulation_steps) == (8, 1)
+    assert not sft.use_liger_kernel and not sft.torch_compile
+
+
+def test_gpu_levers_off_leave_packing_and_disable_checkpointing():
+    sft = _sft(gradient_checkpointing_kwargs={"selective": True})
+    configure_sft_config(sft, SpeedArgs(use_padding_free=False, gradient_checkpointing_mode="off"),
+                         on_gpu=True)
+    assert not sft.padding_free and not sft.packing
+    assert not sft.gradient_checkpointing and not sft.activation_checkpointing
+    sft = _sft(gradient_checkpointing_kwargs={"selective": True})
+    configure_sft_config(sft, SpeedArgs(), on_gpu=True)
+    assert sft.activation_checkpointing_kwargs == {"use_reentrant": False}
+
+
+def test_prepare_model_on_gpu_without_liger_says_how_to_fix(tiny_llama, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "liger_kernel", None)
+    monkeypatch.setitem(sys.modules, "liger_kernel.transformers", None)
+    with pytest.raises(SpeedConfigError, match="--no_use_liger"):
+        prepare_model(tiny_llama, SpeedArgs(), on_gpu=True)
+
+
+def test_selective_mode_wraps_checkpointing(tiny_llama):
+    prepare_model(tiny_llama, SpeedArgs(use_liger=False, gradient_checkpointing_mode="selective"),
+                  on_gpu=True)
+    assert getattr(tiny_llama.gradient_checkpointing_enable, "_is_sac_wrapped", False)
+
+
+def test_padding_free_packing_gives_the_same_per_example_loss(tiny_llama):
+    import torch
+
+    tiny_llama.eval()
+    g = torch.Generator().manual_seed(1)
+    seqs = [torch.randint(1, 512, (n,), generator=g).tolist() for n in (17, 5, 30, 9)]
+    unpacked = per_example_losses(tiny_llama, seqs, padding_free=False)
+    packed = per_example_losses(tiny_llama, seqs, padding_free=True)
+    assert packed == pytest.approx(unpacked, abs=1e-4)
+    # The check is honest: the same row with continuous positions (examples see each other)
+    # changes every example's loss but the first.
+    row = torch.tensor([sum(seqs, [])])
+    with torch.no_grad():
+        logp = torch.log_softmax(tiny_llama(input_ids=row).logits[0, :-1].float(), dim=-1)
+    nll = -logp.gather(-1, row[0, 1:].unsqueeze(-1)).squeeze(-1)
+    starts = [0, 17, 22, 52]
+    leaky = [nll[a:a + len(s) - 1].mean().item() for a, s in zip(starts, seqs)]
+    assert leaky[0] == pytest.approx(unpacked[0], abs=1e-4)
+    assert all(abs(x - y) > 1e-3 for x, y in zip(leaky[1:], unpacked[1:]))
