@@ -1,0 +1,179 @@
+"""`Assistant`: the one object the CLI and eval use to ask questions.
+
+    assistant = Assistant.from_settings(Settings.resolve(), LocalChatModel())
+    result = assistant.ask("How do I reset the router?", thread_id="ticket-42")
+
+`ask` runs the graph to the end and returns an `AgentAnswer`; `stream` yields the model's tokens
+as they come and returns the `AgentAnswer` (as the generator's return value, also kept in
+`last_answer`). Conversation memory is LangGraph's SQLite checkpointer at
+`settings.memory_path`, keyed by `thread_id`; a `thread_id` of `None` is a one-off question with
+no memory (what eval wants).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+import uuid
+from collections.abc import Generator
+from pathlib import Path
+
+from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
+from langgraph.checkpoint.sqlite import SqliteSaver
+
+from agent.context import Context
+from agent.faq import DEFAULT_FAQ_THRESHOLD, FaqMatcher
+from agent.graph import build_graph
+from agent.llm import ChatBackend
+from agent.state import AgentAnswer
+from retrieval.settings import Settings
+from retrieval.types import Searcher
+
+# Types that checkpoints may hold (LangGraph refuses to revive unregistered classes).
+_CHECKPOINT_TYPES = [
+    ("retrieval.types", "Chunk"),
+    ("retrieval.types", "Hit"),
+    ("retrieval.types", "Citation"),
+    ("agent.state", "FaqMatch"),
+]
+
+
+def open_memory(path: Path) -> SqliteSaver:
+    """A SQLite checkpointer at `path` (created with its directory when missing)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # The CLI streams from a worker thread of LangGraph; SqliteSaver serialises access itself.
+    conn = sqlite3.connect(str(path), check_same_thread=False)
+    return SqliteSaver(conn, serde=_serde())
+
+
+def _serde() -> JsonPlusSerializer:
+    return JsonPlusSerializer(allowed_msgpack_modules=_CHECKPOINT_TYPES)
+
+
+class Assistant:
+    """Ask questions against an index with a chat model, with per-thread memory.
+
+    Args:
+        searcher: Retrieval over the index.
+        llm: The reasoning model.
+        memory_path: SQLite file for conversation memory; `None` keeps memory in this process.
+        faq: FAQ matcher, or `None` to skip FAQ matching.
+        **context: Further `agent.context.Context` fields (`top_k`, thresholds, ...).
+    """
+
+    def __init__(
+        self,
+        searcher: Searcher,
+        llm: ChatBackend,
+        *,
+        memory_path: Path | None = None,
+        faq: FaqMatcher | None = None,
+        **context,
+    ) -> None:
+        self.context = Context(searcher=searcher, llm=llm, faq=faq, **context)
+        if memory_path is not None:
+            self._memory = open_memory(Path(memory_path))
+        else:
+            from langgraph.checkpoint.memory import InMemorySaver
+
+            self._memory = InMemorySaver(serde=_serde())
+        self.graph = build_graph(checkpointer=self._memory)
+        self.last_answer: AgentAnswer | None = None
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        llm: ChatBackend,
+        *,
+        top_k: int = 5,
+        faq_threshold: float | None = None,
+        **context,
+    ) -> Assistant:
+        """Open the index described by `settings` and build an assistant on it.
+
+        Raises:
+            IndexNotFoundError: No index at `settings.home` (run `python -m ingest docs/`).
+        """
+        from retrieval.search import open_searcher
+
+        searcher = open_searcher(settings)
+        threshold = DEFAULT_FAQ_THRESHOLD if faq_threshold is None else faq_threshold
+        return cls(
+            searcher, llm, memory_path=settings.memory_path,
+            faq=FaqMatcher(searcher, threshold=threshold), top_k=top_k, **context,
+        )
+
+    @staticmethod
+    def _config(thread_id: str | None) -> dict:
+        return {"configurable": {"thread_id": thread_id or f"oneoff-{uuid.uuid4().hex}"}}
+
+    @staticmethod
+    def _check(question: str) -> str:
+        if not question or not question.strip():
+            raise ValueError("the question is empty: type a question about the documents")
+        return question.strip()
+
+    def ask(self, question: str, thread_id: str | None = None) -> AgentAnswer:
+        """Answer one question (blocking).
+
+        Args:
+            question: The question as typed.
+            thread_id: Conversation id; earlier turns of that thread resolve follow-ups.
+
+        Raises:
+            ValueError: The question is empty.
+        """
+        generator = self.stream(question, thread_id)
+        while True:
+            try:
+                next(generator)
+            except StopIteration as done:
+                return done.value
+
+    def stream(self, question: str, thread_id: str | None = None) -> Generator[str, None, AgentAnswer]:
+        """Yield the model's tokens as generated; return the `AgentAnswer`.
+
+        Refusals and abstentions decided before generation yield nothing; read the returned
+        answer (or `last_answer`) for the final text and citations.
+
+        Raises:
+            ValueError: The question is empty.
+        """
+        question = self._check(question)
+        start = time.perf_counter()
+        final: dict = {}
+        for mode, chunk in self.graph.stream(
+            {"question": question}, self._config(thread_id), context=self.context,
+            stream_mode=["custom", "values"],
+        ):
+            if mode == "custom":
+                yield chunk
+            else:
+                final = chunk
+        timings = {k: round(v, 4) for k, v in (final.get("timings") or {}).items()}
+        timings.setdefault("retrieve", 0.0)
+        timings.setdefault("generate", 0.0)
+        timings["total"] = round(time.perf_counter() - start, 4)
+        self.last_answer = AgentAnswer(
+            question=question,
+            answer=final.get("answer", ""),
+            reasoning=final.get("reasoning", ""),
+            citations=list(final.get("citations") or []),
+            contexts=list(final.get("contexts") or []),
+            abstained=bool(final.get("abstained")),
+            refused=bool(final.get("refused")),
+            faq_match=final.get("faq_match"),
+            timings=timings,
+        )
+        return self.last_answer
+
+    def history(self, thread_id: str) -> list[dict]:
+        """The conversation of `thread_id` as `{"role", "content", ...}` dicts (oldest first)."""
+        state = self.graph.get_state(self._config(thread_id))
+        return list(state.values.get("messages") or [])
+
+    def close(self) -> None:
+        """Close the memory database."""
+        if isinstance(self._memory, SqliteSaver):
+            self._memory.conn.close()

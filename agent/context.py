@@ -1,0 +1,66 @@
+"""Run-scoped dependencies and settings of the agent graph (LangGraph's `context_schema`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from agent.faq import FaqMatcher
+from agent.llm import ChatBackend
+from retrieval.types import Searcher
+
+# Grading thresholds, calibrated for all-MiniLM-L6-v2 cosine similarities on the emanual manual
+# (relevant passages mostly score 0.35-0.7 against their question, off-topic ones below 0.25).
+# `notes/agent.md` explains how to re-check them for another embedder.
+DEFAULT_MIN_SIMILARITY = 0.40
+DEFAULT_MIN_OVERLAP = 0.5
+DEFAULT_OVERLAP_FLOOR = 0.20
+
+
+@dataclass
+class Context:
+    """What every node of one run may use.
+
+    Attributes:
+        searcher: Retrieval over the index (`retrieval.search.HybridSearcher` or a fake).
+        llm: The reasoning model.
+        top_k: Passages retrieved per search.
+        max_contexts: Passages kept after grading and shown to the model.
+        min_similarity: A passage whose cosine similarity to the query reaches this is relevant.
+        min_overlap: Alternatively, a passage holding at least this fraction of the query's
+            content words is relevant if its similarity is at least `overlap_floor`.
+        overlap_floor: See `min_overlap`.
+        max_rewrites: Query rewrites allowed when grading keeps nothing (then abstain).
+        rewrite_with_llm: Rewrite follow-ups and failed queries with the LLM instead of the
+            deterministic keyword rules (worth it with a capable remote model, not with 135M).
+        history_turns: Earlier question/answer pairs placed before the question in the prompt.
+        max_new_tokens: Cap on generated tokens per answer.
+        faq: FAQ matcher run beside retrieval, or `None`.
+    """
+
+    searcher: Searcher
+    llm: ChatBackend
+    top_k: int = 5
+    max_contexts: int = 3
+    min_similarity: float = DEFAULT_MIN_SIMILARITY
+    min_overlap: float = DEFAULT_MIN_OVERLAP
+    overlap_floor: float = DEFAULT_OVERLAP_FLOOR
+    max_rewrites: int = 1
+    rewrite_with_llm: bool = False
+    history_turns: int = 0
+    max_new_tokens: int = 256
+    faq: FaqMatcher | None = None
+
+    def __post_init__(self) -> None:
+        if self.top_k < 1:
+            raise ValueError(f"top_k ({self.top_k}) must be at least 1")
+        if not 1 <= self.max_contexts:
+            raise ValueError(f"max_contexts ({self.max_contexts}) must be at least 1")
+        if not -1.0 <= self.overlap_floor <= self.min_similarity <= 1.0:
+            raise ValueError(
+                f"thresholds must satisfy -1 <= overlap_floor ({self.overlap_floor}) <= "
+                f"min_similarity ({self.min_similarity}) <= 1"
+            )
+        if not 0.0 < self.min_overlap <= 1.0:
+            raise ValueError(f"min_overlap ({self.min_overlap}) must be in (0, 1]")
+        if self.max_rewrites < 0:
+            raise ValueError(f"max_rewrites ({self.max_rewrites}) must be 0 or more")

@@ -1,0 +1,59 @@
+"""Conversation memory survives a restart: new Assistant objects and new processes."""
+
+import json
+import os
+import subprocess
+import sys
+
+from agent.api import Assistant
+from tests.agent.conftest import FakeSearcher, RESET, LIGHTS
+from tests.conftest import REPO, ScriptedChatModel
+
+GOOD = "Reasoning: Passage [1] says so.\nAnswer: Hold Reset for 10 seconds.\nSources: [router_manual.pdf p.4]"
+THRESHOLDS = dict(min_similarity=0.45, overlap_floor=0.2, min_overlap=0.5)
+
+
+def test_history_survives_a_new_assistant(tmp_path):
+    path = tmp_path / "memory.sqlite"
+    first = Assistant(FakeSearcher([RESET, LIGHTS]), ScriptedChatModel([GOOD]), memory_path=path,
+                      **THRESHOLDS)
+    first.ask("How do I reset the router to factory settings?", thread_id="s1")
+    first.close()
+
+    searcher = FakeSearcher([RESET, LIGHTS])
+    second = Assistant(searcher, ScriptedChatModel([GOOD]), memory_path=path, **THRESHOLDS)
+    history = second.history("s1")
+    assert history[0]["content"] == "How do I reset the router to factory settings?"
+    assert history[1]["content"] == "Hold Reset for 10 seconds."
+    assert second.history("other") == []
+    # The restored conversation resolves a follow-up.
+    second.ask("and how long do I hold it?", thread_id="s1")
+    assert searcher.queries[0][0].startswith("and how long") and "factory" in searcher.queries[0][0]
+    assert len(second.history("s1")) == 4
+
+
+SCRIPT = """
+import json, sys
+from agent.api import Assistant
+from tests.agent.conftest import FakeSearcher, RESET
+from tests.conftest import ScriptedChatModel
+path, mode = sys.argv[1], sys.argv[2]
+a = Assistant(FakeSearcher([RESET]), ScriptedChatModel([{good!r}]), memory_path=path,
+              min_similarity=0.45, overlap_floor=0.2)
+if mode == "ask":
+    a.ask("How do I reset the router to factory settings?", thread_id="proc")
+print(json.dumps(a.history("proc")))
+"""
+
+
+def test_history_survives_a_new_process(tmp_path):
+    path = tmp_path / "memory.sqlite"
+    script = SCRIPT.format(good=GOOD)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for mode in ("ask", "read"):
+        out = subprocess.run([sys.executable, "-c", script, str(path), mode], cwd=REPO, env=env,
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+    history = json.loads(out.stdout.strip().splitlines()[-1])
+    assert [m["role"] for m in history] == ["user", "assistant"]
+    assert history[1]["citations"] == ["[router_manual.pdf p.4]"]
