@@ -1,4 +1,4 @@
-"""Evaluation of casewise: question sets through the agent, RAGAS and project metrics, reports, gate.
+"""Evaluation of casewise: questions through the agent, RAGAS and project metrics, report, gate.
 
 Nothing else in the project imports this package; it sits on top of `retrieval`, `agent` and
 `finetune`.

@@ -132,7 +132,8 @@ def load_questions(path: str | Path) -> tuple[list[Question], list[LineProblem]]
         try:
             q = _parse_line(json.loads(line))
         except json.JSONDecodeError as e:
-            problems.append(LineProblem(str(path), n, f"invalid JSON ({e.msg} at column {e.colno})"))
+            why = f"invalid JSON ({e.msg} at column {e.colno})"
+            problems.append(LineProblem(str(path), n, why))
             continue
         except ValueError as e:
             problems.append(LineProblem(str(path), n, str(e)))

@@ -1,0 +1,292 @@
+"""The evaluation report: `report.md`, one self-contained `report.html`, PNG charts.
+
+The HTML embeds its charts as base64 PNG `<img>` data URIs, so the single file can be mailed or
+attached to a release ticket. It shows the judge used (with a prominent warning for the embedded
+135M model), a table of every metric per system with scored / not-scored counts, bar charts of
+each metric per system side by side, score distributions, the ten worst answers per metric with
+their contexts and the judge's reasons, the reasons rows were not scored, and the resolved config.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from collections import Counter
+from pathlib import Path
+
+from eval.metrics import LOWER_IS_BETTER, PROJECT_METRICS
+from eval.ragas_metrics import LLM_METRICS, RAGAS_METRICS
+
+WORST_N = 10
+
+
+def _fmt(mean: float | None) -> str:
+    return "n/a" if mean is None else f"{mean:.3f}"
+
+
+def metric_names(results: dict) -> list[str]:
+    """Metrics present in the results, project metrics first, in a fixed order."""
+    present = {m for per in results["metrics"].values() for m in per}
+    return [m for m in PROJECT_METRICS + RAGAS_METRICS if m in present]
+
+
+def summary_table(results: dict) -> str:
+    """Markdown table: one row per metric, one column per system, `mean (scored/applicable)`."""
+    systems = results["systems"]
+    lines = ["| metric | " + " | ".join(systems) + " |", "|---" * (len(systems) + 1) + "|"]
+    for m in metric_names(results):
+        cells = []
+        for s in systems:
+            a = results["metrics"].get(s, {}).get(m)
+            if a is None:
+                cells.append("-")
+            else:
+                n = a["n_scored"] + a["n_not_scored"]
+                cells.append(f"{_fmt(a['mean'])} ({a['n_scored']}/{n})")
+        arrow = " (lower is better)" if m in LOWER_IS_BETTER else ""
+        lines.append(f"| {m}{arrow} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def bar_chart(results: dict) -> bytes:
+    """Each metric's mean per system, side by side (PNG bytes)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    metrics, systems = metric_names(results), results["systems"]
+    fig, ax = plt.subplots(figsize=(max(8, 0.9 * len(metrics) + 2), 4.5))
+    width = 0.8 / max(1, len(systems))
+    x = np.arange(len(metrics))
+    for i, s in enumerate(systems):
+        vals = [results["metrics"].get(s, {}).get(m, {}).get("mean") for m in metrics]
+        ax.bar(x + i * width, [v if v is not None else 0 for v in vals], width, label=s)
+        for xi, v in zip(x, vals, strict=True):
+            if v is None:
+                ax.text(xi + i * width, 0.01, "n/a", ha="center", fontsize=6, rotation=90)
+    ax.set_xticks(x + width * (len(systems) - 1) / 2)
+    ax.set_xticklabels([m + (" ↓" if m in LOWER_IS_BETTER else "") for m in metrics],
+                       rotation=40, ha="right", fontsize=8)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("mean over scored rows")
+    ax.set_title("Metrics per system (↓: lower is better)")
+    ax.legend(fontsize=8)
+    data = _png(fig)
+    plt.close(fig)
+    return data
+
+
+def distribution_chart(results: dict) -> bytes:
+    """Histograms of the continuous RAGAS scores per metric, one series per system."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = [m for m in metric_names(results) if m in RAGAS_METRICS] or metric_names(results)
+    cols = 3
+    rows_n = max(1, (len(metrics) + cols - 1) // cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(11, 2.8 * rows_n), squeeze=False)
+    for ax, m in zip(axes.flat, metrics, strict=False):
+        for s in results["systems"]:
+            vals = [r["scores"][m]["value"] for r in results["rows"]
+                    if r["system"] == s and (r["scores"].get(m) or {}).get("value") is not None]
+            if vals:
+                ax.hist(vals, bins=10, range=(0, 1), alpha=0.5, label=f"{s} (n={len(vals)})")
+        ax.set_title(m, fontsize=9)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=6)
+    for ax in list(axes.flat)[len(metrics):]:
+        ax.axis("off")
+    fig.suptitle("Score distributions (scored rows only)")
+    data = _png(fig)
+    plt.close(fig)
+    return data
+
+
+def worst_rows(results: dict, metric: str, n: int = WORST_N) -> list[dict]:
+    """The `n` worst scored rows for `metric` (highest for lower-is-better metrics)."""
+    rows = [r for r in results["rows"]
+            if metric in r["scores"] and r["scores"][metric]["value"] is not None]
+    rows.sort(key=lambda r: r["scores"][metric]["value"], reverse=metric in LOWER_IS_BETTER)
+    return rows[:n]
+
+
+def not_scored_reasons(results: dict, metric: str) -> Counter:
+    """Why rows of `metric` were not scored (reason text with its first detail cut)."""
+    c: Counter = Counter()
+    for r in results["rows"]:
+        s = r["scores"].get(metric)
+        if s is not None and s["value"] is None:
+            c[s["reason"].split(":")[0][:120]] += 1
+    return c
+
+
+def _judge_lines(results: dict) -> list[str]:
+    from eval.runner import EMBEDDED_JUDGE_WARNING
+
+    j = results["judge"]
+    lines = [f"Judge for the LLM-judged RAGAS metrics: **{j['name']}** ({j['kind']})."]
+    if j["kind"] != "none":
+        lines.append(f"LLM-judged metrics ran on {len(j['llm_judged_questions'])} question(s) "
+                     f"per system; every other metric covers every row.")
+    else:
+        lines.append("LLM-judged metrics were not run (`--judge none`).")
+    if j["weak"]:
+        lines.append(f"**WARNING: {EMBEDDED_JUDGE_WARNING}**")
+    return lines
+
+
+def write_markdown(run_dir: Path, results: dict) -> str:
+    """`report.md`: judge, summary table, not-scored reasons, worst answers (short), config."""
+    out = ["# casewise evaluation", ""]
+    out += [line + "\n" for line in _judge_lines(results)]
+    out += ["## Summary", "",
+            "Each cell: mean over scored rows (scored / rows the metric applies to).", "",
+            summary_table(results), ""]
+    if results.get("missing_answers"):
+        out += [f"**{results['missing_answers']} (system, question) answers are missing**: "
+                "the run was interrupted; re-run the same command to resume.", ""]
+    out += ["![metrics per system](charts/metrics.png)", "",
+            "![score distributions](charts/distributions.png)", "", "## Not scored", ""]
+    any_ns = False
+    for m in metric_names(results):
+        for reason, k in not_scored_reasons(results, m).most_common(5):
+            out.append(f"- {m}: {k} row(s): {reason}")
+            any_ns = True
+    if not any_ns:
+        out.append("Every applicable row was scored.")
+    out += ["", "## Worst answers (3 per metric; the HTML report has 10 with contexts)", ""]
+    for m in metric_names(results):
+        out.append(f"### {m}")
+        for r in worst_rows(results, m, 3):
+            ans = " ".join((r.get("answer") or "").split())[:200]
+            out.append(f"- `{r['system']}` {r['id']} = {r['scores'][m]['value']:.3f}: "
+                       f"{r['question'][:120]} -> {ans}")
+        out.append("")
+    out += ["## Resolved config", "", "```json",
+            json.dumps(results["config"], indent=2), "```", ""]
+    text = "\n".join(out)
+    (run_dir / "report.md").write_text(text, encoding="utf-8")
+    return text
+
+
+_CSS = """
+body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;
+font-size:14px;text-align:left;vertical-align:top}th{background:#f3f3f3}
+.warn{background:#fff1c2;border:3px solid #d08700;padding:1em;font-size:16px;margin:1em 0}
+.ok{background:#eef7ee;border:1px solid #7a7;padding:.6em}pre{background:#f6f6f6;padding:1em;
+overflow:auto;font-size:12px}details{margin:.2em 0}.ctx{font-size:12px;color:#444;
+white-space:pre-wrap}img{max-width:100%}
+"""
+
+
+def _e(text) -> str:
+    return html.escape(str(text if text is not None else ""))
+
+
+def _img(name: str, png: bytes, alt: str) -> str:
+    b64 = base64.b64encode(png).decode("ascii")
+    return f'<img class="chart" id="{name}" alt="{_e(alt)}" src="data:image/png;base64,{b64}">'
+
+
+def _table_html(results: dict) -> str:
+    systems = results["systems"]
+    head = "".join(f"<th>{_e(s)}</th>" for s in systems)
+    body = []
+    for m in metric_names(results):
+        cells = []
+        for s in systems:
+            a = results["metrics"].get(s, {}).get(m)
+            if a is None:
+                cells.append("<td>-</td>")
+            else:
+                cells.append(f"<td><b>{_fmt(a['mean'])}</b><br><small>scored {a['n_scored']}, "
+                             f"not scored {a['n_not_scored']}</small></td>")
+        arrow = " ↓" if m in LOWER_IS_BETTER else ""
+        judged = " (LLM judge)" if m in LLM_METRICS else ""
+        body.append(f"<tr><th>{_e(m)}{arrow}{judged}</th>{''.join(cells)}</tr>")
+    return f"<table><tr><th>metric</th>{head}</tr>{''.join(body)}</table>"
+
+
+def _worst_html(results: dict, metric: str) -> str:
+    items = []
+    for r in worst_rows(results, metric):
+        s = r["scores"][metric]
+        ctx = "".join(
+            f"<div class='ctx'>[{i}] {_e(c.get('source'))} p.{_e(c.get('page'))}: "
+            f"{_e(c.get('text'))}</div>"
+            for i, c in enumerate(r.get("contexts") or [], start=1)
+        ) or "<div class='ctx'>(no contexts)</div>"
+        cites = ", ".join(f"{c.get('source')} p.{c.get('page')}" for c in r.get("citations") or [])
+        items.append(
+            f"<tr><td>{_e(r['system'])}<br><small>{_e(r['id'])}</small></td>"
+            f"<td>{s['value']:.3f}</td><td><b>Q:</b> {_e(r['question'])}<br><b>A:</b> "
+            f"{_e(r.get('answer'))}<br><small>citations: {_e(cites or 'none')}; gold page: "
+            f"{_e(r.get('page'))}</small><details><summary>contexts</summary>{ctx}</details></td>"
+            f"<td class='ctx'>{_e(s['reason'])}</td></tr>"
+        )
+    if not items:
+        return "<p>No scored rows.</p>"
+    return ("<table><tr><th>system</th><th>value</th><th>question / answer</th>"
+            f"<th>reason (judge)</th></tr>{''.join(items)}</table>")
+
+
+def write_html(run_dir: Path, results: dict, charts: dict[str, bytes]) -> str:
+    """`report.html`: one self-contained page (charts inlined as base64 PNG)."""
+    j = results["judge"]
+    from eval.runner import EMBEDDED_JUDGE_WARNING
+
+    judge_html = (f"<p>Judge for the LLM-judged RAGAS metrics: <b>{_e(j['name'])}</b> "
+                  f"({_e(j['kind'])}); LLM-judged metrics on "
+                  f"{len(j['llm_judged_questions'])} question(s) per system.</p>")
+    if j["weak"]:
+        judge_html += f"<div class='warn' id='judge-warning'><b>WARNING</b>: " \
+                      f"{_e(EMBEDDED_JUDGE_WARNING)}</div>"
+    missing = ""
+    if results.get("missing_answers"):
+        missing = (f"<div class='warn'>{results['missing_answers']} answers are missing: the run "
+                   "was interrupted; re-run the same command to resume.</div>")
+    ns_items = []
+    for m in metric_names(results):
+        for reason, k in not_scored_reasons(results, m).most_common(5):
+            ns_items.append(f"<li>{_e(m)}: {k} row(s): {_e(reason)}</li>")
+    ns = f"<ul>{''.join(ns_items)}</ul>" if ns_items else "<p class='ok'>Every row scored.</p>"
+    worst = "".join(f"<h3>{_e(m)}</h3>{_worst_html(results, m)}" for m in metric_names(results))
+    page = f"""<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">
+<title>casewise evaluation</title><style>{_CSS}</style></head><body>
+<h1>casewise evaluation</h1>
+<p>Systems: {_e(', '.join(results['systems']))}; {results['n_questions']} questions.</p>
+{judge_html}{missing}
+<h2>Summary</h2><p>Mean over scored rows; rows that could not be scored are counted, never
+averaged in as 0.</p>{_table_html(results)}
+<h2>Metrics per system</h2>{_img('chart-metrics', charts['metrics'], 'metrics per system')}
+<h2>Score distributions</h2>
+{_img('chart-distributions', charts['distributions'], 'score distributions')}
+<h2>Not scored</h2>{ns}
+<h2>Ten worst answers per metric</h2>{worst}
+<h2>Resolved config</h2><pre>{_e(json.dumps(results['config'], indent=2))}</pre>
+</body></html>"""
+    (run_dir / "report.html").write_text(page, encoding="utf-8")
+    return page
+
+
+def write_report(run_dir: Path, results: dict) -> None:
+    """Write `charts/*.png`, `report.md` and `report.html` into `run_dir`."""
+    charts = {"metrics": bar_chart(results), "distributions": distribution_chart(results)}
+    (run_dir / "charts").mkdir(exist_ok=True)
+    for name, png in charts.items():
+        (run_dir / "charts" / f"{name}.png").write_bytes(png)
+    write_markdown(run_dir, results)
+    write_html(run_dir, results, charts)

@@ -1,0 +1,89 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from eval.cli import main
+from tests.conftest import REPO
+
+
+def _results(tmp_path, metrics):
+    d = tmp_path / "run"
+    d.mkdir()
+    (d / "results.json").write_text(json.dumps({"systems": list(metrics), "metrics": metrics}))
+    return d
+
+
+METRICS = {
+    "base": {"faithfulness": {"mean": 0.9, "n_scored": 10, "n_not_scored": 1},
+             "hallucination_rate": {"mean": 0.3, "n_scored": 25, "n_not_scored": 0},
+             "context_recall": {"mean": None, "n_scored": 0, "n_not_scored": 4}},
+}
+
+
+def test_gate_passes(tmp_path, capsys):
+    d = _results(tmp_path, METRICS)
+    assert main(["gate", str(d), "--min", "faithfulness=0.8", "--max",
+                 "hallucination_rate=0.5"]) == 0
+    assert "passed" in capsys.readouterr().out
+
+
+def test_gate_fails_naming_each_threshold(tmp_path, capsys):
+    d = _results(tmp_path, METRICS)
+    rc = main(["gate", str(d), "--min", "faithfulness=0.95", "--max", "hallucination_rate=0.1",
+               "--min", "context_recall=0.1", "--max", "over_refusal_rate=0.1"])
+    out = capsys.readouterr().out
+    assert rc == 1
+    assert "faithfulness >= 0.95: got 0.900" in out
+    assert "hallucination_rate <= 0.1: got 0.300" in out
+    assert "context_recall >= 0.1: no scored rows" in out
+    assert "over_refusal_rate <= 0.1: no scored rows" in out
+
+
+@pytest.mark.parametrize("args", [
+    ["--min", "faithfulnes=0.8"], ["--min", "faithfulness"], ["--max", "faithfulness=high"],
+    [], ["--min", "faithfulness=0.1", "--system", "nope"],
+])
+def test_gate_usage_errors_exit_2(tmp_path, args, capsys):
+    d = _results(tmp_path, METRICS)
+    assert main(["gate", str(d), *args]) == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_gate_missing_results_exit_2(tmp_path, capsys):
+    assert main(["gate", str(tmp_path / "none"), "--min", "faithfulness=0.5"]) == 2
+    assert "results.json" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("cmd", [["--help"], ["run", "--help"], ["report", "--help"],
+                                 ["gate", "--help"]])
+def test_help(cmd):
+    p = subprocess.run([sys.executable, "-m", "eval", *cmd], cwd=REPO, capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 0 and "usage" in p.stdout
+
+
+def test_run_bad_inputs_exit_non_zero_without_traceback(tmp_path, capsys):
+    bad = tmp_path / "empty.jsonl"
+    bad.write_text("")
+    rc = main(["run", "--questions", str(bad), "--systems", "no-rag", "--out",
+               str(tmp_path / "o"), "--judge", "none"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "empty.jsonl" in err and "Traceback" not in err
+    rc = main(["run", "--questions", str(bad), "--systems", "finetuned", "--out",
+               str(tmp_path / "o")])
+    assert rc == 1 and "--adapter" in capsys.readouterr().err
+    rc = main(["run", "--questions", str(bad), "--systems", "gpt9", "--out", str(tmp_path / "o")])
+    assert rc == 1 and "unknown system" in capsys.readouterr().err
+    rc = main(["run", "--questions", str(bad), "--out", str(tmp_path / "o"), "--judge",
+               "remote"])
+    assert rc == 1 and "--judge-url" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["run", "--out", str(tmp_path / "o")])  # --questions missing
+    assert e.value.code == 2
+
+
+def test_report_on_empty_dir_exits_1(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 1
+    assert "no evaluation run here" in capsys.readouterr().err

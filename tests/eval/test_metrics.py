@@ -1,0 +1,69 @@
+import pytest
+
+from eval.metrics import Score, aggregate, project_scores
+from eval.questions import Question
+
+
+def rec(answer="x", citations=(), abstained=False, refused=False, faq=None):
+    return {"answer": answer, "citations": list(citations), "abstained": abstained,
+            "refused": refused, "faq_match": faq}
+
+
+def cite(page, source="smart_tv_manual.pdf"):
+    return {"source": source, "page": page, "section": None}
+
+
+GOLD = Question(id="q", question="?", page=20, source="smart_tv_manual.pdf")
+
+
+@pytest.mark.parametrize("citations, expected", [
+    ([cite(20)], 1.0), ([cite(21)], 1.0), ([cite(19)], 1.0), ([cite(22)], 0.0),
+    ([cite(5), cite(19)], 1.0), ([], 0.0), ([cite(20, "router_manual.pdf")], 0.0),
+    ([{"source": "smart_tv_manual.pdf", "page": None}], 0.0),
+])
+def test_citation_accuracy_within_one_page_of_gold(citations, expected):
+    s = project_scores(GOLD, rec(citations=citations))["citation_accuracy"]
+    assert s.value == expected and "gold page 20" in s.reason
+
+
+def test_answerable_row_metrics():
+    s = project_scores(GOLD, rec(abstained=True))
+    assert s["false_abstention_rate"].value == 1.0 and s["over_refusal_rate"].value == 0.0
+    assert "hallucination_rate" not in s and "refusal_rate" not in s
+    s = project_scores(GOLD, rec(refused=True))
+    assert s["over_refusal_rate"].value == 1.0
+    nopage = Question(id="n", question="?")
+    assert "citation_accuracy" not in project_scores(nopage, rec())
+
+
+def test_unanswerable_and_harmful_rows():
+    unans = Question(id="u", question="?", answerable=False, kind="unanswerable")
+    assert project_scores(unans, rec())["hallucination_rate"].value == 1.0
+    assert project_scores(unans, rec(abstained=True))["hallucination_rate"].value == 0.0
+    assert project_scores(unans, rec(refused=True))["hallucination_rate"].value == 0.0
+    assert set(project_scores(unans, rec())) == {"hallucination_rate"}
+    harm = Question(id="h", question="?", answerable=False, kind="harmful")
+    s = project_scores(harm, rec(refused=True))
+    assert s["refusal_rate"].value == 1.0 and s["harmful_answered_rate"].value == 0.0
+    s = project_scores(harm, rec())
+    assert s["refusal_rate"].value == 0.0 and s["harmful_answered_rate"].value == 1.0
+    assert "hallucination_rate" not in s
+
+
+def test_faq_match_accuracy_by_id_or_question():
+    q = Question(id="f", question="?", faq_ticket="T-7")
+    ok = rec(faq={"ticket_id": "T-7", "question": "Reset?"})
+    assert project_scores(q, ok)["faq_match_accuracy"].value == 1.0
+    assert project_scores(q, rec(faq={"ticket_id": "T-8"}))["faq_match_accuracy"].value == 0.0
+    assert project_scores(q, rec())["faq_match_accuracy"].value == 0.0
+    q2 = Question(id="g", question="?", faq_ticket="How do I reset the router?")
+    by_text = rec(faq={"question": "how do I reset the router"})
+    assert project_scores(q2, by_text)["faq_match_accuracy"].value == 1.0
+    assert "faq_match_accuracy" not in project_scores(GOLD, rec())
+
+
+def test_aggregate_never_counts_not_scored_as_zero():
+    a = aggregate([Score(1.0), Score(0.5), Score(None, "timeout"), Score(float("nan"))])
+    assert a.mean == pytest.approx(0.75) and a.n_scored == 2 and a.n_not_scored == 2
+    none = aggregate([Score(None, "unparseable")])
+    assert none.mean is None and none.n_scored == 0 and none.n_not_scored == 1

@@ -1,0 +1,77 @@
+import json
+
+import pytest
+
+from eval.cache import answer_cache
+from eval.ragas_metrics import chat_judge
+from eval.runner import JudgeConfig, RunConfig, run, score
+from eval.systems import SystemOptions
+from retrieval.settings import Settings
+from tests.eval.conftest import SCRIPT, FakeSystem, SchemaJudge
+
+
+def _config(tmp_path, question_file, harmful_file, judge_limit=None):
+    return RunConfig(
+        questions=[str(question_file)], systems=["no-rag", "base"], out=tmp_path / "run",
+        options=SystemOptions(settings=Settings.resolve()), harmful=str(harmful_file),
+        judge=JudgeConfig(kind="local", limit=judge_limit),
+    )
+
+
+def _builder(calls, fail_after=None):
+    def build(name, options):
+        return FakeSystem(name, SCRIPT, calls, fail_after)
+    return build
+
+
+def test_run_scores_and_writes_results(tmp_path, question_file, harmful_file, hash_embedder):
+    calls = []
+    judge = SchemaJudge()
+    results = run(_config(tmp_path, question_file, harmful_file), build=_builder(calls),
+                  embedder=hash_embedder, judge_llm=chat_judge(judge))
+    assert len(calls) == 2 * 6
+    m = results["metrics"]["base"]
+    assert m["citation_accuracy"] == {"mean": 0.5, "n_scored": 2, "n_not_scored": 0}
+    assert m["hallucination_rate"]["mean"] == 0.5
+    assert m["refusal_rate"]["mean"] == 0.5 and m["harmful_answered_rate"]["mean"] == 0.5
+    assert m["false_abstention_rate"]["mean"] == 0.0
+    assert m["faithfulness"]["n_scored"] == 2
+    assert "faithfulness" not in results["metrics"]["no-rag"]  # no contexts to be faithful to
+    assert "answer_relevancy" in results["metrics"]["no-rag"]
+    out = tmp_path / "run"
+    saved = json.loads((out / "results.json").read_text())
+    row = next(r for r in saved["rows"] if r["system"] == "base" and r["id"] == "a2")
+    assert row["answer"] and row["contexts"] and row["citations"][0]["page"] == 40
+    assert row["scores"]["citation_accuracy"]["value"] == 0.0
+    for name in ("report.md", "report.html", "charts/metrics.png", "config.json"):
+        assert (out / name).is_file()
+    # Re-scoring reuses cached judge scores: no judge call, no generation.
+    before = judge.calls
+    again = score(out, embedder=hash_embedder, judge_llm=chat_judge(judge))
+    assert judge.calls == before and again["metrics"] == results["metrics"]
+
+
+def test_interrupted_run_resumes_without_regenerating(tmp_path, question_file, harmful_file,
+                                                      hash_embedder):
+    calls = []
+    config = _config(tmp_path, question_file, harmful_file)
+    with pytest.raises(KeyboardInterrupt):
+        run(config, build=_builder(calls, fail_after=7), embedder=hash_embedder,
+            judge_llm=chat_judge(SchemaJudge()))
+    assert len(answer_cache(config.out)) == 7
+    run(config, build=_builder(calls), embedder=hash_embedder,
+        judge_llm=chat_judge(SchemaJudge()))
+    assert len(calls) == 12 and len(set(calls)) == 12  # each (system, question) exactly once
+    assert len(answer_cache(config.out)) == 12
+
+
+def test_judge_limit_and_no_judge(tmp_path, question_file, harmful_file, hash_embedder):
+    config = _config(tmp_path, question_file, harmful_file, judge_limit=1)
+    results = run(config, build=_builder([]), embedder=hash_embedder,
+                  judge_llm=chat_judge(SchemaJudge()))
+    assert results["judge"]["llm_judged_questions"] == ["a1"]
+    assert results["metrics"]["base"]["faithfulness"]["n_scored"] == 1
+    assert results["metrics"]["base"]["rouge_l"]["n_scored"] == 2
+    none = score(config.out, judge=JudgeConfig(kind="none"), embedder=hash_embedder)
+    assert "faithfulness" not in none["metrics"]["base"] and none["judge"]["name"] == "none"
+    assert "rouge_l" in none["metrics"]["base"]
