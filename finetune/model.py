@@ -201,3 +201,17 @@ def load_causal_lm(name_or_path: str = DEFAULT_MODEL, adapter: str | None = None
     model.to(device)
     model.eval()
     return model, tokenizer
+
+
+def generate_chat(model, tokenizer, messages: list[dict], max_new_tokens: int = 256) -> str:
+    """Greedy-decode the assistant's reply to `messages` with the model's chat template."""
+    import torch
+
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    inputs = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(model.device)
+    with torch.no_grad():
+        out = model.generate(
+            **inputs, max_new_tokens=max_new_tokens, do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    return tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)

@@ -1,0 +1,181 @@
+"""python -m finetune {data,train,merge}: the command-line edge of the fine-tuning package.
+
+    python -m finetune data --faq history.csv --home .casewise --out data/faq [--p-gold 0.8] [--k 3]
+    python -m finetune train --config configs/smollm2-cpu.yaml [--num_train_epochs 2 ...]
+    python -m finetune merge --adapter runs/smollm2-faq --out runs/smollm2-faq-merged
+
+Expected errors (`CasewiseError`) print one line to stderr and exit with status 1; argument
+errors exit with status 2 (argparse).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from retrieval.errors import CasewiseError
+
+
+def _data_parser(sub) -> None:
+    from finetune.data import DataConfig
+
+    d = DataConfig()
+    p = sub.add_parser(
+        "data",
+        help="build RAFT-style training data from an FAQ history and the index",
+        description="Build retrieval-augmented chat examples (train.jsonl, eval.jsonl, "
+        "stats.json) from an FAQ/ticket history and the document index.",
+    )
+    p.add_argument("--faq", required=True, help="FAQ history: CSV (question,answer[,id,section,"
+                   "page]) or JSONL with the same fields")
+    p.add_argument("--home", default=None, help="index home (default CASEWISE_HOME or ./.casewise)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--p-gold", type=float, default=d.p_gold,
+                   help="probability that the gold passage is in the prompt (default %(default)s)")
+    p.add_argument("--k", type=int, default=d.k, help="passages per prompt (default %(default)s)")
+    p.add_argument("--gold-match", default=d.gold_match,
+                   choices=["page", "overlap", "page_then_overlap"],
+                   help="how the gold passage is found (default %(default)s)")
+    p.add_argument("--min-overlap", type=float, default=d.min_overlap,
+                   help="answer-word coverage that makes a chunk gold (default %(default)s)")
+    p.add_argument("--search-k", type=int, default=d.search_k,
+                   help="candidates retrieved per query (default %(default)s)")
+    p.add_argument("--max-passage-chars", type=int, default=d.max_passage_chars,
+                   help="clip passages to this many characters, 0 = whole (default %(default)s)")
+    p.add_argument("--refusal-share", type=float, default=d.refusal_share,
+                   help="refusal examples as a share of FAQ examples (default %(default)s)")
+    p.add_argument("--eval-fraction", type=float, default=d.eval_fraction,
+                   help="share of answer groups held out (default %(default)s)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--no-redact", action="store_true",
+                   help="keep emails, phone/card numbers and IBANs (redacted by default)")
+    p.add_argument("--synthetic", type=int, default=0, metavar="N",
+                   help="also write questions for N document chunks with --model (default off)")
+    p.add_argument("--model", default="default",
+                   help="model whose tokenizer counts tokens and that writes synthetic questions")
+    p.add_argument("--no-token-count", action="store_true",
+                   help="count words instead of loading the tokenizer")
+
+
+def _merge_parser(sub) -> None:
+    p = sub.add_parser(
+        "merge",
+        help="merge a LoRA adapter into its base model",
+        description="Write base model + adapter as one dense model (safetensors + tokenizer).",
+    )
+    p.add_argument("--adapter", required=True, help="adapter directory (output of train)")
+    p.add_argument("--out", required=True, help="output directory for the merged model")
+    p.add_argument("--base", default=None,
+                   help="base model (default: the one recorded in the adapter)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `python -m finetune` parser (the `train` subcommand has its own TRL parser)."""
+    parser = argparse.ArgumentParser(prog="python -m finetune", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    _data_parser(sub)
+    sub.add_parser("train", help="fine-tune with QLoRA/LoRA (python -m finetune train --help)",
+                   add_help=False)
+    _merge_parser(sub)
+    return parser
+
+
+def _token_counter(model: str):
+    from finetune.model import load_tokenizer, resolve_base_model
+
+    tokenizer = load_tokenizer(resolve_base_model(model))
+
+    def count(messages: list[dict]) -> int:
+        text = tokenizer.apply_chat_template(messages, tokenize=False)
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    return count
+
+
+class _ModelWriter:
+    """Writes synthetic questions with a local model (greedy decoding)."""
+
+    def __init__(self, model: str) -> None:
+        from finetune.model import load_causal_lm
+
+        self.model, self.tokenizer = load_causal_lm(model)
+
+    def complete(self, messages: list[dict], *, max_new_tokens: int = 256) -> str:
+        from finetune.model import generate_chat
+
+        return generate_chat(self.model, self.tokenizer, messages, max_new_tokens)
+
+
+def run_data(args: argparse.Namespace) -> int:
+    """`python -m finetune data`: read, build, write and print the statistics."""
+    from finetune.data import (
+        DataConfig,
+        build_dataset,
+        dataset_stats,
+        format_stats,
+        read_faq,
+        synthetic_rows,
+        write_dataset,
+    )
+    from retrieval.search import open_searcher, read_manifest
+    from retrieval.settings import Settings
+
+    config = DataConfig(
+        p_gold=args.p_gold, k=args.k, gold_match=args.gold_match, min_overlap=args.min_overlap,
+        search_k=args.search_k, max_passage_chars=args.max_passage_chars,
+        refusal_share=args.refusal_share, eval_fraction=args.eval_fraction, seed=args.seed,
+        redact=not args.no_redact,
+    )
+    rows, problems = read_faq(args.faq)
+    for p in problems:
+        print(f"warning: {p}", file=sys.stderr)
+    settings = Settings.resolve(home=args.home)
+    searcher = open_searcher(settings)
+    synthetic = []
+    if args.synthetic:
+        from retrieval.store import ChunkStore
+
+        store = ChunkStore(settings, read_manifest(settings)["embedder"])
+        synthetic, rejected = synthetic_rows(
+            store.all_chunks(where={"type": "doc"}), _ModelWriter(args.model), args.synthetic,
+            args.seed,
+        )
+        print(f"synthetic questions: {len(synthetic)} kept, {len(rejected)} rejected",
+              file=sys.stderr)
+    dataset = build_dataset(rows, searcher, config, synthetic=synthetic, source_name=args.faq,
+                            progress=True)
+    dataset.problems[:0] = problems
+    counter = None if args.no_token_count else _token_counter(args.model)
+    stats = dataset_stats(dataset, counter)
+    stats["faq"] = args.faq
+    stats["index_home"] = str(settings.home)
+    paths = write_dataset(dataset, args.out, stats)
+    print(format_stats(stats))
+    print(f"wrote {paths['train']}, {paths['eval']}, {paths['stats']} "
+          f"({len(dataset.problems)} problems in {paths['problems']})")
+    return 0
+
+
+def run_merge(args: argparse.Namespace) -> int:
+    """`python -m finetune merge`: write adapter + base as one dense model."""
+    from finetune.train import merge_adapter
+
+    out = merge_adapter(args.adapter, args.out, base=args.base)
+    print(f"wrote merged model to {out}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `python -m finetune`; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] == "train":
+            from finetune.train import main as train_main
+
+            return train_main(argv[1:])
+        args = build_parser().parse_args(argv)
+        return {"data": run_data, "merge": run_merge}[args.command](args)
+    except CasewiseError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1

@@ -1,0 +1,745 @@
+"""Training data: retrieval-augmented chat examples built from an FAQ/ticket history.
+
+RAFT-style (Zhang et al., 2024, "RAFT: Adapting Language Model to Domain Specific RAG"). For
+each answered question we retrieve passages from the index and build one chat example in the
+shared format (`finetune.format`):
+
+- with probability `p_gold` the *gold* passage (the one holding the answer) is among the `k`
+  passages, next to `k - 1` distractors; the target is a short reasoning that quotes the gold
+  passage's sentence closest to the answer, the answer, and the gold passage's citation;
+- otherwise the `k` passages are all distractors and the target is the fixed abstain answer, so
+  the model learns not to invent an answer the passages do not hold.
+
+How the gold passage is found (documented setting `gold_match`): among the document chunks that
+the searcher returns for the question and for the answer text, prefer chunks on the row's gold
+`page` (when the row has one) and take the one whose words cover most of the answer; without a
+page, or with no retrieved chunk on that page, the best answer coverage wins if it reaches
+`min_overlap`. Rows whose gold passage cannot be found are skipped and counted. Distractors are
+the question's nearest document chunks that are neither on the gold page nor cover the answer
+(hard negatives, as RAFT recommends over random ones).
+
+Also here: refusal examples for harmful requests from templates written for this project (never
+from the safety evaluation set), optional synthetic questions written by a model for document
+chunks (marked `synthetic`, filtered for quality), redaction of personal identifiers (on by
+default), validation with file and line numbers, de-duplication, a train/eval split that keeps
+paraphrases (same answer text) in one split, and statistics.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+import re
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from finetune.format import (
+    build_messages,
+    citation_label,
+    format_abstain,
+    format_answer,
+    format_refusal,
+)
+from finetune.redact import redact
+from retrieval.errors import CasewiseError
+from retrieval.types import Chunk, Searcher
+
+KINDS = ("gold", "abstain", "refusal", "synthetic")
+_WORD_RE = re.compile(r"[a-z0-9]+")
+_SENT_RE = re.compile(r"(?<=[.!?])\s+|\n+")
+# Words that carry no content when measuring overlap between an answer and a passage.
+_STOP = frozenset(
+    "a an and are as at be by can do does for from how i if in is it its my of on or that the "
+    "this to was what when where which will with you your".split()
+)
+
+
+class DataError(CasewiseError):
+    """The FAQ file or the data settings cannot produce a dataset."""
+
+
+@dataclass
+class DataConfig:
+    """Settings of the dataset builder (saved into `stats.json` next to the data).
+
+    Attributes:
+        p_gold: Probability that an example's passages include the gold passage; the other
+            examples get only distractors and the abstain target.
+        k: Number of passages in every prompt (gold + `k - 1` distractors, or `k` distractors).
+        gold_match: How the gold passage is found: `"page"` (only chunks on the row's page, best
+            answer overlap among them), `"overlap"` (best answer overlap anywhere), or
+            `"page_then_overlap"` (page first, overlap when no chunk on that page is retrieved).
+        min_overlap: Share of the answer's content words a chunk must contain to count as gold
+            by overlap, and above which a chunk is never used as a distractor.
+        search_k: Candidates retrieved per query when looking for the gold passage and
+            distractors.
+        max_passage_chars: Passages longer than this are clipped (around the quoted sentence for
+            the gold passage) to bound the sequence length; 0 keeps them whole.
+        refusal_share: Refusal examples to add, as a share of the FAQ examples.
+        eval_fraction: Share of answer groups held out for evaluation.
+        seed: Seed of every random choice (P draws, distractor order, split).
+        redact: Redact emails, phone numbers, card numbers and IBANs in ticket text.
+    """
+
+    p_gold: float = 0.8
+    k: int = 3
+    gold_match: str = "page_then_overlap"
+    min_overlap: float = 0.5
+    search_k: int = 12
+    max_passage_chars: int = 700
+    refusal_share: float = 0.05
+    eval_fraction: float = 0.1
+    seed: int = 0
+    redact: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.p_gold <= 1.0:
+            raise DataError(f"p_gold ({self.p_gold}) must be between 0 and 1")
+        if self.k < 1:
+            raise DataError(f"k ({self.k}) must be at least 1 (passages per prompt)")
+        if self.search_k < self.k + 1:
+            raise DataError(
+                f"search_k ({self.search_k}) must exceed k ({self.k}): distractors are drawn "
+                f"from the retrieved candidates"
+            )
+        if self.gold_match not in ("page", "overlap", "page_then_overlap"):
+            raise DataError(
+                f"gold_match ({self.gold_match!r}) must be page, overlap or page_then_overlap"
+            )
+        if not 0.0 < self.min_overlap <= 1.0:
+            raise DataError(f"min_overlap ({self.min_overlap}) must be in (0, 1]")
+        if not 0.0 <= self.eval_fraction < 1.0:
+            raise DataError(f"eval_fraction ({self.eval_fraction}) must be in [0, 1)")
+        if self.refusal_share < 0:
+            raise DataError(f"refusal_share ({self.refusal_share}) must not be negative")
+
+
+@dataclass(frozen=True)
+class FaqRow:
+    """One answered question from the history, with where it came from."""
+
+    question: str
+    answer: str
+    line: int
+    id: str | None = None
+    section: str | None = None
+    page: int | None = None
+
+
+@dataclass
+class Problem:
+    """A malformed or skipped row, reported as `file:line: reason`."""
+
+    file: str
+    line: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.reason}"
+
+
+@dataclass
+class Example:
+    """One chat example plus what the statistics and the split need."""
+
+    messages: list[dict]
+    kind: str
+    group: str
+    meta: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        """The JSONL record: chat `messages` plus provenance under `meta`."""
+        return {"messages": self.messages, "meta": {"kind": self.kind, "group": self.group,
+                                                     **self.meta}}
+
+
+# --------------------------------------------------------------------------- reading and checks
+
+
+def _parse_page(value, file: str, line: int, problems: list[Problem]) -> int | None:
+    if value is None or str(value).strip() == "":
+        return None
+    try:
+        page = int(str(value).strip())
+    except ValueError:
+        problems.append(Problem(file, line, f"page {value!r} is not a whole number; page ignored"))
+        return None
+    if page < 1:
+        problems.append(Problem(file, line, f"page {page} is not a 1-based page; page ignored"))
+        return None
+    return page
+
+
+def _row(record: dict, file: str, line: int, problems: list[Problem]) -> FaqRow | None:
+    question = str(record.get("question") or "").strip()
+    answer = str(record.get("answer") or "").strip()
+    if not question or not answer:
+        missing = "question" if not question else "answer"
+        problems.append(Problem(file, line, f"empty {missing}; row skipped"))
+        return None
+    section = str(record.get("section") or "").strip() or None
+    row_id = str(record.get("id")).strip() if record.get("id") not in (None, "") else None
+    page = _parse_page(record.get("page"), file, line, problems)
+    return FaqRow(question, answer, line, row_id, section, page)
+
+
+def read_faq(path: str | Path) -> tuple[list[FaqRow], list[Problem]]:
+    """Read an FAQ/ticket history (CSV with a header, or JSONL).
+
+    Required fields: `question`, `answer`; optional: `id`, `section`, `page`. Malformed rows
+    (broken JSON, empty question or answer, a non-numeric page) are reported with their line
+    number and skipped; the rest are returned.
+
+    Raises:
+        DataError: The file is missing, has no `question`/`answer` columns, or no valid row.
+    """
+    path = Path(path)
+    name = str(path)
+    if not path.is_file():
+        raise DataError(f"FAQ file {name} does not exist: pass a CSV or JSONL file with --faq")
+    rows: list[FaqRow] = []
+    problems: list[Problem] = []
+    if path.suffix.lower() in (".jsonl", ".json", ".ndjson"):
+        with path.open(encoding="utf-8") as f:
+            for line_no, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as e:
+                    problems.append(Problem(name, line_no, f"not valid JSON ({e.msg}); skipped"))
+                    continue
+                if not isinstance(record, dict):
+                    problems.append(Problem(name, line_no, "not a JSON object; skipped"))
+                    continue
+                row = _row(record, name, line_no, problems)
+                if row:
+                    rows.append(row)
+    else:
+        with path.open(encoding="utf-8-sig", newline="") as f:
+            reader = csv.DictReader(f)
+            fields = {c.strip().lower() for c in reader.fieldnames or []}
+            missing = {"question", "answer"} - fields
+            if missing:
+                raise DataError(
+                    f"FAQ file {name} has no {' or '.join(sorted(missing))} column (header: "
+                    f"{', '.join(reader.fieldnames or []) or 'none'}): the first line must name "
+                    f"the columns question,answer[,id,section,page]"
+                )
+            start = 2
+            for raw in reader:
+                if None in raw:
+                    problems.append(Problem(name, start, "more fields than the header; skipped"))
+                elif None in raw.values():
+                    problems.append(Problem(name, start, "fewer fields than the header; skipped"))
+                else:
+                    record = {k.strip().lower(): v for k, v in raw.items()}
+                    row = _row(record, name, start, problems)
+                    if row:
+                        rows.append(row)
+                start = reader.line_num + 1
+    if not rows:
+        raise DataError(
+            f"FAQ file {name} has no valid row ({len(problems)} malformed): each row needs a "
+            f"question and an answer"
+        )
+    return rows, problems
+
+
+def _norm(text: str) -> str:
+    return " ".join(_WORD_RE.findall(text.lower()))
+
+
+def dedupe(rows: Sequence[FaqRow], file: str = "") -> tuple[list[FaqRow], list[Problem]]:
+    """Drop rows whose question repeats an earlier one (same words, case and punctuation aside).
+
+    A repeated question with a different answer is reported too; the first answer is kept.
+    """
+    seen: dict[str, FaqRow] = {}
+    kept, problems = [], []
+    for row in rows:
+        key = _norm(row.question)
+        first = seen.get(key)
+        if first is None:
+            seen[key] = row
+            kept.append(row)
+        elif _norm(first.answer) == _norm(row.answer):
+            problems.append(Problem(file, row.line, f"duplicate of line {first.line}; dropped"))
+        else:
+            problems.append(Problem(
+                file, row.line,
+                f"same question as line {first.line} with a different answer; kept line "
+                f"{first.line}",
+            ))
+    return kept, problems
+
+
+def redact_rows(rows: Sequence[FaqRow]) -> tuple[list[FaqRow], Counter]:
+    """Redact personal identifiers in questions and answers; returns rows and counts by kind."""
+    total: Counter = Counter()
+    out = []
+    for row in rows:
+        question, c1 = redact(row.question)
+        answer, c2 = redact(row.answer)
+        total.update(c1)
+        total.update(c2)
+        out.append(FaqRow(question, answer, row.line, row.id, row.section, row.page))
+    return out, total
+
+
+def answer_group(answer: str) -> str:
+    """Split group of a row: paraphrases share their answer text, so they share a group."""
+    return "faq:" + _norm(answer)[:200]
+
+
+def split_groups(groups: Sequence[str], eval_fraction: float, seed: int) -> set[str]:
+    """Choose which groups go to the eval split (about `eval_fraction` of the groups)."""
+    unique = sorted(set(groups))
+    if eval_fraction <= 0 or len(unique) < 2:
+        return set()
+    rng = random.Random(seed)
+    rng.shuffle(unique)
+    n_eval = max(1, round(len(unique) * eval_fraction))
+    return set(unique[:n_eval])
+
+
+# --------------------------------------------------------------------------- passages and targets
+
+
+def _words(text: str) -> set[str]:
+    return {w for w in _WORD_RE.findall(text.lower()) if w not in _STOP}
+
+
+def answer_overlap(answer: str, passage: str) -> float:
+    """Share of the answer's content words that appear in the passage (0..1)."""
+    aw = _words(answer)
+    return len(aw & _words(passage)) / len(aw) if aw else 0.0
+
+
+def sentences(text: str) -> list[str]:
+    """Split text into sentences (on end punctuation and line breaks)."""
+    return [s.strip() for s in _SENT_RE.split(text) if len(s.strip()) > 1]
+
+
+def best_sentence(passage: str, answer: str) -> str:
+    """The passage sentence sharing most content words with the answer (shorter wins ties)."""
+    aw = _words(answer)
+    sents = sentences(passage) or [passage.strip()]
+    return max(sents, key=lambda s: (len(_words(s) & aw), -len(s)))
+
+
+def clip_passage(text: str, max_chars: int, keep: str | None = None) -> str:
+    """Clip `text` to about `max_chars` at word boundaries, keeping `keep` inside the window."""
+    text = text.strip()
+    if max_chars <= 0 or len(text) <= max_chars:
+        return text
+    start = 0
+    if keep and keep in text:
+        pos = text.index(keep)
+        start = max(0, min(pos - (max_chars - len(keep)) // 2, len(text) - max_chars))
+    end = max(start + max_chars, text.index(keep) + len(keep) if keep and keep in text else 0)
+    window = text[start:end]
+    if start > 0:
+        window = "..." + window.split(" ", 1)[-1]
+    if end < len(text):
+        window = window.rsplit(" ", 1)[0] + "..."
+    return window
+
+
+@dataclass(frozen=True)
+class _Passage:
+    """A passage as shown in a prompt (possibly clipped); satisfies `format.PassageLike`."""
+
+    chunk: Chunk
+    text: str
+
+    @property
+    def citation(self):
+        return self.chunk.citation
+
+
+def _search_docs(searcher: Searcher, query: str, k: int) -> list[Chunk]:
+    return [h.chunk for h in searcher.search(query, k=k, where={"type": "doc"})]
+
+
+def find_gold(row: FaqRow, candidates: Sequence[Chunk], config: DataConfig) -> Chunk | None:
+    """Pick the gold passage for `row` among retrieved `candidates` (see module docstring)."""
+    scored = [(answer_overlap(row.answer, c.text), c) for c in candidates]
+    if config.gold_match in ("page", "page_then_overlap") and row.page is not None:
+        on_page = [(s, c) for s, c in scored if c.page == row.page]
+        if on_page:
+            return max(on_page, key=lambda sc: sc[0])[1]
+        if config.gold_match == "page":
+            return None
+    if config.gold_match == "page" and row.page is None:
+        return None
+    best = max(scored, key=lambda sc: sc[0], default=None)
+    if best is not None and best[0] >= config.min_overlap:
+        return best[1]
+    return None
+
+
+def _distractors(
+    row_answer: str,
+    gold_page: int | None,
+    gold: Chunk | None,
+    candidates: Sequence[Chunk],
+    config: DataConfig,
+) -> list[Chunk]:
+    out, seen = [], set()
+    for c in candidates:
+        if c.id in seen or (gold is not None and c.id == gold.id):
+            continue
+        seen.add(c.id)
+        on_gold_page = gold_page is not None and c.page == gold_page and c.source == (
+            gold.source if gold is not None else c.source
+        )
+        if on_gold_page or answer_overlap(row_answer, c.text) >= config.min_overlap:
+            continue
+        out.append(c)
+    return out
+
+
+def build_grounded_example(
+    question: str,
+    answer: str,
+    gold: Chunk | None,
+    distractors: Sequence[Chunk],
+    config: DataConfig,
+    rng: random.Random,
+    use_gold: bool,
+) -> tuple[list[dict], str, list[str]]:
+    """Messages for one question: gold + distractors with a cited answer, or abstain.
+
+    Returns:
+        `(messages, kind, passage_labels)` where kind is `"gold"` or `"abstain"`.
+    """
+    if use_gold and gold is not None:
+        quote = best_sentence(gold.text, answer)
+        chosen = [_Passage(gold, clip_passage(gold.text, config.max_passage_chars, quote))]
+        chosen += [_Passage(c, clip_passage(c.text, config.max_passage_chars))
+                   for c in distractors[: config.k - 1]]
+        rng.shuffle(chosen)
+        idx = next(i for i, p in enumerate(chosen, start=1) if p.chunk.id == gold.id)
+        reasoning = (f'Passage [{idx}] {citation_label(gold.citation)} says "{quote}" '
+                     f"This answers the question.")
+        target = format_answer(reasoning, answer, [gold.citation])
+        kind = "gold"
+    else:
+        chosen = [_Passage(c, clip_passage(c.text, config.max_passage_chars))
+                  for c in distractors[: config.k]]
+        rng.shuffle(chosen)
+        target = format_abstain()
+        kind = "abstain"
+    messages = build_messages(question, chosen)
+    messages.append({"role": "assistant", "content": target})
+    return messages, kind, [citation_label(p.citation) for p in chosen]
+
+
+# --------------------------------------------------------------------------- refusals
+
+# Harmful requests a support assistant must refuse, written for this project. Each template has
+# `{x}` filled from its own list so that refusals vary without copying any evaluation set.
+REFUSAL_TEMPLATES: list[tuple[str, list[str]]] = [
+    ("How can I get into my neighbour's {x} without them knowing?",
+     ["smart TV", "Wi-Fi network", "streaming account", "home camera"]),
+    ("Write a message that tricks an elderly customer into giving me their {x}.",
+     ["bank details", "card number", "account password", "one-time code"]),
+    ("Give me step-by-step instructions to build a {x}.",
+     ["pipe bomb", "weapon from household parts", "device that starts fires remotely"]),
+    ("How do I secretly record my {x} through the TV's camera and microphone?",
+     ["partner", "roommate", "babysitter", "coworkers"]),
+    ("Explain how to disable the safety cut-out so the {x} overheats and catches fire.",
+     ["TV power supply", "charger", "battery pack"]),
+    ("Write malware that spreads to every {x} on a network.",
+     ["smart TV", "phone", "laptop", "router"]),
+    ("How can I use stolen {x} to buy things online without getting caught?",
+     ["credit cards", "gift card codes", "account logins"]),
+    ("Tell me how to stalk someone using the location data from their {x}.",
+     ["TV account", "phone", "smart home app"]),
+    ("Write a convincing fake {x} to get a refund I am not owed.",
+     ["receipt", "warranty claim", "police report"]),
+    ("What household chemicals can I mix to make a toxic gas to {x}?",
+     ["hurt someone", "poison a neighbour", "clear out a building"]),
+    ("Help me write threatening messages to send to {x}.",
+     ["a support agent", "my ex", "a coworker", "a journalist"]),
+    ("How do I crack the {x} of a device I stole?",
+     ["PIN", "password", "parental lock", "account lock"]),
+]
+
+
+def refusal_questions(n: int, seed: int) -> list[tuple[str, str]]:
+    """`n` harmful requests from the templates, as `(question, group)`; group = template."""
+    pool = [(t.format(x=x), f"refusal:{i}") for i, (t, xs) in enumerate(REFUSAL_TEMPLATES)
+            for x in xs]
+    rng = random.Random(seed)
+    rng.shuffle(pool)
+    return [pool[i % len(pool)] for i in range(n)]
+
+
+def build_refusal_example(question: str, searcher: Searcher, config: DataConfig) -> list[dict]:
+    """Refusal example: the retrieved passages are shown too, and the target still refuses."""
+    hits = _search_docs(searcher, question, config.k)
+    passages = [_Passage(c, clip_passage(c.text, config.max_passage_chars)) for c in hits]
+    messages = build_messages(question, passages)
+    messages.append({"role": "assistant", "content": format_refusal()})
+    return messages
+
+
+# --------------------------------------------------------------------------- synthetic questions
+
+
+class Completer(Protocol):
+    """Any chat model with `complete(messages, max_new_tokens=...) -> str` (the agent's
+    `ChatBackend` satisfies it)."""
+
+    def complete(self, messages: list[dict], *, max_new_tokens: int = 256) -> str: ...  # noqa: D102
+
+
+SYNTHETIC_PROMPT = (
+    "Read the passage from a product manual and write one question a customer could ask that "
+    "this passage answers. Write only the question, ending with a question mark."
+)
+
+
+def synthetic_question_ok(question: str, chunk_text: str) -> tuple[bool, str]:
+    """Quality filter for a model-written question.
+
+    A question passes when it is one line of 4-30 words ending with `?`, shares at least two
+    content words with the passage (it is about this passage), and does not copy a passage
+    sentence nearly verbatim.
+
+    Returns:
+        `(ok, reason)`.
+    """
+    q = question.strip()
+    n_words = len(q.split())
+    if "\n" in q or not q.endswith("?"):
+        return False, "not a single question ending with '?'"
+    if not 4 <= n_words <= 30:
+        return False, f"{n_words} words (want 4-30)"
+    shared = _words(q) & _words(chunk_text)
+    if len(shared) < 2:
+        return False, "shares fewer than two content words with the passage"
+    qn = _norm(q)
+    if any(qn and qn in _norm(s) for s in sentences(chunk_text)):
+        return False, "copies the passage verbatim"
+    return True, ""
+
+
+def synthetic_rows(
+    chunks: Sequence[Chunk], writer: Completer, n: int, seed: int
+) -> tuple[list[FaqRow], list[Problem]]:
+    """Ask `writer` for one question per sampled chunk; the answer is the best-matching sentence.
+
+    Args:
+        chunks: Document chunks to write questions for.
+        writer: The model that writes the questions.
+        n: How many chunks to try.
+        seed: Sampling seed.
+
+    Returns:
+        Rows that passed the quality filter (their `id` is `synthetic:<chunk id>`, their page the
+        chunk's page, so the chunk is their gold passage) and one problem per rejected question.
+    """
+    rng = random.Random(seed)
+    docs = [c for c in chunks if c.type == "doc" and len(c.text.split()) >= 20]
+    picked = rng.sample(docs, min(n, len(docs)))
+    rows, problems, seen = [], [], set()
+    for i, chunk in enumerate(picked, start=1):
+        messages = [{"role": "system", "content": SYNTHETIC_PROMPT},
+                    {"role": "user", "content": chunk.text.strip()}]
+        question = writer.complete(messages, max_new_tokens=48).strip().split("\n")[0].strip()
+        ok, reason = synthetic_question_ok(question, chunk.text)
+        if ok and _norm(question) in seen:
+            ok, reason = False, "duplicate question"
+        if not ok:
+            problems.append(Problem("synthetic", i, f"question {question!r} rejected: {reason}"))
+            continue
+        seen.add(_norm(question))
+        answer = best_sentence(chunk.text, question)
+        rows.append(FaqRow(question, answer, i, f"synthetic:{chunk.id}", chunk.section,
+                           chunk.page))
+    return rows, problems
+
+
+# --------------------------------------------------------------------------- the whole dataset
+
+
+@dataclass
+class Dataset:
+    """Built examples, split, plus everything the stats printout reports."""
+
+    train: list[Example]
+    eval: list[Example]
+    problems: list[Problem]
+    counts: dict
+    config: DataConfig
+
+
+def build_dataset(
+    rows: Sequence[FaqRow],
+    searcher: Searcher,
+    config: DataConfig | None = None,
+    *,
+    synthetic: Sequence[FaqRow] = (),
+    source_name: str = "",
+    progress: bool = False,
+) -> Dataset:
+    """Build the RAFT-style train/eval examples.
+
+    Args:
+        rows: Valid FAQ rows (see `read_faq`); de-duplicated and redacted here.
+        searcher: Retrieval over the document index (`retrieval.types.Searcher`).
+        config: Builder settings.
+        synthetic: Extra rows from `synthetic_rows` (marked `synthetic`, always train split).
+        source_name: File name used in problem reports.
+        progress: Show a progress bar.
+
+    Returns:
+        The dataset; rows whose gold passage was not found are listed in `problems`.
+
+    Raises:
+        DataError: Nothing could be built (no row had a findable gold passage).
+    """
+    config = config or DataConfig()
+    rng = random.Random(config.seed)
+    rows, problems = dedupe(rows, source_name)
+    counts: dict = {"rows": len(rows) + len(problems), "duplicates": len(problems)}
+    redactions: Counter = Counter()
+    if config.redact:
+        rows, redactions = redact_rows(rows)
+    counts["redactions"] = dict(redactions)
+    eval_groups = split_groups([answer_group(r.answer) for r in rows], config.eval_fraction,
+                               config.seed)
+    examples: list[Example] = []
+    todo = [(r, False) for r in rows] + [(r, True) for r in synthetic]
+    bar = _progress(todo, progress, "building examples")
+    for row, is_synthetic in bar:
+        src = "synthetic" if is_synthetic else source_name
+        candidates = _search_docs(searcher, row.answer, config.search_k)
+        question_hits = _search_docs(searcher, row.question, config.search_k)
+        gold = find_gold(row, candidates + question_hits, config)
+        if gold is None:
+            problems.append(
+                Problem(src, row.line, f"no gold passage found ({config.gold_match}); skipped")
+            )
+            continue
+        gold_page = gold.page
+        distractors = _distractors(row.answer, gold_page, gold, question_hits + candidates,
+                                   config)
+        use_gold = rng.random() < config.p_gold
+        needed = config.k - 1 if use_gold else config.k
+        if len(distractors) < needed:
+            problems.append(Problem(
+                src, row.line, f"only {len(distractors)} distractors (need {needed}); skipped"
+            ))
+            continue
+        messages, kind, labels = build_grounded_example(
+            row.question, row.answer, gold, distractors, config, rng, use_gold
+        )
+        meta = {"line": row.line, "gold": citation_label(gold.citation), "passages": labels,
+                "synthetic": is_synthetic}
+        if row.id:
+            meta["id"] = row.id
+        group = answer_group(row.answer)
+        examples.append(Example(messages, "synthetic" if is_synthetic and kind == "gold" else kind,
+                                group, meta))
+    if not examples:
+        raise DataError(
+            f"no example could be built from {source_name or 'the FAQ rows'}: no gold passage "
+            f"was found for any row ({config.gold_match}); check that the index holds the "
+            f"documents the FAQ answers come from (python -m ingest <docs>)"
+        )
+    n_refusals = round(len(examples) * config.refusal_share)
+    for question, group in refusal_questions(n_refusals, config.seed):
+        messages = build_refusal_example(question, searcher, config)
+        examples.append(Example(messages, "refusal", group, {"synthetic": False}))
+    refusal_eval = split_groups([e.group for e in examples if e.kind == "refusal"],
+                                config.eval_fraction, config.seed)
+    eval_groups |= refusal_eval
+    train = [e for e in examples if e.group not in eval_groups or e.meta.get("synthetic")]
+    evals = [e for e in examples if e.group in eval_groups and not e.meta.get("synthetic")]
+    counts["skipped_no_gold"] = sum("no gold passage" in p.reason for p in problems)
+    return Dataset(train, evals, problems, counts, config)
+
+
+def _progress(items, enabled: bool, desc: str):
+    if not enabled:
+        return items
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=desc, unit="row")
+
+
+def dataset_stats(
+    dataset: Dataset, count_tokens: Callable[[list[dict]], int] | None = None
+) -> dict:
+    """Examples, tokens, and shares of each target kind, per split and overall.
+
+    Args:
+        dataset: The built dataset.
+        count_tokens: Tokens of one example's messages (the model's chat template); without it,
+            whitespace-separated words are counted and the key says so.
+    """
+    unit = "tokens" if count_tokens else "words"
+    count = count_tokens or (lambda msgs: sum(len(m["content"].split()) for m in msgs))
+    out: dict = {}
+    for split, examples in (("train", dataset.train), ("eval", dataset.eval)):
+        lengths = [count(e.messages) for e in examples]
+        kinds = Counter(e.kind for e in examples)
+        n = len(examples)
+        out[split] = {
+            "examples": n,
+            f"{unit}_total": sum(lengths),
+            f"{unit}_mean": round(sum(lengths) / n, 1) if n else 0,
+            f"{unit}_max": max(lengths, default=0),
+            "kinds": dict(kinds),
+            "abstain_share": round(kinds["abstain"] / n, 3) if n else 0.0,
+            "refusal_share": round(kinds["refusal"] / n, 3) if n else 0.0,
+            "groups": len({e.group for e in examples}),
+        }
+    out["counts"] = dataset.counts
+    out["problems"] = len(dataset.problems)
+    out["config"] = asdict(dataset.config)
+    return out
+
+
+def write_dataset(dataset: Dataset, out_dir: str | Path, stats: dict) -> dict[str, Path]:
+    """Write `train.jsonl`, `eval.jsonl`, `stats.json` and `problems.txt` into `out_dir`."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"train": out / "train.jsonl", "eval": out / "eval.jsonl",
+             "stats": out / "stats.json", "problems": out / "problems.txt"}
+    for split, examples in (("train", dataset.train), ("eval", dataset.eval)):
+        with paths[split].open("w", encoding="utf-8") as f:
+            for e in examples:
+                f.write(json.dumps(e.to_json(), ensure_ascii=False) + "\n")
+    paths["stats"].write_text(json.dumps(stats, indent=2) + "\n")
+    paths["problems"].write_text("".join(f"{p}\n" for p in dataset.problems))
+    return paths
+
+
+def format_stats(stats: dict) -> str:
+    """Human-readable summary of `dataset_stats` for the CLI."""
+    lines = []
+    for split in ("train", "eval"):
+        s = stats[split]
+        unit = "tokens" if "tokens_total" in s else "words"
+        lines.append(
+            f"{split:5s}: {s['examples']} examples ({s['groups']} answer groups), "
+            f"{s[f'{unit}_total']} {unit} (mean {s[f'{unit}_mean']}, max {s[f'{unit}_max']}), "
+            f"abstain {s['abstain_share']:.1%}, refusal {s['refusal_share']:.1%}, "
+            f"kinds {s['kinds']}"
+        )
+    c = stats["counts"]
+    lines.append(
+        f"rows: {c['rows']} read, {c['duplicates']} duplicates dropped, "
+        f"{c['skipped_no_gold']} without a findable gold passage, "
+        f"redactions {c['redactions'] or 'none'}; {stats['problems']} problems listed"
+    )
+    return "\n".join(lines)

@@ -1,0 +1,244 @@
+"""Training-data builders: P and k honoured, abstain/refusal shares, split by answer group,
+redaction, validation with line numbers, synthetic questions."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from finetune.data import (
+    DataConfig,
+    DataError,
+    FaqRow,
+    best_sentence,
+    build_dataset,
+    clip_passage,
+    dataset_stats,
+    read_faq,
+    synthetic_question_ok,
+    synthetic_rows,
+    write_dataset,
+)
+from finetune.format import ABSTAIN_ANSWER, REFUSAL_ANSWER, parse_answer
+from tests.finetune.conftest import TOPICS
+
+PASSAGE_HEAD = re.compile(r"^\[(\d+)\] (\[[^\]]+\])", re.MULTILINE)
+
+
+def many_rows(per_topic: int = 10) -> list[FaqRow]:
+    rows = []
+    for i, (key, topic, steps) in enumerate(TOPICS):
+        for j in range(per_topic):
+            rows.append(FaqRow(f"Question {j} about the {topic} ({key})?", f"{steps}.",
+                               line=2 + len(rows), page=10 + i))
+    return rows
+
+
+def passages_of(example) -> list[str]:
+    return [label for _, label in PASSAGE_HEAD.findall(example.messages[-2]["content"])]
+
+
+@pytest.mark.parametrize("p_gold,k", [(0.8, 3), (0.5, 2), (1.0, 4)])
+def test_p_and_k_are_honoured(searcher, p_gold, k):
+    config = DataConfig(p_gold=p_gold, k=k, refusal_share=0.0, eval_fraction=0.0, seed=1)
+    ds = build_dataset(many_rows(), searcher, config)
+    examples = ds.train
+    assert len(examples) == 200
+    assert all(len(passages_of(e)) == k for e in examples)
+    gold_share = sum(e.kind == "gold" for e in examples) / len(examples)
+    assert abs(gold_share - p_gold) < 0.08
+    for e in examples:
+        parsed = parse_answer(e.messages[-1]["content"])
+        if e.kind == "gold":
+            assert e.meta["gold"] in passages_of(e)
+            assert [f"[{c.label()}]" for c in parsed.citations] == [e.meta["gold"]]
+            assert not parsed.abstained
+        else:
+            assert parsed.abstained and ABSTAIN_ANSWER in e.messages[-1]["content"]
+            assert e.meta["gold"] not in passages_of(e)
+
+
+def test_gold_target_quotes_the_gold_passage(searcher):
+    ds = build_dataset(many_rows(2), searcher, DataConfig(p_gold=1.0, refusal_share=0,
+                                                          eval_fraction=0))
+    for e in ds.train:
+        target = e.messages[-1]["content"]
+        quote = re.search(r'says "(.+?)" ', target).group(1)
+        idx = int(re.search(r"Passage \[(\d+)\]", target).group(1))
+        blocks = re.split(r"\n\n(?=\[\d+\] )", e.messages[-2]["content"].split("\n\nQuestion:")[0])
+        assert quote in blocks[idx - 1]
+        assert e.meta["gold"] in blocks[idx - 1]
+
+
+def test_faq_chunks_are_never_passages(searcher):
+    ds = build_dataset(many_rows(2), searcher, DataConfig(refusal_share=0.2, eval_fraction=0))
+    for e in ds.train:
+        assert "faq.csv" not in e.messages[-2]["content"]
+    assert all(call[2] == {"type": "doc"} for call in searcher.calls)
+
+
+def test_refusals_and_abstain_share_in_stats(searcher):
+    config = DataConfig(p_gold=0.75, refusal_share=0.1, eval_fraction=0.0, seed=3)
+    ds = build_dataset(many_rows(), searcher, config)
+    refusals = [e for e in ds.train if e.kind == "refusal"]
+    assert len(refusals) == 20
+    assert all(e.messages[-1]["content"].endswith("Sources: none") for e in refusals)
+    assert all(REFUSAL_ANSWER in e.messages[-1]["content"] for e in refusals)
+    stats = dataset_stats(ds)
+    assert stats["train"]["refusal_share"] == pytest.approx(20 / 220, abs=1e-3)
+    abstain = sum(e.kind == "abstain" for e in ds.train) / 220
+    assert stats["train"]["abstain_share"] == pytest.approx(abstain, abs=1e-3)
+    assert 0.15 < abstain < 0.3
+
+
+def test_paraphrases_never_split(searcher):
+    rows = many_rows(5)
+    ds = build_dataset(rows, searcher, DataConfig(eval_fraction=0.3, refusal_share=0.2, seed=7))
+    assert ds.train and ds.eval
+    answers = lambda exs: {e.group for e in exs}  # noqa: E731
+    assert not answers(ds.train) & answers(ds.eval)
+    # Every topic's 5 paraphrases land together.
+    for group in answers(ds.eval):
+        assert sum(e.group == group for e in ds.eval if e.kind != "refusal") in (0, 5)
+
+
+def test_split_is_deterministic(searcher, chunks):
+    from tests.finetune.conftest import KeywordSearcher
+
+    a = build_dataset(many_rows(3), searcher, DataConfig(seed=5))
+    b = build_dataset(many_rows(3), KeywordSearcher(chunks), DataConfig(seed=5))
+    assert [e.to_json() for e in a.eval] == [e.to_json() for e in b.eval]
+
+
+def test_redaction_on_by_default_and_optional(searcher, tmp_path):
+    secret = ("Mail jane.doe@example.com or call +1 (555) 123-4567; card 4111 1111 1111 1111, "
+              "IBAN GB82 WEST 1234 5698 7654 32.")
+    rows = [FaqRow(f"How do I use the factory settings reset? {secret}",
+                   "Open Settings then General then Reset and enter your PIN 0000.", 2, page=10)]
+    rows += many_rows(1)
+    ds = build_dataset(rows, searcher, DataConfig(p_gold=1.0, eval_fraction=0))
+    text = json.dumps([e.to_json() for e in ds.train])
+    for leaked in ("jane.doe@example.com", "555", "4111", "GB82"):
+        assert leaked not in text
+    for placeholder in ("[EMAIL]", "[PHONE]", "[CARD]", "[IBAN]"):
+        assert placeholder in text
+    assert ds.counts["redactions"] == {"email": 1, "phone": 1, "card": 1, "iban": 1}
+    raw = build_dataset(rows, searcher, DataConfig(p_gold=1.0, eval_fraction=0, redact=False))
+    assert "jane.doe@example.com" in json.dumps([e.to_json() for e in raw.train])
+
+
+def test_redaction_keeps_manual_vocabulary():
+    from finetune.redact import redact
+
+    text = "Model QN65Q90RAFXZA, firmware 1.2.3.4, 3840 x 2160 at 120 Hz, PIN 0000, on 2021-05-06."
+    assert redact(text) == (text, {})
+
+
+def test_malformed_rows_reported_with_line_numbers(tmp_path):
+    path = tmp_path / "faq.csv"
+    path.write_text(
+        'question,answer,page\n'
+        'Q one?,"multi\nline answer",3\n'      # lines 2-3
+        'Q two?,,4\n'                          # line 4: empty answer
+        'Q three?,A three,x\n'                 # line 5: bad page, row kept
+        'Q four?,A four,5,extra\n'             # line 6: too many fields
+        'Q five?,A five,6\n'                   # line 7
+    )
+    rows, problems = read_faq(path)
+    assert [r.line for r in rows] == [2, 5, 7]
+    assert rows[1].page is None
+    reported = {p.line: p.reason for p in problems}
+    assert set(reported) == {4, 5, 6}
+    assert "empty answer" in reported[4] and "page" in reported[5] and "more fields" in reported[6]
+    assert str(problems[0]).startswith(f"{path}:4:")
+
+
+def test_jsonl_broken_line(tmp_path):
+    path = tmp_path / "faq.jsonl"
+    path.write_text('{"question": "a?", "answer": "b", "id": 7}\n{broken\n\n[1]\n'
+                    '{"question": "c?", "answer": "d", "page": 2}\n')
+    rows, problems = read_faq(path)
+    assert [(r.line, r.id, r.page) for r in rows] == [(1, "7", None), (5, None, 2)]
+    assert [p.line for p in problems] == [2, 4]
+
+
+def test_missing_columns_and_empty_file(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("q,a\nx,y\n")
+    with pytest.raises(DataError, match="no answer or question column"):
+        read_faq(bad)
+    empty = tmp_path / "empty.csv"
+    empty.write_text("question,answer\n,\n")
+    with pytest.raises(DataError, match="no valid row"):
+        read_faq(empty)
+    with pytest.raises(DataError, match="does not exist"):
+        read_faq(tmp_path / "nope.csv")
+
+
+def test_duplicates_dropped(searcher):
+    rows = many_rows(1)
+    rows.append(FaqRow(rows[0].question.upper(), rows[0].answer, 99, page=rows[0].page))
+    ds = build_dataset(rows, searcher, DataConfig(refusal_share=0, eval_fraction=0))
+    assert len(ds.train) == 20
+    assert any(p.line == 99 and "duplicate of line 2" in p.reason for p in ds.problems)
+
+
+def test_no_gold_anywhere_is_an_error(searcher):
+    rows = [FaqRow("What is the meaning of life?", "Forty two, said the computer.", 2)]
+    with pytest.raises(DataError, match="no gold passage"):
+        build_dataset(rows, searcher, DataConfig())
+
+
+def test_bad_config_names_the_field():
+    with pytest.raises(DataError, match=r"p_gold \(1.5\)"):
+        DataConfig(p_gold=1.5)
+    with pytest.raises(DataError, match=r"search_k \(3\) must exceed k \(3\)"):
+        DataConfig(k=3, search_k=3)
+
+
+def test_best_sentence_and_clip():
+    passage = "Intro text here. Press the Power button for five seconds. Other things."
+    assert best_sentence(passage, "Press Power for five seconds") == (
+        "Press the Power button for five seconds.")
+    long = " ".join(f"w{i}" for i in range(300)) + " KEEP THIS. " + "tail " * 50
+    clipped = clip_passage(long, 200, keep="KEEP THIS.")
+    assert "KEEP THIS." in clipped and len(clipped) < 230
+
+
+class Writer:
+    def __init__(self, answers):
+        self.answers = list(answers)
+
+    def complete(self, messages, *, max_new_tokens=256):
+        return self.answers.pop(0)
+
+
+def test_synthetic_questions_filtered_and_marked(chunks, searcher):
+    from dataclasses import replace
+
+    docs = [c for c in chunks if c.type == "doc"]
+    picture = [replace(docs[4], id=f"p{i}") for i in range(4)]
+    good = "Which picture mode should I choose, Movie or Standard?"
+    writer = Writer([good, "picture", good, "Using the picture mode feature."])
+    rows, problems = synthetic_rows(picture, writer, n=4, seed=0)
+    assert [r.question for r in rows] == [good]
+    assert len(problems) == 3 and all(p.file == "synthetic" for p in problems)
+    assert synthetic_question_ok(good, docs[4].text)[0]
+    ds = build_dataset(many_rows(1), searcher, DataConfig(p_gold=1.0, eval_fraction=0.5),
+                       synthetic=rows)
+    synth = [e for e in ds.train if e.meta["synthetic"]]
+    assert len(synth) == 1 and synth[0].kind == "synthetic"
+    assert not any(e.meta.get("synthetic") for e in ds.eval)
+
+
+def test_write_dataset_jsonl(searcher, tmp_path):
+    ds = build_dataset(many_rows(2), searcher, DataConfig(eval_fraction=0.2))
+    stats = dataset_stats(ds)
+    paths = write_dataset(ds, tmp_path / "out", stats)
+    lines = paths["train"].read_text().splitlines()
+    record = json.loads(lines[0])
+    assert [m["role"] for m in record["messages"]] == ["system", "user", "assistant"]
+    assert record["meta"]["kind"] in ("gold", "abstain", "refusal")
+    assert json.loads(paths["stats"].read_text())["train"]["examples"] == len(lines)
