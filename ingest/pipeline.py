@@ -1,0 +1,452 @@
+"""The ingest run: walk paths, load, chunk, embed what is new, write Chroma and the manifest.
+
+Incremental and idempotent: a file whose bytes hash like the manifest says is not even opened;
+a changed file embeds only chunks the index does not hold yet and then drops its stale ones;
+`prune=True` removes the chunks of indexed files that no longer exist.
+
+Crash safety (SIGKILL anywhere leaves a state the next run repairs). Per file the writes go:
+1. upsert the file's new chunks into Chroma;
+2. delete the file's stale chunks;
+3. atomically replace the manifest (temp file + `os.replace`).
+The manifest is the truth. At start, a run reconciles: chunks in Chroma that no manifest entry
+owns (written by a killed run before its step 3) are deleted, and a manifest entry whose chunks
+are not all in Chroma (killed between steps 2 and 3) is marked incomplete so it is indexed
+again. One ingest at a time per index: a lock file under the index home serialises writers.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+from tqdm import tqdm
+
+from ingest.chunking import Chunker, ChunkingConfig, file_hash
+from ingest.loaders import NoTextError, UnreadableFileError, load_file
+from retrieval.errors import CasewiseError, EmbedderMismatchError, IndexNotFoundError
+from retrieval.manifest import new_manifest, read_manifest, write_manifest
+from retrieval.settings import Settings
+from retrieval.store import ChunkStore
+from retrieval.types import Chunk, Embedder
+
+LOCK_TIMEOUT_S = 10.0
+EMBED_BATCH = 64
+# Tests only: seconds to sleep after each embedded batch, so a test can SIGKILL a run midway.
+TEST_BATCH_SLEEP_ENV = "CASEWISE_TEST_BATCH_SLEEP"
+
+EXIT_OK = 0
+EXIT_FILES_FAILED = 1
+EXIT_FATAL = 2
+
+
+class IngestLockedError(CasewiseError):
+    """Another ingest holds the index lock."""
+
+
+@dataclass
+class FileResult:
+    """What happened to one file.
+
+    Attributes:
+        path: Source key (path relative to the working directory where possible).
+        status: `indexed`, `unchanged`, `skipped`, `failed` or `pruned`.
+        chunks: Chunks the file has in the index after the run.
+        embedded: Chunks embedded for it in this run.
+        reason: Why it was skipped or failed.
+        warnings: Problems that did not stop it (pages without text, bad rows).
+    """
+
+    path: str
+    status: str
+    chunks: int = 0
+    embedded: int = 0
+    reason: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class IngestSummary:
+    """The outcome of a run, printed as a table or JSON by the CLI.
+
+    Attributes:
+        home: Index directory.
+        embedder: Embedder name recorded in the manifest.
+        files: One result per file seen (and per missing path given).
+        embedded: Chunks embedded in this run (0 when nothing changed).
+        deleted: Stale or pruned chunks deleted.
+        repaired: Orphaned chunks of an interrupted run that were removed.
+        total_chunks: Chunks in the index after the run.
+        notes: Run-level remarks (files gone from disk, repairs, rebuild).
+        seconds: Wall time.
+    """
+
+    home: str
+    embedder: str
+    files: list[FileResult] = field(default_factory=list)
+    embedded: int = 0
+    deleted: int = 0
+    repaired: int = 0
+    total_chunks: int = 0
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Number of files per status."""
+        counts = Counter(f.status for f in self.files)
+        return {s: counts.get(s, 0) for s in ("indexed", "unchanged", "skipped", "failed",
+                                              "pruned")}
+
+    @property
+    def exit_code(self) -> int:
+        """0 when no file failed, 1 otherwise (fatal errors never produce a summary)."""
+        return EXIT_FILES_FAILED if self.counts["failed"] else EXIT_OK
+
+    def to_dict(self) -> dict:
+        """JSON-ready view (the CLI's `--json`)."""
+        data = asdict(self)
+        data["counts"] = self.counts
+        data["exit_code"] = self.exit_code
+        return data
+
+    def format_table(self) -> str:
+        """A plain-text table: one row per file, then warnings, notes and totals."""
+        rows = [(f.status, str(f.chunks), f.path, f.reason or "") for f in self.files]
+        head = ("status", "chunks", "file", "reason")
+        widths = [max(len(r[i]) for r in [head, *rows]) for i in range(3)]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(head[:3], widths, strict=True))
+                 + "  " + head[3]]
+        lines.append("  ".join("-" * w for w in widths) + "  " + "-" * 6)
+        for row in rows:
+            lines.append("  ".join(c.ljust(w) for c, w in zip(row[:3], widths, strict=True))
+                         + ("  " + row[3] if row[3] else ""))
+        warned = [f for f in self.files if f.warnings]
+        if warned:
+            lines.append("")
+            lines.append("warnings:")
+            for f in warned:
+                for w in f.warnings:
+                    lines.append(f"  {f.path}: {w}")
+        for note in self.notes:
+            lines.append(f"note: {note}")
+        c = self.counts
+        lines.append("")
+        lines.append(
+            f"{c['indexed']} indexed, {c['unchanged']} unchanged, {c['skipped']} skipped, "
+            f"{c['failed']} failed" + (f", {c['pruned']} pruned" if c["pruned"] else "")
+            + f"; {self.embedded} chunks embedded, {self.deleted} deleted; "
+            f"{self.total_chunks} chunks in the index at {self.home} ({self.seconds:.1f} s)"
+        )
+        if not self.embedded and not c["failed"]:
+            lines.append("nothing to embed: the index is up to date with these files")
+        return "\n".join(lines)
+
+
+def run(
+    paths: Iterable[str | Path],
+    settings: Settings,
+    *,
+    embedder: Embedder | None = None,
+    prune: bool = False,
+    rebuild: bool = False,
+    progress: bool = True,
+    chunking: ChunkingConfig | None = None,
+    lock_timeout: float = LOCK_TIMEOUT_S,
+    batch_size: int = EMBED_BATCH,
+) -> IngestSummary:
+    """Index files and directories into the index at `settings.home`.
+
+    Args:
+        paths: Files and directories (walked recursively; hidden entries are ignored).
+        settings: Resolved settings (index home, embedder name, Chroma location).
+        embedder: Embedder to use; `None` loads `settings.embedder` when something needs
+            embedding (an unchanged index never loads the model).
+        prune: Remove the chunks of indexed files that no longer exist on disk.
+        rebuild: Empty the index and re-embed everything (needed to change embedder or
+            chunking settings on an existing index).
+        progress: Show progress bars (files, embedding) on stderr.
+        chunking: Chunking settings; `None` keeps the index's own (or the defaults for a new
+            index).
+        lock_timeout: Seconds to wait for another ingest on the same index before giving up.
+        batch_size: Chunks per embedding batch (and per Chroma write).
+
+    Returns:
+        The run summary (`summary.exit_code` is 1 when any file failed).
+
+    Raises:
+        IngestLockedError: Another ingest kept the index locked for `lock_timeout` seconds.
+        EmbedderMismatchError: The index was built with another embedder or chunking and
+            `rebuild` is false.
+        CasewiseError: Other fatal problems (damaged manifest, unreachable Chroma server,
+            embedder that cannot be loaded).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size ({batch_size}) must be at least 1")
+    settings.home.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(settings.lock_path), timeout=lock_timeout)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise IngestLockedError(
+            f"another ingest is running on {settings.home} (lock {settings.lock_path}); "
+            "wait for it to finish and run again"
+        ) from None
+    try:
+        return _Run(settings, embedder, chunking, progress, batch_size).execute(
+            [Path(p) for p in paths], prune=prune, rebuild=rebuild,
+        )
+    finally:
+        lock.release()
+
+
+def source_key(path: Path) -> str:
+    """The source recorded for a file: relative to the working directory when inside it."""
+    resolved = path.resolve()
+    try:
+        return resolved.relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return resolved.as_posix()
+
+
+def collect_files(paths: list[Path]) -> tuple[list[Path], list[FileResult]]:
+    """Expand directories (recursively, sorted, hidden entries ignored) and drop duplicates.
+
+    Returns:
+        The files, and a failed result for every path that does not exist.
+    """
+    files: list[Path] = []
+    missing: list[FileResult] = []
+    seen: set[Path] = set()
+    for path in paths:
+        if not path.exists():
+            missing.append(FileResult(str(path), "failed", reason="does not exist"))
+            continue
+        if path.is_dir():
+            found = sorted(
+                p for p in path.rglob("*")
+                if p.is_file() and not any(part.startswith(".")
+                                           for part in p.relative_to(path).parts)
+            )
+        else:
+            found = [path]
+        for file in found:
+            if file.resolve() not in seen:
+                seen.add(file.resolve())
+                files.append(file)
+    return files, missing
+
+
+class _Run:
+    """One locked ingest run (state shared by its steps)."""
+
+    def __init__(self, settings: Settings, embedder: Embedder | None,
+                 chunking: ChunkingConfig | None, progress: bool, batch_size: int) -> None:
+        self.settings = settings
+        self._embedder = embedder
+        self.embedder_name = embedder.name if embedder is not None else settings.embedder.strip()
+        self.requested_chunking = chunking
+        self.progress = progress
+        self.batch_size = batch_size
+        self.sleep = float(os.environ.get(TEST_BATCH_SLEEP_ENV, "0") or 0)
+        self.summary = IngestSummary(str(settings.home), self.embedder_name)
+        self.previous_embedder: str | None = None
+
+    @property
+    def embedder(self) -> Embedder:
+        if self._embedder is None:
+            from retrieval.embeddings import load_embedder
+
+            self._embedder = load_embedder(self.settings.embedder)
+        return self._embedder
+
+    def execute(self, paths: list[Path], *, prune: bool, rebuild: bool) -> IngestSummary:
+        start = time.perf_counter()
+        manifest = self._open_manifest(rebuild)
+        self.chunker = Chunker(ChunkingConfig(**manifest["chunking"]))
+        self.store = self._open_store(manifest, rebuild)
+        if rebuild:
+            manifest = self._new_manifest(self.chunker.config)
+            write_manifest(self.settings.manifest_path, manifest)
+            self.summary.notes.append("rebuild: the index was emptied and re-embedded")
+            self.store_ids: set[str] = set()
+        else:
+            self.store_ids = self._reconcile(manifest)
+        self.manifest = manifest
+
+        files, missing = collect_files(paths)
+        self.summary.files.extend(missing)
+        seen: set[str] = set()
+        for path in tqdm(files, desc="files", unit="file", disable=not self.progress):
+            key = source_key(path)
+            seen.add(key)
+            self.summary.files.append(self._ingest_file(path, key))
+        self._handle_gone(seen, prune)
+        self.summary.total_chunks = self.store.count()
+        self.summary.seconds = round(time.perf_counter() - start, 3)
+        return self.summary
+
+    # --- set-up ---------------------------------------------------------------------------------
+
+    def _new_manifest(self, config: ChunkingConfig) -> dict:
+        return new_manifest(self.embedder_name, config.to_dict(), self.settings.to_dict())
+
+    def _open_manifest(self, rebuild: bool) -> dict:
+        try:
+            manifest = read_manifest(self.settings.manifest_path)
+        except IndexNotFoundError:
+            return self._new_manifest(self.requested_chunking or ChunkingConfig())
+        if rebuild:
+            self.previous_embedder = manifest["embedder"]
+            return self._new_manifest(
+                self.requested_chunking or ChunkingConfig(**manifest["chunking"]))
+        home = self.settings.home
+        if manifest["embedder"] != self.embedder_name:
+            raise EmbedderMismatchError(
+                f"index at {home} was built with embedder {manifest['embedder']!r}, this run uses "
+                f"{self.embedder_name!r}: mixing embedding spaces silently corrupts search; use "
+                f"--embedder {manifest['embedder']} or re-embed everything with --rebuild"
+            )
+        wanted = self.requested_chunking
+        if wanted is not None and wanted.to_dict() != manifest["chunking"]:
+            raise EmbedderMismatchError(
+                f"index at {home} was chunked with {manifest['chunking']}, this run asks for "
+                f"{wanted.to_dict()}; re-chunk everything with --rebuild, or leave out "
+                "--chunk-size/--chunk-overlap to keep the index's settings"
+            )
+        return manifest
+
+    def _open_store(self, manifest: dict, rebuild: bool) -> ChunkStore:
+        if not rebuild:
+            return ChunkStore(self.settings, self.embedder_name)
+        previous = self.previous_embedder
+        try:
+            store = ChunkStore(self.settings, self.embedder_name)
+        except EmbedderMismatchError:
+            if previous is None or previous == self.embedder_name:
+                raise
+            # ChunkStore.reset() re-creates the collection under the embedder it was opened
+            # with, so the old embedder's collection is dropped through its own client.
+            old = ChunkStore(self.settings, previous)
+            old._client.delete_collection(self.settings.collection)
+            return ChunkStore(self.settings, self.embedder_name)
+        store.reset()
+        return store
+
+    def _reconcile(self, manifest: dict) -> set[str]:
+        """Repair what an interrupted run left behind; returns the ids now in the store."""
+        store_ids = self.store.ids()
+        owned = {i for entry in manifest["files"].values() for i in entry["chunk_ids"]}
+        orphans = store_ids - owned
+        if orphans:
+            self.store.delete(sorted(orphans))
+            store_ids -= orphans
+            self.summary.repaired = len(orphans)
+            self.summary.notes.append(
+                f"removed {len(orphans)} orphaned chunks left by an interrupted run")
+        incomplete = [key for key, entry in manifest["files"].items()
+                      if not set(entry["chunk_ids"]) <= store_ids]
+        for key in incomplete:
+            manifest["files"][key]["status"] = "incomplete"
+        if incomplete:
+            self.summary.notes.append(
+                f"{len(incomplete)} file(s) had missing chunks (interrupted run?) and are "
+                f"re-indexed when given: {', '.join(incomplete[:5])}")
+        return store_ids
+
+    # --- per file -------------------------------------------------------------------------------
+
+    def _ingest_file(self, path: Path, key: str) -> FileResult:
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            return FileResult(key, "failed", reason=f"cannot read ({e.strerror or e})")
+        digest = file_hash(data)
+        entry = self.manifest["files"].get(key)
+        if entry and entry["hash"] == digest and entry["status"] == "indexed":
+            return FileResult(key, "unchanged", chunks=len(entry["chunk_ids"]),
+                              warnings=list(entry.get("warnings", [])))
+        try:
+            loaded = load_file(path, data)
+        except NoTextError as e:
+            self._replace(key, path, digest, [], "skipped", e.reason, [])
+            return FileResult(key, "skipped", reason=e.reason)
+        except UnreadableFileError as e:
+            kept = len(entry["chunk_ids"]) if entry else 0
+            reason = e.reason + (f" (its previous {kept} chunks are kept)" if kept else "")
+            return FileResult(key, "failed", chunks=kept, reason=reason)
+        chunks = self.chunker.chunk(loaded, key, digest)
+        embedded = self._replace(key, path, digest, chunks, "indexed", None, loaded.warnings,
+                                 pages=loaded.pages, type_=loaded.type)
+        return FileResult(key, "indexed", chunks=len(chunks), embedded=embedded,
+                          warnings=list(loaded.warnings))
+
+    def _replace(self, key: str, path: Path, digest: str, chunks: list[Chunk], status: str,
+                 reason: str | None, warnings: list[str], *, pages: int | None = None,
+                 type_: str | None = None) -> int:
+        """Write a file's chunks, drop its stale ones, then record it (the crash-safe order)."""
+        entry = self.manifest["files"].get(key)
+        old_ids = set(entry["chunk_ids"]) if entry else set()
+        have = old_ids & self.store_ids
+        new = [c for c in chunks if c.id not in have]
+        kept = [c for c in chunks if c.id in have]
+        if kept:
+            # Same content, same vector: re-write only the metadata (doc hash, chunk index).
+            vectors = self.store.embeddings([c.id for c in kept])
+            self.store.upsert(kept, [vectors[c.id] for c in kept])
+        self._embed_and_upsert(new, key)
+        new_ids = {c.id for c in chunks}
+        stale = sorted(old_ids - new_ids)
+        self.store.delete(stale)
+        self.store_ids = (self.store_ids - set(stale)) | new_ids
+        self.summary.deleted += len(stale)
+        record = {
+            "hash": digest, "chunk_ids": [c.id for c in chunks], "status": status,
+            "type": type_ or (entry or {}).get("type", "doc"), "abs_path": str(path.resolve()),
+            "pages": pages, "warnings": warnings,
+        }
+        if reason:
+            record["reason"] = reason
+        self.manifest["files"][key] = record
+        write_manifest(self.settings.manifest_path, self.manifest)
+        return len(new)
+
+    def _embed_and_upsert(self, chunks: list[Chunk], key: str) -> None:
+        if not chunks:
+            return
+        bar = tqdm(total=len(chunks), desc=f"embedding {Path(key).name}", unit="chunk",
+                   leave=False, disable=not self.progress)
+        with bar:
+            for start in range(0, len(chunks), self.batch_size):
+                batch = chunks[start:start + self.batch_size]
+                vectors = self.embedder.embed_documents([c.text for c in batch])
+                self.store.upsert(batch, vectors)
+                self.summary.embedded += len(batch)
+                bar.update(len(batch))
+                if self.sleep:
+                    time.sleep(self.sleep)
+
+    def _handle_gone(self, seen: set[str], prune: bool) -> None:
+        gone = [
+            key for key, entry in self.manifest["files"].items()
+            if key not in seen and not Path(entry.get("abs_path", key)).exists()
+        ]
+        if not gone:
+            return
+        if not prune:
+            self.summary.notes.append(
+                f"{len(gone)} indexed file(s) no longer exist ({', '.join(gone[:5])}); "
+                "run with --prune to remove their chunks")
+            return
+        for key in gone:
+            ids = self.manifest["files"][key]["chunk_ids"]
+            self.store.delete(ids)
+            self.store_ids -= set(ids)
+            self.summary.deleted += len(ids)
+            del self.manifest["files"][key]
+            write_manifest(self.settings.manifest_path, self.manifest)
+            self.summary.files.append(FileResult(key, "pruned", reason="file no longer exists"))

@@ -1,0 +1,115 @@
+"""The index manifest: which files are indexed, with which hashes, chunk ids and settings.
+
+Written by ingest, read by search (to load the embedder that built the index) and by anyone who
+needs to know how an index was made. JSON at `settings.manifest_path`:
+
+    {"version": 1, "embedder": "default", "chunking": {...}, "settings": {...},
+     "files": {"docs/a.pdf": {"hash": "...", "chunk_ids": [...], "type": "doc",
+                              "status": "indexed", "pages": 12, "warnings": [...]}},
+     "updated_at": "2026-01-15T09:00:00+00:00"}
+
+Writes are atomic (temporary file in the same directory, fsync, `os.replace`): a reader or a
+crash never sees half a manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+from retrieval.errors import CasewiseError, IndexNotFoundError
+
+MANIFEST_VERSION = 1
+
+
+class ManifestError(CasewiseError):
+    """The manifest exists but cannot be used (not JSON, wrong shape, newer version)."""
+
+
+def new_manifest(embedder: str, chunking: dict, settings: dict) -> dict:
+    """An empty manifest for a new index.
+
+    Args:
+        embedder: Name of the embedder (`Embedder.name`).
+        chunking: The chunking settings (`ChunkingConfig.to_dict()`).
+        settings: The resolved settings (`Settings.to_dict()`).
+
+    Returns:
+        The manifest dict, with no files.
+    """
+    return {
+        "version": MANIFEST_VERSION,
+        "embedder": embedder,
+        "chunking": dict(chunking),
+        "settings": dict(settings),
+        "files": {},
+        "updated_at": None,
+    }
+
+
+def read_manifest(path: Path) -> dict:
+    """Read and check a manifest.
+
+    Args:
+        path: `settings.manifest_path`.
+
+    Returns:
+        The manifest dict.
+
+    Raises:
+        IndexNotFoundError: There is no manifest (nothing was indexed there yet).
+        ManifestError: The file is damaged or from a newer casewise.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise IndexNotFoundError(
+            f"no index at {path.parent}: run `python -m ingest docs/` first"
+        ) from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ManifestError(
+            f"{path}: not valid JSON ({e.msg} at line {e.lineno}); re-create the index with "
+            "`python -m ingest --rebuild PATH...`"
+        ) from e
+    missing = [k for k in ("version", "embedder", "chunking", "files") if k not in data] \
+        if isinstance(data, dict) else ["(not an object)"]
+    if missing:
+        raise ManifestError(
+            f"{path}: missing key(s) {', '.join(missing)}; re-create the index with "
+            "`python -m ingest --rebuild PATH...`"
+        )
+    if data["version"] > MANIFEST_VERSION:
+        raise ManifestError(
+            f"{path}: manifest version {data['version']} is newer than this casewise "
+            f"understands ({MANIFEST_VERSION}); upgrade casewise"
+        )
+    return data
+
+
+def write_manifest(path: Path, manifest: dict) -> None:
+    """Write the manifest atomically and stamp `updated_at`.
+
+    Args:
+        path: `settings.manifest_path`.
+        manifest: The manifest dict (modified in place: `updated_at`).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    manifest["updated_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    fd, tmp = tempfile.mkstemp(prefix=".manifest-", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(manifest, f, indent=1, sort_keys=True)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
