@@ -1,0 +1,53 @@
+import numpy as np
+import pytest
+
+from retrieval.embeddings import bundled_model_path, load_embedder
+from retrieval.errors import ModelNotFoundError
+
+
+def test_bundled_model_is_located_through_package_metadata():
+    path = bundled_model_path()
+    assert (path / "modules.json").is_file() and (path / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("name", ["/no/such/model", "./missing-model", "  "])
+def test_bad_model_path_is_a_clear_error(name):
+    with pytest.raises(ModelNotFoundError, match="embedder"):
+        load_embedder(name)
+
+
+def test_a_file_instead_of_a_model_directory_is_refused(tmp_path):
+    path = tmp_path / "weights.bin"
+    path.write_bytes(b"x")
+    with pytest.raises(ModelNotFoundError, match="is a file"):
+        load_embedder(str(path))
+
+
+def test_a_directory_that_is_no_model_is_refused(tmp_path):
+    with pytest.raises(ModelNotFoundError, match="cannot load"):
+        load_embedder(str(tmp_path))
+
+
+def test_hub_id_is_not_downloaded():
+    with pytest.raises(ModelNotFoundError, match="Hugging Face cache"):
+        load_embedder("sentence-transformers/surely-not-cached-model")
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    return load_embedder("default")
+
+
+@pytest.mark.integration
+def test_minilm_vectors_are_normalised_and_paraphrases_are_nearer(minilm):
+    assert minilm.name == "default" and minilm.dim == 384
+    docs = np.array(minilm.embed_documents([
+        "Restore the device to its original factory configuration.",
+        "Bananas are rich in potassium and make a good snack.",
+    ]))
+    query = np.array(minilm.embed_query("How do I factory reset my router?"))
+    assert docs.shape == (2, 384)
+    assert np.allclose(np.linalg.norm(docs, axis=1), 1.0, atol=1e-4)
+    similar, unrelated = docs @ query
+    assert similar > unrelated + 0.2
+    assert minilm.embed_documents([]) == []
