@@ -215,9 +215,9 @@ _PAGE_NUMBER = re.compile(r"^\s*(?:page\s*)?[-–—]?\s*\d+\s*(?:of\s*\d+)?\s*[
 def clean_pages(texts: list[str]) -> list[str]:
     """Drop page-number lines and running headers/footers; rejoin hyphenated line breaks.
 
-    A line among the first or last two of a page that (digits masked) recurs there on more than
-    half of the pages of a document of three or more pages is a running header or footer, not
-    content: it would otherwise repeat in every chunk and pull unrelated pages together in
+    A first or last line of a page that (digits masked) is also the first or last line of more
+    than half of the pages of a document of three or more pages is a running header or footer,
+    not content: it would otherwise repeat in every chunk and pull unrelated pages together in
     keyword search. Only page edges are considered, so repeated body text is never dropped.
     """
     def mask(line: str) -> str:
@@ -229,11 +229,11 @@ def clean_pages(texts: list[str]) -> list[str]:
     if len(pages) >= 3:
         counts: Counter[str] = Counter()
         for lines in pages:
-            counts.update({mask(line) for line in lines[:2] + lines[-2:]})
+            counts.update({mask(line) for line in lines[:1] + lines[-1:]})
         recurring = {m for m, c in counts.items() if c > len(pages) / 2}
     cleaned = []
     for lines in pages:
-        edge = set(range(2)) | set(range(len(lines) - 2, len(lines)))
+        edge = {0, len(lines) - 1}
         kept = [
             line for i, line in enumerate(lines)
             if not _PAGE_NUMBER.match(line) and not (i in edge and mask(line) in recurring)

@@ -1,5 +1,8 @@
 """The ingest run: walk paths, load, chunk, embed what is new, write Chroma and the manifest.
 
+Sources are recorded relative to the directory that holds the index home (absolute when
+outside it), so runs from different working directories agree on a file's key.
+
 Incremental and idempotent: a file whose bytes hash like the manifest says is not even opened;
 a changed file embeds only chunks the index does not hold yet and then drops its stale ones;
 `prune=True` removes the chunks of indexed files that no longer exist.
@@ -204,11 +207,15 @@ def run(
         lock.release()
 
 
-def source_key(path: Path) -> str:
-    """The source recorded for a file: relative to the working directory when inside it."""
+def source_key(path: Path, base: Path) -> str:
+    """The source recorded for a file: relative to `base` when inside it, else absolute.
+
+    `base` is the directory holding the index home, so a file gets the same key whatever the
+    working directory of the run (a cwd-relative key would index one file twice).
+    """
     resolved = path.resolve()
     try:
-        return resolved.relative_to(Path.cwd().resolve()).as_posix()
+        return resolved.relative_to(base.resolve()).as_posix()
     except ValueError:
         return resolved.as_posix()
 
@@ -282,7 +289,7 @@ class _Run:
         self.summary.files.extend(missing)
         seen: set[str] = set()
         for path in tqdm(files, desc="files", unit="file", disable=not self.progress):
-            key = source_key(path)
+            key = source_key(path, self.settings.home.resolve().parent)
             seen.add(key)
             self.summary.files.append(self._ingest_file(path, key))
         self._handle_gone(seen, prune)
