@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from functools import lru_cache
 
 import numpy as np
 
@@ -29,6 +30,8 @@ STOP_WORDS = frozenset(
 )
 
 
+# Vocabularies are small next to token counts: caching stems makes indexing 100k chunks cheap.
+@lru_cache(maxsize=1 << 20)
 def stem(word: str) -> str:
     """Strip common English inflections so that word forms of one stem match.
 

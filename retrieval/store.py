@@ -173,12 +173,21 @@ class ChunkStore:
         self.version = 0
 
     def _open_collection(self):
-        collection = self._client.get_or_create_collection(
-            self.settings.collection,
-            configuration={"hnsw": {"space": "cosine"}},
-            metadata={EMBEDDER_KEY: self.embedder_name},
-            embedding_function=None,
-        )
+        from chromadb.errors import ChromaError
+
+        try:
+            collection = self._client.get_or_create_collection(
+                self.settings.collection,
+                configuration={"hnsw": {"space": "cosine"}},
+                metadata={EMBEDDER_KEY: self.embedder_name},
+                embedding_function=None,
+            )
+        except ChromaError as err:
+            raise CasewiseError(
+                f"cannot open collection {self.settings.collection!r} at {self.location} "
+                f"({err}); check CASEWISE_COLLECTION (3-512 letters, digits, '.', '_', '-') and "
+                "that the location is a Chroma store"
+            ) from err
         stored = (collection.metadata or {}).get(EMBEDDER_KEY)
         if stored is not None and stored != self.embedder_name:
             raise EmbedderMismatchError(

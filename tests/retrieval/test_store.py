@@ -111,3 +111,10 @@ def test_chroma_where_combines_keys_with_and():
     assert chroma_where({"type": "doc", "source": "a"}) == {
         "$and": [{"type": "doc"}, {"source": "a"}]
     }
+
+
+def test_invalid_collection_name_is_a_clear_error(tmp_path):
+    from retrieval.errors import CasewiseError
+
+    with pytest.raises(CasewiseError, match="CASEWISE_COLLECTION"):
+        ChunkStore(Settings(home=tmp_path, collection="x"), "e")
