@@ -19,6 +19,8 @@ The levers, each on by default on a GPU and each switched off by its `--no_<name
   selective activation checkpointing: attention outputs are saved, the rest recomputed) or `off`.
 - `checkpoint_every_n_layers`: checkpoint only every n-th decoder layer (transformers'
   `every_n_layers`), trading spare memory back for the recompute; 1 checkpoints them all.
+- `uncheckpointed_layers`: leave the last k decoder layers un-checkpointed (their activations are
+  kept), for finer steps than `every_n_layers`: spend the memory the fused LM head frees.
 - `micro_batch_size`: a different micro-batch at the same effective batch (gradient accumulation
   is rescaled); 0 keeps the config's.
 - `use_compile`: `torch.compile` of each decoder layer (the layers share one compiled graph, so
@@ -50,6 +52,7 @@ class SpeedArgs:
         use_padding_free: Padding-free packing with position ids; no attention across examples.
         gradient_checkpointing_mode: `"full"`, `"selective"` or `"off"`.
         checkpoint_every_n_layers: Checkpoint only every n-th decoder layer; 1 checkpoints all.
+        uncheckpointed_layers: Leave the last k decoder layers un-checkpointed.
         micro_batch_size: Micro-batch per device at the same effective batch; 0 keeps the config's.
         use_compile: Compile each decoder layer with `torch.compile`.
     """
@@ -63,6 +66,9 @@ class SpeedArgs:
     )
     checkpoint_every_n_layers: int = field(
         default=1, metadata={"help": "Checkpoint every n-th decoder layer only (1: all of them)."}
+    )
+    uncheckpointed_layers: int = field(
+        default=0, metadata={"help": "Leave the last k decoder layers un-checkpointed."}
     )
     micro_batch_size: int = field(
         default=0,
@@ -82,6 +88,10 @@ class SpeedArgs:
             raise SpeedConfigError(
                 f"checkpoint_every_n_layers ({self.checkpoint_every_n_layers}) must be at least 1 "
                 "(1 checkpoints every layer; use gradient_checkpointing_mode off for none)"
+            )
+        if self.uncheckpointed_layers < 0:
+            raise SpeedConfigError(
+                f"uncheckpointed_layers ({self.uncheckpointed_layers}) must be 0 or positive"
             )
         if self.micro_batch_size < 0:
             raise SpeedConfigError(
@@ -193,10 +203,33 @@ def prepare_model(model, speed: SpeedArgs, on_gpu: bool):
         )
 
         enable_selective_activation_checkpointing(model)
+    if speed.uncheckpointed_layers and speed.gradient_checkpointing_mode != "off":
+        _keep_last_layers(model, speed.uncheckpointed_layers)
     if speed.use_compile:
         for layer in decoder_layers(model):
             layer.compile()
     return model
+
+
+def _keep_last_layers(model, k: int) -> None:
+    """Wrap `gradient_checkpointing_enable` so the last `k` layers stay un-checkpointed.
+
+    transformers sets every layer's flag when checkpointing is enabled (by the Trainer, from the
+    config), so the flags are adjusted after each enable; the same instance-wrapper approach TRL
+    uses for selective checkpointing, and transformers calls such a wrapper first.
+    """
+    if getattr(model.gradient_checkpointing_enable, "_keeps_last", None) == k:
+        return
+    inner = model.gradient_checkpointing_enable
+
+    def gradient_checkpointing_enable(gradient_checkpointing_kwargs=None, **kwargs):
+        out = inner(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs, **kwargs)
+        for layer in list(decoder_layers(model))[-k:]:
+            layer.gradient_checkpointing = False
+        return out
+
+    gradient_checkpointing_enable._keeps_last = k
+    model.gradient_checkpointing_enable = gradient_checkpointing_enable
 
 
 def enable_checkpointing(model, speed: SpeedArgs) -> None:

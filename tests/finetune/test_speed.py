@@ -56,7 +56,7 @@ def test_yaml_config_sets_levers(tmp_path):
 
 
 @pytest.mark.parametrize("kw", [{"gradient_checkpointing_mode": "some"}, {"micro_batch_size": -1},
-                                {"checkpoint_every_n_layers": 0}])
+                                {"checkpoint_every_n_layers": 0}, {"uncheckpointed_layers": -2}])
 def test_bad_values_are_user_errors_naming_the_field(kw):
     with pytest.raises(CasewiseError) as err:
         SpeedArgs(**kw)
@@ -134,3 +134,15 @@ def test_padding_free_packing_gives_the_same_per_example_loss(tiny_llama):
     leaky = [nll[a:a + len(s) - 1].mean().item() for a, s in zip(starts, seqs)]
     assert leaky[0] == pytest.approx(unpacked[0], abs=1e-4)
     assert all(abs(x - y) > 1e-3 for x, y in zip(leaky[1:], unpacked[1:]))
+
+
+def test_uncheckpointed_layers_survive_the_trainer_enabling_checkpointing(tiny_llama):
+    from finetune.speed import enable_checkpointing
+
+    speed = SpeedArgs(use_liger=False, uncheckpointed_layers=1)
+    prepare_model(tiny_llama, speed, on_gpu=True)
+    # What the Trainer calls from `activation_checkpointing_kwargs`.
+    tiny_llama.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    assert [layer.gradient_checkpointing for layer in tiny_llama.model.layers] == [True, False]
+    enable_checkpointing(tiny_llama, speed)
+    assert [layer.gradient_checkpointing for layer in tiny_llama.model.layers] == [True, False]
