@@ -34,10 +34,9 @@ STOPWORDS = frozenset(
     can't don't doesn't isn't possible""".split()
 )
 
-# Words that make a question lean on the previous turn.
+# Openings that carry the previous question over to a new object ("what about the TV?").
 _FOLLOW_UP_START = re.compile(
-    r"^\s*(?:and|also|but|so|then|what about|how about|and what|what if|same for|ok(?:ay)?|"
-    r"then how)\b",
+    r"^\s*(?:and |but )?(?:what about|how about|what if|same for|and for|and on)\b",
     re.IGNORECASE,
 )
 _PRONOUN = re.compile(r"\b(?:it|its|that|this|those|these|them|they|one|there)\b", re.IGNORECASE)
@@ -74,12 +73,14 @@ def lexical_overlap(query: str, passage: str) -> float:
 def is_follow_up(question: str) -> bool:
     """Whether a question probably depends on the previous turn.
 
-    A question that starts like a continuation ("and how do I ...", "what about ...") or that is
-    short and refers back with a pronoun ("how do I turn it off?") is a follow-up.
+    A question that carries the previous one over ("what about ...?"), refers back with a
+    pronoun ("and how do I turn it off?") or is too short to name a topic is a follow-up; one
+    that names its own topic ("and how do I turn the lights off?") stands alone, so that the
+    previous topic does not drown it in the search.
     """
     if _FOLLOW_UP_START.search(question):
         return True
-    return bool(_PRONOUN.search(question)) and len(content_words(question)) <= 3
+    return bool(_PRONOUN.search(question)) or len(content_words(question)) <= 1
 
 
 def contextualize(question: str, previous_standalone: str) -> str:

@@ -66,3 +66,18 @@ def chunks() -> list[Chunk]:
 @pytest.fixture
 def searcher(chunks) -> FakeSearcher:
     return FakeSearcher(chunks)
+
+
+def build_index(settings, chunks: list[Chunk], embedder) -> None:
+    """Write a real index (Chroma store + manifest) holding `chunks`, without ingest."""
+    from retrieval.manifest import new_manifest, write_manifest
+    from retrieval.store import ChunkStore
+
+    store = ChunkStore(settings, embedder.name)
+    store.upsert(chunks, embedder.embed_documents([c.text for c in chunks]))
+    manifest = new_manifest(embedder.name, {}, settings.to_dict())
+    for c in chunks:
+        entry = manifest["files"].setdefault(
+            c.source, {"hash": c.doc_hash, "chunk_ids": [], "type": c.type, "status": "ok"})
+        entry["chunk_ids"].append(c.id)
+    write_manifest(settings.manifest_path, manifest)

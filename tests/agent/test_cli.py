@@ -1,0 +1,198 @@
+"""The chat CLI: --help, exit codes and messages, and the REPL through a pseudo-terminal."""
+
+import json
+import os
+import pty
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from agent.cli import main
+from retrieval.settings import Settings
+from tests.agent.conftest import FAQ, LIGHTS, RESET, WIFI, build_index
+from tests.conftest import REPO
+
+QUESTION = "How do I reset the router to factory settings?"
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["ask", "--help"], ["chat", "--help"]])
+def test_help(argv, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage: python -m agent" in out and "--adapter" in out and "--llm-url" in out
+
+
+def test_empty_question_is_a_usage_error(capsys):
+    assert main(["ask", "   "]) == 2
+    assert capsys.readouterr().err.strip() == (
+        'error: the question is empty: python -m agent ask "How do I ...?"')
+
+
+def test_missing_index(tmp_path, capsys):
+    assert main(["ask", QUESTION, "--home", str(tmp_path / "none")]) == 1
+    err = capsys.readouterr().err
+    assert "no index at" in err and "run `python -m ingest docs/` first" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_wrong_adapter_path(tmp_path, capsys):
+    assert main(["ask", QUESTION, "--adapter", str(tmp_path / "nope")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: adapter path {tmp_path / 'nope'} does not exist")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["ask", "q", "--llm-url", "http://localhost:1"], "--llm-url needs --llm-model"),
+    (["ask", "q", "--llm-model", "m"], "--llm-model needs --llm-url"),
+    (["ask", "q", "--llm-url", "localhost:1", "--llm-model", "m"], "must start with http"),
+    (["ask", "q", "--top-k", "0"], "--top-k (0) must be at least 1"),
+])
+def test_bad_backend_flags(argv, message, capsys):
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_unknown_flag_exits_2(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["ask", "q", "--nope"])
+    assert exit_.value.code == 2
+
+
+# --- integration: real embedder, real index, real tiny model ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def real_home(tmp_path_factory):
+    from retrieval.embeddings import load_embedder
+
+    home = tmp_path_factory.mktemp("agent-index")
+    build_index(Settings.resolve(home=home), [RESET, LIGHTS, WIFI, FAQ], load_embedder("default"))
+    return home
+
+
+def _env():
+    return {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.integration
+def test_unreachable_model_server(real_home):
+    url = f"http://127.0.0.1:{_free_port()}"
+    out = subprocess.run(
+        [sys.executable, "-m", "agent", "ask", QUESTION, "--home", str(real_home),
+         "--llm-url", url, "--llm-model", "m"],
+        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=180)
+    assert out.returncode == 1
+    assert out.stderr.startswith(f"error: cannot reach the model server at {url}/v1: ")
+    assert "Traceback" not in out.stderr
+
+
+@pytest.mark.integration
+def test_ask_json_with_the_real_model(real_home, embedded_model_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "agent", "ask", QUESTION, "--json", "--home", str(real_home),
+         "--max-new-tokens", "16"],
+        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert {"answer", "reasoning", "citations", "abstained", "refused", "faq_match",
+            "timings"} <= set(result)
+    assert result["answer"] and result["refused"] is False
+    assert result["faq_match"]["question"] == "How can I restore my router to factory defaults?"
+    assert {"retrieve", "generate", "total"} <= set(result["timings"])
+    for c in result["citations"]:
+        assert set(c) == {"source", "page", "section"}
+
+
+class Terminal:
+    """A child process on a pseudo-terminal, read with timeouts."""
+
+    def __init__(self, argv):
+        pid, fd = pty.fork()
+        if pid == 0:  # child
+            os.chdir(REPO)
+            os.execvpe(argv[0], argv, _env())
+        self.pid, self.fd, self.buffer = pid, fd, ""
+
+    def expect(self, text, timeout=180):
+        end = time.monotonic() + timeout
+        while text not in self.buffer:
+            left = end - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"timed out waiting for {text!r}; got:\n{self.buffer[-2000:]}")
+            ready, _, _ = select.select([self.fd], [], [], min(left, 1))
+            if ready:
+                try:
+                    self.buffer += os.read(self.fd, 4096).decode(errors="replace")
+                except OSError:  # child closed the terminal
+                    break
+        assert text in self.buffer, self.buffer[-2000:]
+        before, _, self.buffer = self.buffer.partition(text)
+        return before
+
+    def send(self, text):
+        os.write(self.fd, text.encode())
+
+    def wait(self, timeout=60):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                return os.waitstatus_to_exitcode(status)
+            try:
+                select.select([self.fd], [], [], 0.2)
+                os.read(self.fd, 4096)
+            except OSError:
+                time.sleep(0.1)
+        os.kill(self.pid, signal.SIGKILL)
+        raise AssertionError("REPL did not exit")
+
+
+@pytest.mark.integration
+def test_repl_through_a_pseudo_terminal(real_home, embedded_model_path):
+    argv = [sys.executable, "-m", "agent", "--home", str(real_home), "--session", "pty-1",
+            "--max-new-tokens", "24"]
+    term = Terminal(argv)
+    term.expect("Session pty-1")
+    term.expect("> ")
+    term.send("/help\n")
+    assert "/sources" in term.expect("> ")
+    term.send(QUESTION + "\n")
+    answer = term.expect("> ")
+    assert "Sources:" in answer and "Similar past ticket" in answer
+    term.send("/sources\n")
+    assert "[router_manual.pdf p.4] Factory reset" in term.expect("> ")
+    # Ctrl-C stops the current answer and keeps the session.
+    term.send("How do I change the Wi-Fi password?\n")
+    time.sleep(3)
+    term.send("\x03")
+    assert "[stopped]" in term.expect("> ")
+    term.send("/history\n")
+    history = term.expect("> ")
+    assert f"user: {QUESTION}" in history
+    term.send("\x04")  # Ctrl-D exits
+    assert term.wait() == 0
+
+    # A restarted CLI on the same session remembers the conversation.
+    term = Terminal(argv)
+    term.expect("> ")
+    term.send("/history\n")
+    assert f"user: {QUESTION}" in term.expect("> ")
+    term.send("/new\n")
+    assert "New session" in term.expect("> ")
+    term.send("/history\n")
+    assert "No conversation yet" in term.expect("> ")
+    term.send("\x04")
+    assert term.wait() == 0
