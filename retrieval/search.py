@@ -8,13 +8,13 @@ the fused score, both ranks and the cosine similarity of every hit.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 from retrieval.bm25 import BM25Index
 from retrieval.embeddings import load_embedder
-from retrieval.errors import CasewiseError, EmbedderMismatchError, IndexNotFoundError
+from retrieval import manifest as manifest_io
+from retrieval.errors import EmbedderMismatchError
 from retrieval.settings import DEFAULT_EMBEDDER, Settings
 from retrieval.store import ChunkStore
 from retrieval.types import Chunk, Embedder, Hit
@@ -168,7 +168,7 @@ class HybridSearcher:
 
 
 def read_manifest(settings: Settings) -> dict:
-    """The index manifest of `settings.home`.
+    """The index manifest of `settings.home` (see `retrieval.manifest.read_manifest`).
 
     Args:
         settings: Resolved settings.
@@ -178,24 +178,9 @@ def read_manifest(settings: Settings) -> dict:
 
     Raises:
         IndexNotFoundError: There is no manifest (nothing indexed yet).
-        CasewiseError: The manifest is not valid JSON or has no `embedder`.
+        ManifestError: The manifest is damaged or from a newer casewise.
     """
-    path = settings.manifest_path
-    if not path.is_file():
-        raise IndexNotFoundError(f"no index at {settings.home}: run `python -m ingest docs/` first")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CasewiseError(
-            f"{path}: cannot read the index manifest ({err}); re-index with "
-            "`python -m ingest --rebuild docs/`"
-        ) from err
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("embedder"), str):
-        raise CasewiseError(
-            f"{path}: the index manifest has no 'embedder' field; re-index with "
-            "`python -m ingest --rebuild docs/`"
-        )
-    return manifest
+    return manifest_io.read_manifest(settings.manifest_path)
 
 
 def open_searcher(
@@ -216,6 +201,7 @@ def open_searcher(
 
     Raises:
         IndexNotFoundError: No manifest at `settings.manifest_path`.
+        ManifestError: The manifest is damaged.
         EmbedderMismatchError: The configured embedder differs from the one that built the index.
         ModelNotFoundError: The manifest's embedder cannot be loaded.
     """

@@ -124,6 +124,47 @@ def _chroma_settings():
     return ChromaSettings(anonymized_telemetry=False, allow_reset=False)
 
 
+def _connect(settings: Settings):
+    """A Chroma client for the server at `settings.chroma_url`, else the embedded store."""
+    import chromadb
+
+    if not settings.chroma_url:
+        settings.chroma_dir.mkdir(parents=True, exist_ok=True)
+        return chromadb.PersistentClient(path=str(settings.chroma_dir), settings=_chroma_settings())
+    try:
+        client = chromadb.HttpClient(**_client_args(settings.chroma_url),
+                                     settings=_chroma_settings())
+        client.heartbeat()
+    except Exception as err:  # noqa: BLE001 - connection errors differ by transport and version
+        reason = str(err).splitlines()[0][:200] if str(err) else ""
+        raise StoreUnavailableError(
+            f"Chroma server at {settings.chroma_url} did not answer "
+            f"({type(err).__name__}: {reason}); start it with `chroma run --path DIR --port PORT` "
+            "or unset CASEWISE_CHROMA_URL / --chroma-url to use the embedded store"
+        ) from err
+    return client
+
+
+def drop_collection(settings: Settings) -> bool:
+    """Delete the collection `settings.collection` whatever embedder built it (for a rebuild).
+
+    Args:
+        settings: Where the collection lives.
+
+    Returns:
+        Whether a collection was there to delete.
+    """
+    from chromadb.errors import NotFoundError
+
+    if not settings.chroma_url and not settings.chroma_dir.exists():
+        return False
+    try:
+        _connect(settings).delete_collection(settings.collection)
+    except NotFoundError:
+        return False
+    return True
+
+
 class ChunkStore:
     """Chunks and their vectors in one Chroma collection (cosine space).
 
@@ -144,28 +185,9 @@ class ChunkStore:
             StoreUnavailableError: The Chroma server does not answer.
             EmbedderMismatchError: The collection holds vectors of another embedder.
         """
-        import chromadb
-
         self.settings = settings
         self.embedder_name = embedder_name
-        if settings.chroma_url:
-            try:
-                self._client = chromadb.HttpClient(
-                    **_client_args(settings.chroma_url), settings=_chroma_settings()
-                )
-                self._client.heartbeat()
-            except Exception as err:  # noqa: BLE001 - connection errors vary by transport
-                raise StoreUnavailableError(
-                    f"Chroma server at {settings.chroma_url} did not answer "
-                    f"({type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}); "
-                    "start it with `chroma run --path DIR --port PORT` or unset "
-                    "CASEWISE_CHROMA_URL / --chroma-url to use the embedded store"
-                ) from err
-        else:
-            settings.chroma_dir.mkdir(parents=True, exist_ok=True)
-            self._client = chromadb.PersistentClient(
-                path=str(settings.chroma_dir), settings=_chroma_settings()
-            )
+        self._client = _connect(settings)
         self._collection = self._open_collection()
         self._max_batch = int(self._client.get_max_batch_size())
         # Bumped on every write through this object, so caches in this process notice changes

@@ -118,3 +118,11 @@ def test_invalid_collection_name_is_a_clear_error(tmp_path):
 
     with pytest.raises(CasewiseError, match="CASEWISE_COLLECTION"):
         ChunkStore(Settings(home=tmp_path, collection="x"), "e")
+
+
+def test_drop_collection_removes_any_embedders_collection(store, settings):
+    from retrieval.store import drop_collection
+
+    assert drop_collection(settings) is True
+    assert drop_collection(settings) is False
+    assert ChunkStore(settings, "another-model").count() == 0  # free for a new embedder
