@@ -348,30 +348,110 @@ def recipes(batches: list[int], smoke: bool) -> list[Recipe]:
         out.append(Recipe("baseline", b, baseline=True, fused_head=False, lever="baseline"))
     for b in batches:
         out.append(Recipe("bf16 (TRL QLoRA dtypes)", b, fused_head=False,
-                          speed=s(use_liger=False), lever="no fp32 upcast"))
+                          speed=s(use_liger=False), lever="no fp32 upcast, bf16 adapters"))
         out.append(Recipe("+ TRL fused LM head", b, speed=s(use_liger=False),
                           lever="fused chunked LM head"))
     for b in batches:
         out.append(Recipe("+ Liger", b, speed=s(), lever="Liger RMSNorm/SwiGLU/RoPE"))
-        out.append(Recipe("+ selective ckpt (SAC)", b, speed=s(gradient_checkpointing_mode="selective"),
-                          lever="save attention outputs"))
-        out.append(Recipe("+ ckpt every 2nd layer", b, speed=s(checkpoint_every_n_layers=2),
-                          lever="checkpoint half the layers"))
-        out.append(Recipe("+ ckpt every 4th layer", b, speed=s(checkpoint_every_n_layers=4),
-                          lever="checkpoint a quarter of the layers"))
-        if b == 2:
+        if b == min(batches):
+            out.append(Recipe("+ selective ckpt (SAC)", b,
+                              speed=s(gradient_checkpointing_mode="selective"),
+                              lever="save attention outputs"))
+        for k in (8, 16, 24):
+            out.append(Recipe(f"+ last {k} layers un-ckpt", b, speed=s(uncheckpointed_layers=k),
+                              lever=f"{k} of 32 layers keep activations"))
+        if b == min(batches):
             out.append(Recipe("+ no checkpointing", b, speed=s(gradient_checkpointing_mode="off"),
                               lever="no checkpointing"))
     big = max(batches)
-    if big > 2 and not smoke:
-        out.append(Recipe("micro-batch 4 x2", big, speed=s(), micro_batch=4, lever="micro-batch 4"))
+    if big > 2:
+        out.append(Recipe("+ micro-batch 4 (x2 accum)", big, speed=s(uncheckpointed_layers=16),
+                          micro_batch=4, lever="micro-batch 4 at the same batch"))
     if DEVICE == "cuda":
-        for b in batches:
-            out.append(Recipe("+ torch.compile layers", b, speed=s(use_compile=True),
-                              lever="torch.compile per layer"))
+        out.append(Recipe("+ torch.compile layers", min(batches), speed=s(use_compile=True),
+                          lever="torch.compile per layer"))
     else:  # the dry run: no Triton, so no Liger
         for r in out:
             r.speed.use_liger = False
+    return out
+
+
+def trainer_run(base, speed: SpeedArgs, batch: int, steps: int, vocab: int) -> dict:
+    """A short run through TRL's `SFTTrainer` with `finetune.speed`'s settings (issue 3's GPU run).
+
+    Variable-length examples (256-2048 tokens at SEQ 2048) packed padding-free into rows of 2048, as
+    `python -m finetune train` does on a GPU; tokens/s counts the real tokens the trainer saw.
+    """
+    import tempfile
+
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast, TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    from finetune.speed import configure_sft_config
+
+    class Timer(TrainerCallback):
+        def __init__(self):
+            self.t, self.tokens, self.t0, self.seen0 = [], [], 0.0, 0
+
+        def on_step_begin(self, args, state, control, **kw):
+            _sync()
+            self.t0, self.seen0 = time.perf_counter(), state.num_input_tokens_seen
+
+        def on_step_end(self, args, state, control, **kw):
+            _sync()
+            self.t.append(time.perf_counter() - self.t0)
+            self.tokens.append(state.num_input_tokens_seen - self.seen0)
+
+    g = torch.Generator().manual_seed(11)
+    lengths = torch.randint(SEQ // 8, SEQ + 1, (batch * (steps + 2) * 3,), generator=g).tolist()
+    ds = Dataset.from_dict({"input_ids": [torch.randint(3, vocab, (n,), generator=g).tolist()
+                                          for n in lengths]})
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel({"<pad>": 0, "<eos>": 1, "<unk>": 2},
+                                                    unk_token="<unk>")),
+        pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
+    out = {"batch": batch, "steps": steps, "speed": asdict(speed)}
+    trainer = None
+    _free()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            sft = SFTConfig(output_dir=tmp, per_device_train_batch_size=batch, max_steps=steps,
+                            learning_rate=LR, lr_scheduler_type="constant", logging_steps=1,
+                            report_to="none", save_strategy="no", bf16=DEVICE == "cuda",
+                            use_cpu=DEVICE == "cpu", max_length=SEQ,
+                            optim="adamw_torch_fused", include_num_input_tokens_seen="all",
+                            dataloader_num_workers=0)
+            configure_sft_config(sft, speed, on_gpu=DEVICE == "cuda")
+            prepare_model(base, speed, on_gpu=DEVICE == "cuda")
+            lora = LoraConfig(r=LORA_R, lora_alpha=2 * LORA_R, lora_dropout=0.0,
+                              target_modules="all-linear", task_type="CAUSAL_LM")
+            timer = Timer()
+            trainer = SFTTrainer(model=base, args=sft, train_dataset=ds, processing_class=tok,
+                                 peft_config=lora, callbacks=[timer])
+            trainer.train()
+            t, n = timer.t[2:] or timer.t, timer.tokens[2:] or timer.tokens
+            out.update(status="ok", step_s_all=[round(x, 3) for x in timer.t],
+                       tokens_per_step=timer.tokens, tokens_per_s=sum(n) / sum(t),
+                       peak_gib=_mem(), reserved_gib=_mem("reserved"),
+                       losses=[h["loss"] for h in trainer.state.log_history if "loss" in h],
+                       sft_config={k: getattr(sft, k) for k in (
+                           "packing", "packing_strategy", "padding_free",
+                           "activation_checkpointing", "activation_checkpointing_kwargs",
+                           "per_device_train_batch_size") if hasattr(sft, k)})
+    except Exception as e:  # noqa: BLE001 - report, keep the ablation's figures
+        out.update(status=f"error: {type(e).__name__}: {e}"[:400],
+                   traceback=traceback.format_exc()[-2000:])
+    finally:
+        if trainer is not None:
+            trainer.model.unload()
+            for attr in ("forward", "gradient_checkpointing_enable", "peft_config"):
+                base.__dict__.pop(attr, None)
+        del trainer
+        _free()
     return out
 
 
@@ -425,13 +505,15 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: run the ablation, print the table, write the JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, nargs="+", default=[2, 8])
-    parser.add_argument("--steps", type=int, default=4, help="timed steps per configuration")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per configuration")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--layers", type=int, default=None, help="fewer decoder layers (smoke)")
     parser.add_argument("--only", nargs="*", default=None, help="run only these config names")
     parser.add_argument("--smoke", action="store_true",
                         help="4 layers, batch 2, 1+1 steps: checks every code path quickly")
     parser.add_argument("--json", type=Path, default=None, help="also write the JSON here")
+    parser.add_argument("--trainer-steps", type=int, default=6,
+                        help="then a short SFTTrainer run with finetune.speed (0: skip)")
     parser.add_argument("--cpu-dry-run", action="store_true",
                         help="tiny model on CPU: checks the code, measures nothing")
     args = parser.parse_args(argv)
@@ -442,12 +524,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.cpu_dry_run:
         DEVICE, SEQ = "cpu", 64
         args.layers, args.steps, args.warmup = 2, 1, 1
-        args.batches = [2, 4]
+        args.batches, args.trainer_steps = [2, 4], 3
     elif not torch.cuda.is_available():
         print("qlora_gpu: no CUDA device: run this on an H100/H200", file=sys.stderr)
         return 2
     if args.smoke:
         args.layers, args.batches, args.steps, args.warmup = args.layers or 4, [2], 1, 1
+        args.trainer_steps = min(args.trainer_steps, 3)
     info = {"command": " ".join([sys.executable.split("/")[-1], "-m", "bench.qlora_gpu",
                                  *(argv if argv is not None else sys.argv[1:])]),
             "versions": versions(), "seq_len": SEQ, "lora_r": LORA_R, "lr": LR,
@@ -476,6 +559,12 @@ def main(argv: list[str] | None = None) -> int:
     for recipe in recipes(args.batches, args.smoke):
         if args.only and recipe.name not in args.only and not recipe.baseline:
             continue
+        if recipe.micro_batch:
+            # The micro-batch lever on top of the best checkpointing choice measured so far.
+            best = summarise(results, [recipe.batch]).get(str(recipe.batch), {}).get("best")
+            recipe.speed.uncheckpointed_layers = next(
+                (r["speed"]["uncheckpointed_layers"] for r in results
+                 if r["name"] == best and r["batch"] == recipe.batch), 0)
         r = run_recipe(base, recipe, data[recipe.batch], args.warmup, args.steps)
         results.append(r)
         print(table([x for x in results if x["batch"] == r["batch"]]).splitlines()[-1],
@@ -486,6 +575,16 @@ def main(argv: list[str] | None = None) -> int:
         _write(info, results, args, path)
     info["summary"] = summarise(results, args.batches)
     _write(info, results, args, path)
+    if args.trainer_steps:
+        best = info["summary"].get(str(max(args.batches)), {}).get("best")
+        keep = next((r["speed"]["uncheckpointed_layers"] for r in results
+                     if r["name"] == best and r["batch"] == max(args.batches)), 0)
+        speed = SpeedArgs(uncheckpointed_layers=keep, use_liger=DEVICE == "cuda")
+        info["trainer"] = trainer_run(base, speed, max(args.batches), args.trainer_steps, vocab)
+        print(f"SFTTrainer: {info['trainer'].get('status')} "
+              f"{info['trainer'].get('tokens_per_s', 0):.0f} tok/s, "
+              f"{info['trainer'].get('peak_gib', 0):.1f} GiB", flush=True)
+        _write(info, results, args, path)
     print()
     print(table(results))
     print(json.dumps(info["summary"], indent=1))
