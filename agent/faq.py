@@ -85,5 +85,5 @@ class FaqMatcher:
             reason=reason,
             source=hit.citation.source,
             page=hit.citation.page,
-            ticket_id=str(hit.chunk.metadata.get("id") or hit.chunk.id),
+            ticket_id=str(hit.chunk.metadata.get("faq_id") or hit.chunk.id),
         )
