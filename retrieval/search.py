@@ -9,6 +9,7 @@ the fused score, both ranks and the cosine similarity of every hit.
 from __future__ import annotations
 
 import math
+import threading
 from pathlib import Path
 
 from retrieval.bm25 import BM25Index
@@ -23,7 +24,7 @@ from retrieval.types import Chunk, Embedder, Hit
 def _cosine(a: list[float], b: list[float]) -> float:
     dot = sum(x * y for x, y in zip(a, b, strict=True))
     norm = math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b))
-    return dot / norm if norm else 0.0
+    return max(-1.0, min(1.0, dot / norm)) if norm else 0.0
 
 
 class HybridSearcher:
@@ -85,6 +86,8 @@ class HybridSearcher:
         self.manifest_path = manifest_path
         self._bm25: BM25Index | None = None
         self._bm25_key: tuple | None = None
+        # Graph nodes may search from several threads; build the keyword index once, not per call.
+        self._bm25_lock = threading.Lock()
 
     def _cache_key(self) -> tuple:
         mtime = None
@@ -94,11 +97,12 @@ class HybridSearcher:
 
     def keyword_index(self) -> BM25Index:
         """The BM25 index over the whole collection, rebuilt when the collection changed."""
-        key = self._cache_key()
-        if self._bm25 is None or key != self._bm25_key:
-            self._bm25 = BM25Index(self.store.all_chunks())
-            self._bm25_key = key
-        return self._bm25
+        with self._bm25_lock:
+            key = self._cache_key()
+            if self._bm25 is None or key != self._bm25_key:
+                self._bm25 = BM25Index(self.store.all_chunks())
+                self._bm25_key = key
+            return self._bm25
 
     def search(self, query: str, k: int = 5, where: dict | None = None) -> list[Hit]:
         """Return the `k` best hits for `query`, best first.

@@ -376,7 +376,8 @@ class ChunkStore:
             include=["documents", "metadatas", "distances"],
         )
         return [
-            (chunk_from_record(i, text, meta), 1.0 - float(distance))
+            # float32 HNSW distances can step just outside [0, 2]; keep similarity in [-1, 1].
+            (chunk_from_record(i, text, meta), max(-1.0, min(1.0, 1.0 - float(distance))))
             for i, text, meta, distance in zip(
                 result["ids"][0], result["documents"][0], result["metadatas"][0],
                 result["distances"][0], strict=True,
