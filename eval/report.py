@@ -252,8 +252,8 @@ def write_html(run_dir: Path, results: dict, charts: dict[str, bytes]) -> str:
                   f"({_e(j['kind'])}); LLM-judged metrics on "
                   f"{len(j['llm_judged_questions'])} question(s) per system.</p>")
     if j["weak"]:
-        judge_html += f"<div class='warn' id='judge-warning'><b>WARNING</b>: " \
-                      f"{_e(EMBEDDED_JUDGE_WARNING)}</div>"
+        judge_html += ('<div class="warn" id="judge-warning"><b>WARNING</b>: '
+                       f"{_e(EMBEDDED_JUDGE_WARNING)}</div>")
     missing = ""
     if results.get("missing_answers"):
         missing = (f"<div class='warn'>{results['missing_answers']} answers are missing: the run "

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,8 +22,8 @@ from eval.metrics import PROJECT_METRICS, aggregate, project_scores
 from eval.questions import Question, QuestionFileError, load_harmful, load_questions
 from eval.ragas_metrics import RAGAS_METRICS, RagasScorer, chat_judge
 from eval.systems import SystemOptions, build_system, check_systems
+from finetune.model import EMBEDDED_NAME
 from retrieval.errors import CasewiseError
-from retrieval.settings import Settings
 
 JUDGES = ("local", "none", "remote")
 EMBEDDED_JUDGE_WARNING = (
@@ -144,7 +145,9 @@ def generate(config: RunConfig, questions: list[Question], *, build=build_system
             for q in todo:
                 bar.set_postfix_str(f"{name} {q.id}")
                 start = time.perf_counter()
-                record = system.answer(q.question, thread_id=f"eval-{name}-{q.id}")
+                # A fresh thread per attempt: a retried question must not see its earlier try.
+                thread = f"eval-{name}-{q.id}-{uuid.uuid4().hex[:8]}"
+                record = system.answer(q.question, thread_id=thread)
                 record.update(system=name, id=q.id, seconds=round(time.perf_counter() - start, 3))
                 cache.put(record)
                 bar.update(1)
@@ -202,7 +205,10 @@ def make_judge(judge: JudgeConfig, model: str = "default"):
         from agent.llm import LocalChatModel
 
         backend = LocalChatModel(model=judge.model or model, max_new_tokens=judge.max_new_tokens)
-    return chat_judge(backend, max_new_tokens=judge.max_new_tokens)
+    llm = chat_judge(backend, max_new_tokens=judge.max_new_tokens)
+    if judge.kind == "local" and (judge.model or model) == "default":
+        llm.name = f"{EMBEDDED_NAME} (embedded, local)"
+    return llm
 
 
 def judge_is_weak(judge: JudgeConfig, name: str) -> bool:
