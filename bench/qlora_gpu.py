@@ -234,6 +234,7 @@ def _detach(model, base) -> None:
         base.__dict__.pop(attr, None)
     for layer in base.model.layers:
         layer._compiled_call_impl = None
+    base.set_attn_implementation("sdpa")
     base.requires_grad_(False)
 
 
@@ -341,9 +342,17 @@ def nf4_matmul_bench(tokens: int) -> list[dict]:
 
 
 def recipes(batches: list[int], smoke: bool) -> list[Recipe]:
-    """The ablation, ordered so process-wide patches (Liger, RoPE) come after the runs without."""
-    s = SpeedArgs
+    """The ablation, ordered so process-wide patches (Liger, RoPE) come after the runs without.
+
+    Rows are full 2048-token sequences, so there is no padding to remove: padding-free packing is
+    measured on variable-length data by the SFTTrainer runs, and here only its attention choice.
+    """
+
+    def s(**kw):
+        return SpeedArgs(**{"use_padding_free": False, **kw})
+
     out = []
+    small, big = min(batches), max(batches)
     for b in batches:
         out.append(Recipe("baseline", b, baseline=True, fused_head=False, lever="baseline"))
     for b in batches:
@@ -353,23 +362,28 @@ def recipes(batches: list[int], smoke: bool) -> list[Recipe]:
                           lever="fused chunked LM head"))
     for b in batches:
         out.append(Recipe("+ Liger", b, speed=s(), lever="Liger RMSNorm/SwiGLU/RoPE"))
-        if b == min(batches):
+        if b == small:
+            out.append(Recipe("+ flex attention", b, speed=s(use_padding_free=True),
+                              lever="flex attention (the padding-free default) on full rows"))
             out.append(Recipe("+ selective ckpt (SAC)", b,
                               speed=s(gradient_checkpointing_mode="selective"),
                               lever="save attention outputs"))
-        for k in (8, 16, 24):
+        for k in (8, 12, 16, 24) if b == big else (8, 16, 24):
             out.append(Recipe(f"+ last {k} layers un-ckpt", b, speed=s(uncheckpointed_layers=k),
                               lever=f"{k} of 32 layers keep activations"))
-        if b == min(batches):
+        if b == small:
             out.append(Recipe("+ no checkpointing", b, speed=s(gradient_checkpointing_mode="off"),
                               lever="no checkpointing"))
-    big = max(batches)
     if big > 2:
-        out.append(Recipe("+ micro-batch 4 (x2 accum)", big, speed=s(uncheckpointed_layers=16),
-                          micro_batch=4, lever="micro-batch 4 at the same batch"))
+        out.append(Recipe("+ micro-batch 4 (x2 accum)", big, speed=s(), micro_batch=4,
+                          lever="micro-batch 4 at the same batch, on the best checkpointing"))
     if DEVICE == "cuda":
-        out.append(Recipe("+ torch.compile layers", min(batches), speed=s(use_compile=True),
+        out.append(Recipe("+ torch.compile layers", small, speed=s(use_compile=True),
                           lever="torch.compile per layer"))
+        for b, k in ((small, 16), (big, 12)):
+            out.append(Recipe(f"+ compile + last {k} un-ckpt", b,
+                              speed=s(use_compile=True, uncheckpointed_layers=k),
+                              lever="compile and un-checkpointed layers"))
     else:  # the dry run: no Triton, so no Liger
         for r in out:
             r.speed.use_liger = False
@@ -423,7 +437,7 @@ def trainer_run(base, speed: SpeedArgs, batch: int, steps: int, vocab: int) -> d
                             learning_rate=LR, lr_scheduler_type="constant", logging_steps=1,
                             report_to="none", save_strategy="no", bf16=DEVICE == "cuda",
                             use_cpu=DEVICE == "cpu", max_length=SEQ,
-                            optim="adamw_torch_fused", include_num_input_tokens_seen="all",
+                            optim="adamw_torch_fused", include_num_input_tokens_seen="non_padding",
                             dataloader_num_workers=0)
             configure_sft_config(sft, speed, on_gpu=DEVICE == "cuda")
             prepare_model(base, speed, on_gpu=DEVICE == "cuda")
@@ -512,7 +526,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true",
                         help="4 layers, batch 2, 1+1 steps: checks every code path quickly")
     parser.add_argument("--json", type=Path, default=None, help="also write the JSON here")
-    parser.add_argument("--trainer-steps", type=int, default=6,
+    parser.add_argument("--trainer-steps", type=int, default=5,
                         help="then a short SFTTrainer run with finetune.speed (0: skip)")
     parser.add_argument("--cpu-dry-run", action="store_true",
                         help="tiny model on CPU: checks the code, measures nothing")
@@ -576,15 +590,26 @@ def main(argv: list[str] | None = None) -> int:
     info["summary"] = summarise(results, args.batches)
     _write(info, results, args, path)
     if args.trainer_steps:
-        best = info["summary"].get(str(max(args.batches)), {}).get("best")
+        best = info["summary"].get(str(max(args.batches)), {}).get("best") or ""
         keep = next((r["speed"]["uncheckpointed_layers"] for r in results
                      if r["name"] == best and r["batch"] == max(args.batches)), 0)
-        speed = SpeedArgs(uncheckpointed_layers=keep, use_liger=DEVICE == "cuda")
-        info["trainer"] = trainer_run(base, speed, max(args.batches), args.trainer_steps, vocab)
-        print(f"SFTTrainer: {info['trainer'].get('status')} "
-              f"{info['trainer'].get('tokens_per_s', 0):.0f} tok/s, "
-              f"{info['trainer'].get('peak_gib', 0):.1f} GiB", flush=True)
-        _write(info, results, args, path)
+        liger = DEVICE == "cuda"
+        runs = {"padding-free, flex attention (casewise default)": SpeedArgs(use_liger=liger),
+                "padding-free, flex attention, best un-ckpt": SpeedArgs(
+                    use_liger=liger, uncheckpointed_layers=keep),
+                "padding-free, sdpa (dense mask)": SpeedArgs(
+                    use_liger=liger, padding_free_attention="sdpa"),
+                "padded batches, sdpa": SpeedArgs(use_liger=liger, use_padding_free=False)}
+        info["trainer"] = {}
+        for name, speed in runs.items():
+            if name.endswith("best un-ckpt") and not keep:
+                continue
+            base.set_attn_implementation("sdpa")
+            t = trainer_run(base, speed, max(args.batches), args.trainer_steps, vocab)
+            info["trainer"][name] = t
+            print(f"SFTTrainer {name}: {t.get('status')} {t.get('tokens_per_s', 0):.0f} "
+                  f"real tok/s, {t.get('peak_gib', 0):.1f} GiB", flush=True)
+            _write(info, results, args, path)
     print()
     print(table(results))
     print(json.dumps(info["summary"], indent=1))

@@ -14,7 +14,10 @@ The levers, each on by default on a GPU and each switched off by its `--no_<name
 - `use_padding_free`: TRL's best-fit-decreasing packing, padding-free: several examples share one
   row, each restarts its `position_ids` at 0, and transformers turns those position ids into a
   block-diagonal causal mask (sdpa) or varlen boundaries (flash attention), so packed examples
-  never attend to each other.
+  never attend to each other. TRL's collator flattens the whole batch into one row; with sdpa
+  that row gets a dense (tokens x tokens) mask and no kernel can skip the masked blocks, so
+  without flash-attn the model is switched to `padding_free_attention` (default flex attention,
+  whose block mask skips them).
 - `gradient_checkpointing_mode`: `full` (non-reentrant, every decoder layer), `selective` (TRL's
   selective activation checkpointing: attention outputs are saved, the rest recomputed) or `off`.
 - `checkpoint_every_n_layers`: checkpoint only every n-th decoder layer (transformers'
@@ -37,6 +40,8 @@ from dataclasses import dataclass, field
 from retrieval.errors import CasewiseError
 
 CHECKPOINT_MODES = ("full", "selective", "off")
+PACKED_ATTENTION = ("flex_attention", "sdpa", "keep")
+VARLEN_ATTENTION = ("flash_attention_2", "flash_attention_3")
 
 
 class SpeedConfigError(CasewiseError, ValueError):
@@ -50,6 +55,7 @@ class SpeedArgs:
     Attributes:
         use_liger: Liger kernels (RMSNorm, SwiGLU, RoPE). GPU only.
         use_padding_free: Padding-free packing with position ids; no attention across examples.
+        padding_free_attention: Attention used for packed rows where flash-attn is absent.
         gradient_checkpointing_mode: `"full"`, `"selective"` or `"off"`.
         checkpoint_every_n_layers: Checkpoint only every n-th decoder layer; 1 checkpoints all.
         uncheckpointed_layers: Leave the last k decoder layers un-checkpointed.
@@ -60,6 +66,11 @@ class SpeedArgs:
     use_liger: bool = field(default=True, metadata={"help": "Liger kernels on GPU."})
     use_padding_free: bool = field(
         default=True, metadata={"help": "Padding-free packing (position ids) on GPU."}
+    )
+    padding_free_attention: str = field(
+        default="flex_attention",
+        metadata={"help": "Attention for packed rows when flash-attn is absent: flex_attention, "
+                          "sdpa or keep (the model's own)."},
     )
     gradient_checkpointing_mode: str = field(
         default="full", metadata={"help": "full | selective | off (GPU only)."}
@@ -83,6 +94,11 @@ class SpeedArgs:
             raise SpeedConfigError(
                 f"gradient_checkpointing_mode ({self.gradient_checkpointing_mode!r}) must be one "
                 f"of {', '.join(CHECKPOINT_MODES)}"
+            )
+        if self.padding_free_attention not in PACKED_ATTENTION:
+            raise SpeedConfigError(
+                f"padding_free_attention ({self.padding_free_attention!r}) must be one of "
+                f"{', '.join(PACKED_ATTENTION)}"
             )
         if self.checkpoint_every_n_layers < 1:
             raise SpeedConfigError(
@@ -195,6 +211,10 @@ def prepare_model(model, speed: SpeedArgs, on_gpu: bool):
     # transformers builds the block-diagonal mask from packed position ids only when no KV cache
     # exists; training never needs one, and with checkpointing off the config would create it.
     model.config.use_cache = False
+    current = model.config._attn_implementation or ""
+    if (speed.use_padding_free and speed.padding_free_attention != "keep"
+            and current not in VARLEN_ATTENTION and not current.startswith("kernels")):
+        model.set_attn_implementation(speed.padding_free_attention)
     if speed.use_liger:
         apply_liger(model)
     if speed.gradient_checkpointing_mode == "selective":

@@ -56,7 +56,8 @@ def test_yaml_config_sets_levers(tmp_path):
 
 
 @pytest.mark.parametrize("kw", [{"gradient_checkpointing_mode": "some"}, {"micro_batch_size": -1},
-                                {"checkpoint_every_n_layers": 0}, {"uncheckpointed_layers": -2}])
+                                {"checkpoint_every_n_layers": 0}, {"uncheckpointed_layers": -2},
+                                {"padding_free_attention": "eager2"}])
 def test_bad_values_are_user_errors_naming_the_field(kw):
     with pytest.raises(CasewiseError) as err:
         SpeedArgs(**kw)
@@ -109,9 +110,18 @@ def test_prepare_model_on_gpu_without_liger_says_how_to_fix(tiny_llama, monkeypa
         prepare_model(tiny_llama, SpeedArgs(), on_gpu=True)
 
 
-def test_selective_mode_wraps_checkpointing(tiny_llama):
-    prepare_model(tiny_llama, SpeedArgs(use_liger=False, gradient_checkpointing_mode="selective"),
+def test_padding_free_switches_sdpa_to_the_packed_attention(tiny_llama):
+    prepare_model(tiny_llama, SpeedArgs(use_liger=False, padding_free_attention="sdpa"),
                   on_gpu=True)
+    assert tiny_llama.config._attn_implementation == "sdpa"
+    tiny_llama.set_attn_implementation("eager")
+    prepare_model(tiny_llama, SpeedArgs(use_liger=False, use_padding_free=False), on_gpu=True)
+    assert tiny_llama.config._attn_implementation == "eager"
+
+
+def test_selective_mode_wraps_checkpointing(tiny_llama):
+    prepare_model(tiny_llama, SpeedArgs(use_liger=False, gradient_checkpointing_mode="selective",
+                                        padding_free_attention="keep"), on_gpu=True)
     assert getattr(tiny_llama.gradient_checkpointing_enable, "_is_sac_wrapped", False)
 
 
@@ -139,7 +149,7 @@ def test_padding_free_packing_gives_the_same_per_example_loss(tiny_llama):
 def test_uncheckpointed_layers_survive_the_trainer_enabling_checkpointing(tiny_llama):
     from finetune.speed import enable_checkpointing
 
-    speed = SpeedArgs(use_liger=False, uncheckpointed_layers=1)
+    speed = SpeedArgs(use_liger=False, uncheckpointed_layers=1, padding_free_attention="keep")
     prepare_model(tiny_llama, speed, on_gpu=True)
     # What the Trainer calls from `activation_checkpointing_kwargs`.
     tiny_llama.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
