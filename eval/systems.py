@@ -154,7 +154,9 @@ def build_system(name: str, options: SystemOptions) -> System:
         "remote": lambda: _remote_llm(options),
     }
     llm = llm_factories[name]()
-    assistant = Assistant.from_settings(options.settings, llm, top_k=options.top_k)
+    assistant = Assistant.from_settings(
+        options.settings, llm, top_k=options.top_k, max_new_tokens=options.max_new_tokens
+    )
     return AgentSystem(assistant, name)
 
 
