@@ -81,6 +81,7 @@ class BM25Index:
 
     Attributes:
         chunks: The indexed chunks; positions in this list are the index's document ids.
+        position: Chunk id -> position in `chunks`.
     """
 
     def __init__(self, chunks: list[Chunk], *, k1: float = 1.2, b: float = 0.75) -> None:
@@ -99,6 +100,7 @@ class BM25Index:
         if not 0.0 <= b <= 1.0:
             raise ValueError(f"b ({b}) must be between 0 and 1")
         self.chunks = list(chunks)
+        self.position = {chunk.id: i for i, chunk in enumerate(self.chunks)}
         self._columns: dict[str, np.ndarray] = {}
         vocab: dict[str, int] = {}
         term_ids: list[int] = []
@@ -140,7 +142,18 @@ class BM25Index:
             self._columns[key] = np.asarray(values, dtype=object)
         return self._columns[key]
 
-    def _mask(self, where: dict) -> np.ndarray:
+    def mask(self, where: dict) -> np.ndarray:
+        """Boolean array over `chunks`: which ones match an equality filter.
+
+        Args:
+            where: `{key: value}` on chunk fields (`source`, `type`, ...) or metadata keys.
+
+        Returns:
+            The mask.
+
+        Raises:
+            ValueError: The filter uses operators instead of plain equality.
+        """
         mask = np.ones(len(self.chunks), dtype=bool)
         for key, value in where.items():
             if key.startswith("$") or isinstance(value, dict | list):
@@ -172,7 +185,7 @@ class BM25Index:
             lo, hi = self._indptr[t], self._indptr[t + 1]
             scores[self._docs[lo:hi]] += self._weights[lo:hi]
         if where:
-            scores[~self._mask(where)] = 0.0
+            scores[~self.mask(where)] = 0.0
         candidates = np.flatnonzero(scores > 0)
         if len(candidates) > n:
             candidates = candidates[np.argpartition(-scores[candidates], n - 1)[:n]]

@@ -27,6 +27,11 @@ def _cosine(a: list[float], b: list[float]) -> float:
     return max(-1.0, min(1.0, dot / norm)) if norm else 0.0
 
 
+# Unfiltered candidates fetched per wanted filtered candidate before falling back to Chroma's
+# filtered search.
+DENSE_OVERSAMPLE = 8
+
+
 class HybridSearcher:
     """Dense top-N and BM25 top-N, fused by weighted reciprocal rank fusion.
 
@@ -104,6 +109,29 @@ class HybridSearcher:
                 self._bm25_key = key
             return self._bm25
 
+    def _dense(self, query_vector: list[float], where: dict | None, corpus: BM25Index
+               ) -> list[tuple[Chunk, float]]:
+        # Ask Chroma for ids and distances only and take the chunks from the in-memory corpus:
+        # reading documents back from Chroma costs more than the vector search itself. A filter
+        # is applied to an oversampled unfiltered list first (cheap), and goes to Chroma's own
+        # filtered search (slow at 100k chunks) only when too few candidates survive it.
+        if not where:
+            pairs = self.store.nearest_ids(query_vector, self.dense_n)
+        else:
+            mask = corpus.mask(where)
+            wide = min(self.dense_n * DENSE_OVERSAMPLE, max(len(corpus), 1))
+            pairs = [
+                (i, sim) for i, sim in self.store.nearest_ids(query_vector, wide)
+                if i in corpus.position and mask[corpus.position[i]]
+            ]
+            if len(pairs) < min(self.dense_n, int(mask.sum())) and wide < len(corpus):
+                pairs = self.store.nearest_ids(query_vector, self.dense_n, where=where)
+        pairs = pairs[: self.dense_n]
+        # Written by another process since the corpus was read: fetch those few directly.
+        known = {i: corpus.chunks[corpus.position[i]] for i, _ in pairs if i in corpus.position}
+        known.update((c.id, c) for c in self.store.get([i for i, _ in pairs if i not in known]))
+        return [(known[i], sim) for i, sim in pairs if i in known]
+
     def search(self, query: str, k: int = 5, where: dict | None = None) -> list[Hit]:
         """Return the `k` best hits for `query`, best first.
 
@@ -124,13 +152,10 @@ class HybridSearcher:
         if not query.strip():
             return []
         query_vector = self.embedder.embed_query(query)
-        dense = (
-            self.store.query(query_vector, self.dense_n, where=where)
-            if self.dense_weight > 0 else []
-        )
+        corpus = self.keyword_index()
+        dense = self._dense(query_vector, where, corpus) if self.dense_weight > 0 else []
         keyword = (
-            self.keyword_index().search(query, self.keyword_n, where=where)
-            if self.keyword_weight > 0 else []
+            corpus.search(query, self.keyword_n, where=where) if self.keyword_weight > 0 else []
         )
 
         chunks: dict[str, Chunk] = {}

@@ -357,6 +357,33 @@ class ChunkStore:
                                      strict=True)
         ]
 
+    def _nearest(self, embedding: list[float], k: int, where: dict | None, include: list[str]
+                 ) -> tuple[dict, list[float]]:
+        result = self._collection.query(
+            query_embeddings=[list(embedding)], n_results=k, where=chroma_where(where),
+            include=["distances", *include],
+        )
+        # float32 HNSW distances can step just outside [0, 2]; keep similarity in [-1, 1].
+        similarities = [max(-1.0, min(1.0, 1.0 - float(d))) for d in result["distances"][0]]
+        return result, similarities
+
+    def nearest_ids(self, embedding: list[float], k: int, where: dict | None = None
+                    ) -> list[tuple[str, float]]:
+        """Ids of the nearest chunks, without reading their text (much cheaper than `query`).
+
+        Args:
+            embedding: Normalised query vector.
+            k: Number of results (fewer when the collection or filter holds fewer).
+            where: Equality filter on metadata, or `None`.
+
+        Returns:
+            `(id, cosine similarity)` pairs, most similar first.
+        """
+        if k < 1:
+            return []
+        result, similarities = self._nearest(embedding, k, where, include=[])
+        return list(zip(result["ids"][0], similarities, strict=True))
+
     def query(self, embedding: list[float], k: int, where: dict | None = None
               ) -> list[tuple[Chunk, float]]:
         """Nearest chunks to a query vector.
@@ -369,17 +396,14 @@ class ChunkStore:
         Returns:
             `(chunk, cosine similarity)` pairs, most similar first; similarity in [-1, 1].
         """
-        if k < 1 or self.count() == 0:
+        if k < 1:
             return []
-        result = self._collection.query(
-            query_embeddings=[list(embedding)], n_results=k, where=chroma_where(where),
-            include=["documents", "metadatas", "distances"],
-        )
+        result, similarities = self._nearest(embedding, k, where,
+                                             include=["documents", "metadatas"])
         return [
-            # float32 HNSW distances can step just outside [0, 2]; keep similarity in [-1, 1].
-            (chunk_from_record(i, text, meta), max(-1.0, min(1.0, 1.0 - float(distance))))
-            for i, text, meta, distance in zip(
+            (chunk_from_record(i, text, meta), similarity)
+            for i, text, meta, similarity in zip(
                 result["ids"][0], result["documents"][0], result["metadatas"][0],
-                result["distances"][0], strict=True,
+                similarities, strict=True,
             )
         ]

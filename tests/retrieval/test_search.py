@@ -120,3 +120,46 @@ def test_open_searcher_reports_a_damaged_manifest(settings):
     settings.manifest_path.write_text(json.dumps({"version": 1}))
     with pytest.raises(CasewiseError, match="embedder"):
         open_searcher(settings)
+
+
+def _filler(n):
+    return [Chunk(id=f"f{i}", text=f"router reset factory settings filler {i}", source="big.pdf",
+                  page=i + 1, section=None, chunk_index=i, doc_hash="h") for i in range(n)]
+
+
+def test_selective_filter_falls_back_to_chromas_filtered_search(store, hash_embedder):
+    filler = _filler(40)
+    store.upsert(filler, hash_embedder.embed_documents([c.text for c in filler]))
+    # dense_n=1: 8 unfiltered candidates, all filler; guide.pdf's only chunk is far away
+    searcher = HybridSearcher(store, hash_embedder, dense_n=1, keyword_weight=0.0)
+    hits = searcher.search("router reset factory settings", k=3, where={"source": "guide.pdf"})
+    assert [(h.chunk.id, h.dense_rank) for h in hits] == [("c4", 1)]
+    unfiltered = searcher.search("router reset factory settings", k=3)
+    assert unfiltered[0].chunk.source == "big.pdf"
+
+
+def test_filter_served_from_the_oversampled_list_matches_chroma(store, hash_embedder):
+    filler = _filler(40)
+    store.upsert(filler, hash_embedder.embed_documents([c.text for c in filler]))
+    searcher = HybridSearcher(store, hash_embedder, dense_n=3, keyword_weight=0.0)
+    query = "router reset factory settings"
+    hits = searcher.search(query, k=3, where={"source": "big.pdf"})
+    expected = store.query(hash_embedder.embed_query(query), 3, where={"source": "big.pdf"})
+    assert {h.chunk.source for h in hits} == {"big.pdf"}
+    # filler chunks tie with each other, so compare the similarities, not the tie order
+    for hit, (_, sim) in zip(hits, expected, strict=True):
+        assert math.isclose(hit.similarity, sim, abs_tol=1e-5)
+
+
+def test_chunks_written_by_another_process_are_still_returned(store, settings, hash_embedder):
+    from retrieval.store import ChunkStore
+
+    searcher = HybridSearcher(store, hash_embedder, keyword_weight=0.0)
+    searcher.search("anything", k=1)  # corpus cached
+    other = ChunkStore(settings, hash_embedder.name)  # another writer: same count afterwards
+    other.delete(["c4"])
+    new = Chunk(id="n1", text="zebrafish aquarium heater", source="new.pdf", page=2,
+                section=None, chunk_index=0, doc_hash="h")
+    other.upsert([new], hash_embedder.embed_documents([new.text]))
+    hits = searcher.search("zebrafish aquarium heater", k=1)
+    assert hits[0].chunk == new
