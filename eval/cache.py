@@ -54,16 +54,22 @@ class JsonlCache:
         return len(self.records)
 
     def put(self, record: dict) -> None:
-        """Append `record` durably (write, flush, fsync) and remember it."""
+        """Append `record` durably (one `write` of the whole line, then fsync) and remember it.
+
+        The line goes out in a single `os.write` on an `O_APPEND` descriptor, so processes that
+        answer different systems into the same run directory never interleave their lines.
+        """
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        line = json.dumps(record, ensure_ascii=False, default=str)
-        with self.path.open("a", encoding="utf-8") as f:
+        line = json.dumps(record, ensure_ascii=False, default=str) + "\n"
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
             # A torn last line from a killed run must not swallow this record's first bytes.
-            if f.tell() > 0 and not self._ends_with_newline():
-                f.write("\n")
-            f.write(line + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+            if os.fstat(fd).st_size > 0 and not self._ends_with_newline():
+                line = "\n" + line
+            os.write(fd, line.encode("utf-8"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         self.records[self.key(record)] = record
 
     def _ends_with_newline(self) -> bool:

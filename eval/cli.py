@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--top-k", type=int, default=5, help="passages per question")
     run.add_argument("--max-new-tokens", type=int, default=256, help="answer length budget")
     run.add_argument("--limit", type=int, help="at most N questions from each file")
+    run.add_argument("--threads", type=int, default=None,
+                     help="torch CPU threads (1 is often much faster on a busy shared machine)")
     run.add_argument("--out", required=True, type=Path, help="run directory (cache + report)")
     _add_judge_args(run, "local")
 
@@ -86,6 +88,12 @@ def _run(args) -> int:
     from eval.systems import SystemOptions
     from retrieval.settings import Settings
 
+    if args.threads is not None:
+        if args.threads < 1:
+            raise CasewiseError(f"--threads ({args.threads}) must be at least 1")
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         settings = Settings.resolve(home=args.home, embedder=args.embedder)
     except ValueError as e:

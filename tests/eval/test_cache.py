@@ -12,3 +12,23 @@ def test_cache_roundtrip_and_torn_line(tmp_path):
     c2.put({"system": "base", "id": "q2", "answer": "y"})
     c3 = JsonlCache(path, ("system", "id"))
     assert c3.get("base", "q2")["answer"] == "y" and len(c3) == 2
+
+
+def test_concurrent_writers_never_interleave(tmp_path):
+    import multiprocessing as mp
+
+    path = tmp_path / "a.jsonl"
+    procs = [mp.get_context("fork").Process(target=_write_many, args=(path, name))
+             for name in ("base", "finetuned", "no-rag")]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    c = JsonlCache(path, ("system", "id"))
+    assert c.torn_lines == 0 and len(c) == 3 * 50
+
+
+def _write_many(path, name):
+    c = JsonlCache(path, ("system", "id"))
+    for i in range(50):
+        c.put({"system": name, "id": f"q{i}", "answer": "x" * 20000})

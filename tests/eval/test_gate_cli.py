@@ -79,6 +79,8 @@ def test_run_bad_inputs_exit_non_zero_without_traceback(tmp_path, capsys):
     rc = main(["run", "--questions", str(bad), "--out", str(tmp_path / "o"), "--judge",
                "remote"])
     assert rc == 1 and "--judge-url" in capsys.readouterr().err
+    rc = main(["run", "--questions", str(bad), "--out", str(tmp_path / "o"), "--threads", "0"])
+    assert rc == 1 and "--threads" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
         main(["run", "--out", str(tmp_path / "o")])  # --questions missing
     assert e.value.code == 2
