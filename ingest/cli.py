@@ -83,7 +83,6 @@ def main(argv: list[str] | None = None) -> int:
                 chunk_size=size,
                 chunk_overlap=(args.chunk_overlap if args.chunk_overlap is not None
                                else min(defaults.chunk_overlap, size // 5)),
-                min_chunk_words=min(defaults.min_chunk_words, size),
             )
         summary = run(args.paths, settings, prune=args.prune, rebuild=args.rebuild,
                       progress=not (args.quiet or args.json), chunking=chunking)

@@ -16,8 +16,8 @@ def test_config_validation_names_field_value_and_fix():
         ChunkingConfig(chunk_size=512, chunk_overlap=600)
     with pytest.raises(ValueError, match=r"chunk_size \(0\)"):
         ChunkingConfig(chunk_size=0, chunk_overlap=0)
-    with pytest.raises(ValueError, match=r"min_chunk_words \(300\)"):
-        ChunkingConfig(chunk_size=200, chunk_overlap=10, min_chunk_words=300)
+    with pytest.raises(ValueError, match=r"min_chunk_words \(-1\) must not be negative"):
+        ChunkingConfig(min_chunk_words=-1)
 
 
 def test_long_blocks_split_with_overlap_and_never_cross_pages():
@@ -46,34 +46,24 @@ def test_short_sections_join_the_next_on_the_same_page_only():
 
 
 def test_heading_prefix_names_the_section_once():
-    config = ChunkingConfig()
+    config = ChunkingConfig(min_chunk_words=0, heading_prefix=True)
     loaded = _doc(Block("Factory reset\nHold the button.", 6, "Reset > Factory reset"),
                   Block("Plain words about LEDs.", 5, "LED Indicators"))
     texts = [c.text for c in Chunker(config).chunk(loaded, "doc.pdf", "h")]
     assert texts[0] == "Reset > Factory reset Hold the button."
     assert texts[1] == "LED Indicators\nPlain words about LEDs."
+    plain = Chunker(ChunkingConfig(min_chunk_words=0)).chunk(loaded, "doc.pdf", "h")
+    assert plain[1].text == "Plain words about LEDs." and plain[1].section == "LED Indicators"
 
 
-def test_faq_rows_are_one_chunk_each_with_metadata(tmp_path):
-    path = tmp_path / "faq.csv"
-    long_answer = " ".join(["word"] * 500)
-    path.write_text(f"id,question,answer,page\nT1,How?,{long_answer},3\nT2,Why?,Because.,\n")
-    chunks = Chunker(ChunkingConfig(chunk_size=50, chunk_overlap=5)).chunk(
-        load_file(path), "faq.csv", "h")
-    assert len(chunks) == 2 and {c.type for c in chunks} == {"faq"}
-    assert chunks[0].page == 3 and chunks[1].page is None
-    assert chunks[0].metadata["faq_id"] == "T1" and chunks[0].text.startswith("Question: How?")
-
-
-def test_ids_are_stable_content_hashes_that_depend_on_config_and_stay_unique():
-    loaded = _doc(Block("same text", 1, None), Block("same text", 1, None),
-                  Block("same text", 2, None))
-    config = ChunkingConfig(min_chunk_words=0)
-    first = Chunker(config).chunk(loaded, "doc.pdf", "h1")
-    again = Chunker(config).chunk(loaded, "doc.pdf", "h2")
-    assert [c.id for c in first] == [c.id for c in again]
-    assert len({c.id for c in first}) == 3
-    other = Chunker(ChunkingConfig(chunk_size=199, min_chunk_words=0)).chunk(loaded, "doc.pdf", "h")
-    assert not {c.id for c in other} & {c.id for c in first}
-    assert chunk_id("a.pdf", "t", 1, config) != chunk_id("b.pdf", "t", 1, config)
-    assert chunk_id("a.pdf", "t", 1, config) != chunk_id("a.pdf", "t", 2, config)
+def test_joined_sections_are_labelled_with_their_common_outline_ancestor():
+    loaded = _doc(Block("Restart it.", 6, "Troubleshooting > Restarting"),
+                  Block("Hold Reset 10 s.", 6, "Troubleshooting > Factory reset"),
+                  Block("Blinking amber.", 6, "LEDs"))
+    chunks = Chunker(ChunkingConfig()).chunk(loaded, "doc.pdf", "h")
+    # Sections sharing an outline parent are labelled with it; an unrelated one keeps the label
+    # of where the chunk starts.
+    assert [(c.page, c.section, c.text) for c in chunks] == [
+        (6, "Troubleshooting", "Restart it. Hold Reset 10 s. Blinking amber.")]
+    two = Chunker(ChunkingConfig()).chunk(_doc(*loaded.blocks[:2]), "doc.pdf", "h")
+    assert [c.section for c in two] == ["Troubleshooting"]
