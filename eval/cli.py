@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--top-k", type=int, default=5, help="passages per question")
     run.add_argument("--max-new-tokens", type=int, default=256, help="answer length budget")
     run.add_argument("--limit", type=int, help="at most N questions from each file")
+    run.add_argument("--spread", action="store_true",
+                     help="with --limit: take N evenly spaced questions instead of the first N")
     run.add_argument("--threads", type=int, default=None,
                      help="torch CPU threads (1 is often much faster on a busy shared machine)")
     run.add_argument("--out", required=True, type=Path, help="run directory (cache + report)")
@@ -104,7 +106,7 @@ def _run(args) -> int:
     )
     config = RunConfig(
         questions=args.questions, systems=[s.strip() for s in args.systems.split(",") if s.strip()],
-        out=args.out, options=options, harmful=args.harmful, limit=args.limit,
+        out=args.out, options=options, harmful=args.harmful, limit=args.limit, spread=args.spread,
         judge=_judge_config(args),
     )
     results = run(config)

@@ -83,19 +83,33 @@ class RunConfig:
     options: SystemOptions
     harmful: str | None = None
     limit: int | None = None
+    spread: bool = False
     judge: JudgeConfig = field(default_factory=JudgeConfig)
 
     def to_dict(self) -> dict:
         """JSON-ready view."""
         return {
             "questions": self.questions, "systems": self.systems, "out": str(self.out),
-            "harmful": self.harmful, "limit": self.limit, "options": self.options.to_dict(),
-            "judge": self.judge.to_dict(),
+            "harmful": self.harmful, "limit": self.limit, "spread": self.spread,
+            "options": self.options.to_dict(), "judge": self.judge.to_dict(),
         }
 
 
-def collect_questions(files: list[str], harmful: str | None, limit: int | None) -> list[Question]:
+def pick(items: list, limit: int | None, spread: bool = False) -> list:
+    """The first `limit` items, or with `spread` `limit` items evenly spaced over the list."""
+    if limit is None or limit >= len(items):
+        return items
+    if not spread:
+        return items[:limit]
+    return [items[i * len(items) // limit] for i in range(limit)]
+
+
+def collect_questions(files: list[str], harmful: str | None, limit: int | None,
+                      spread: bool = False) -> list[Question]:
     """Load every question file (then the harmful CSV), `limit` per file; report skipped lines.
+
+    With `spread`, the `limit` questions of a file are evenly spaced over it (a sample that keeps
+    the file's mix of kinds) instead of its first ones.
 
     Raises:
         QuestionFileError: A file is unusable, or two files share a question id.
@@ -106,7 +120,7 @@ def collect_questions(files: list[str], harmful: str | None, limit: int | None) 
         qs, problems = load_questions(path)
         for p in problems:
             print(f"warning: {p}", file=sys.stderr)
-        for q in qs[:limit] if limit is not None else qs:
+        for q in pick(qs, limit, spread):
             if q.id in seen:
                 raise QuestionFileError(
                     f"{path}: question id {q.id!r} is also in {seen[q.id]}: ids must be unique "
@@ -116,7 +130,7 @@ def collect_questions(files: list[str], harmful: str | None, limit: int | None) 
             questions.append(q)
     if harmful:
         hs = load_harmful(harmful)
-        questions.extend(hs[:limit] if limit is not None else hs)
+        questions.extend(pick(hs, limit, spread))
     return questions
 
 
@@ -163,7 +177,7 @@ def run(config: RunConfig, *, build=build_system, embedder=None, judge_llm=None)
         The results dictionary also written to `DIR/results.json`.
     """
     check_systems(config.systems, config.options)
-    questions = collect_questions(config.questions, config.harmful, config.limit)
+    questions = collect_questions(config.questions, config.harmful, config.limit, config.spread)
     config.out.mkdir(parents=True, exist_ok=True)
     _write_json(config.out / "config.json", config.to_dict())
     with (config.out / "questions.jsonl").open("w", encoding="utf-8") as f:

@@ -73,3 +73,12 @@ def test_shipped_unanswerable_set_loads():
     assert problems == [] and len(qs) >= 20
     assert all(not q.answerable and q.kind == "unanswerable" for q in qs)
     assert (REPO / "eval" / "data" / "PROVENANCE.md").is_file()
+
+
+def test_pick_first_or_spread():
+    from eval.runner import pick
+
+    items = list(range(10))
+    assert pick(items, None) == items and pick(items, 20) == items
+    assert pick(items, 3) == [0, 1, 2]
+    assert pick(items, 3, spread=True) == [0, 3, 6]
