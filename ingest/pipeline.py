@@ -220,8 +220,13 @@ def source_key(path: Path, base: Path) -> str:
         return resolved.as_posix()
 
 
-def collect_files(paths: list[Path]) -> tuple[list[Path], list[FileResult]]:
+def collect_files(paths: list[Path], exclude: Path | None = None,
+                  ) -> tuple[list[Path], list[FileResult]]:
     """Expand directories (recursively, sorted, hidden entries ignored) and drop duplicates.
+
+    Args:
+        paths: Files and directories.
+        exclude: A directory whose files are never collected (the index home itself).
 
     Returns:
         The files, and a failed result for every path that does not exist.
@@ -229,6 +234,7 @@ def collect_files(paths: list[Path]) -> tuple[list[Path], list[FileResult]]:
     files: list[Path] = []
     missing: list[FileResult] = []
     seen: set[Path] = set()
+    home = exclude.resolve() if exclude else None
     for path in paths:
         if not path.exists():
             missing.append(FileResult(str(path), "failed", reason="does not exist"))
@@ -242,6 +248,8 @@ def collect_files(paths: list[Path]) -> tuple[list[Path], list[FileResult]]:
         else:
             found = [path]
         for file in found:
+            if home and file.resolve().is_relative_to(home):
+                continue
             if file.resolve() not in seen:
                 seen.add(file.resolve())
                 files.append(file)
@@ -285,7 +293,7 @@ class _Run:
             self.store_ids = self._reconcile(manifest)
         self.manifest = manifest
 
-        files, missing = collect_files(paths)
+        files, missing = collect_files(paths, exclude=self.settings.home)
         self.summary.files.extend(missing)
         seen: set[str] = set()
         for path in tqdm(files, desc="files", unit="file", disable=not self.progress):

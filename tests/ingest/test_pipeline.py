@@ -261,3 +261,14 @@ def test_lock_held_in_process_blocks_a_run(settings, ingest, tmp_path):
         with pytest.raises(IngestLockedError, match="another ingest is running"):
             ingest([doc], lock_timeout=0.1)
     assert ingest([doc]).counts["indexed"] == 1
+
+
+def test_an_index_home_inside_the_documents_is_not_indexed(tmp_path, hash_embedder):
+    from retrieval.settings import Settings
+
+    docs = tmp_path / "docs"
+    write_markdown(docs / "guide.md")
+    inside = Settings.resolve(home=docs / "index")
+    run([docs], inside, embedder=hash_embedder, progress=False)
+    summary = run([docs], inside, embedder=hash_embedder, progress=False)
+    assert [f.path for f in summary.files] == ["guide.md"]
