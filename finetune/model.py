@@ -147,7 +147,12 @@ def load_tokenizer(model_path: str):
     return tokenizer
 
 
-def _check_adapter_dir(adapter: str) -> Path:
+def check_adapter_dir(adapter: str) -> Path:
+    """The adapter directory as a `Path`, after checking it holds `adapter_config.json`.
+
+    Raises:
+        ModelNotFoundError: The path is missing, not a directory, or not a PEFT adapter.
+    """
     path = Path(adapter).expanduser()
     if not path.is_dir():
         raise ModelNotFoundError(
@@ -180,7 +185,7 @@ def load_causal_lm(name_or_path: str = DEFAULT_MODEL, adapter: str | None = None
     import torch
     from transformers import AutoModelForCausalLM
 
-    adapter_path = _check_adapter_dir(adapter) if adapter is not None else None
+    adapter_path = check_adapter_dir(adapter) if adapter is not None else None
     path = resolve_base_model(name_or_path)
     tokenizer = load_tokenizer(path)
     dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32

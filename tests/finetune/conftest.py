@@ -99,3 +99,57 @@ def faq_csv(tmp_path):
         w.writeheader()
         w.writerows(faq_rows_records())
     return path
+
+
+# SmolLM2's chat template (no {% generation %} markers), for the tiny word-level tokenizer.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful AI assistant<|im_end|>\n' }}{% endif %}"
+    "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def _tiny_tokenizer(texts: list[str]):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    special = ["[UNK]", "[PAD]", "<|im_start|>", "<|im_end|>"]
+    words = sorted({w for t in texts for w in re.findall(r"\w+|[^\w\s]", t)})
+    vocab = {w: i for i, w in enumerate(special + words)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.add_special_tokens(special[2:])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", bos_token="<|im_start|>",
+        eos_token="<|im_end|>", chat_template=CHAT_TEMPLATE,
+    )
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path):
+    """A 2-layer random Llama with a word-level tokenizer (SmolLM2's chat template) on disk."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from finetune.data import REFUSAL_TEMPLATES
+    from finetune.format import ABSTAIN_ANSWER, REFUSAL_ANSWER, SYSTEM_PROMPT
+
+    texts = [c.text for c in manual_chunks()] + [SYSTEM_PROMPT, ABSTAIN_ANSWER, REFUSAL_ANSWER]
+    texts += [str(r) for r in faq_rows_records()]
+    texts += [t.format(x=x) for t, xs in REFUSAL_TEMPLATES for x in xs]
+    texts += ["Passages: Question: Reasoning: Answer: Sources: none Passage says This answers "
+              "the question. None of the passages answers this question. manual.pdf p. ... "
+              "(no passages were found)" + " ".join(str(i) for i in range(100))]
+    tokenizer = _tiny_tokenizer(texts)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+    )
+    path = tmp_path / "tiny-model"
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
