@@ -156,3 +156,25 @@ def test_uncheckpointed_layers_survive_the_trainer_enabling_checkpointing(tiny_l
     assert [layer.gradient_checkpointing for layer in tiny_llama.model.layers] == [True, False]
     enable_checkpointing(tiny_llama, speed)
     assert [layer.gradient_checkpointing for layer in tiny_llama.model.layers] == [True, False]
+
+
+def _bench(*args):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    return subprocess.run([sys.executable, "-m", "bench.qlora_gpu", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, "CUDA_VISIBLE_DEVICES": ""})
+
+
+def test_bench_help():
+    proc = _bench("--help")
+    assert proc.returncode == 0 and "--batches" in proc.stdout
+
+
+def test_bench_without_a_gpu_says_so_and_exits_non_zero():
+    proc = _bench("--steps", "1")
+    assert proc.returncode == 2
+    assert "no CUDA device" in proc.stderr and "Traceback" not in proc.stderr
