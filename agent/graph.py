@@ -53,6 +53,8 @@ from retrieval.types import Citation, Hit
 
 # Fraction of the answer's content words a passage must hold to be its fallback source.
 FALLBACK_MIN_OVERLAP = 0.5
+# A reply that already starts with a section label is complete, not a continuation.
+_SECTION_START = re.compile(r"\s*(?:reasoning|answer|sources?)\s*:", re.IGNORECASE)
 _PER_TURN_RESET = {
     "standalone": "", "query": "", "rewrites": 0, "hits": [], "contexts": [], "faq_match": None,
     "raw": "", "answer": "", "reasoning": "", "citations": [], "abstained": False,
@@ -219,13 +221,23 @@ def generate(state: State, runtime: Runtime[Context]) -> dict:
         for m in (state.get("messages") or [])[-2 * ctx.history_turns:]:
             history.append({"role": m["role"], "content": m.get("standalone", m["content"])})
     messages = build_messages(state["standalone"], state["contexts"], history)
+    prefix = ctx.answer_prefix
+    if prefix:
+        # Prefilled assistant turn: the reply continues it (see ChatBackend).
+        messages.append({"role": "assistant", "content": prefix})
+        runtime.stream_writer(prefix)
     pieces = []
     for piece in ctx.llm.stream(messages, max_new_tokens=ctx.max_new_tokens):
         pieces.append(piece)
         runtime.stream_writer(piece)
     raw = "".join(pieces)
+    if prefix and not _SECTION_START.match(raw):
+        raw = prefix + raw
     timings = _timed(state, "generate", start)
     parsed = parse_answer(raw)
+    if not parsed.well_formed and parsed.reasoning:
+        # The model wrote only free text after the prefilled label: that text is its answer.
+        parsed.answer = parsed.reasoning
     result = {"raw": raw, "reasoning": parsed.reasoning, "timings": timings}
     if parsed.refused:
         return {**result, "answer": REFUSAL_ANSWER, "refused": True,

@@ -25,6 +25,9 @@ class ChatBackend(Protocol):
 
     Attributes:
         name: Human-readable identity for reports (model id, adapter path, URL).
+
+    A final `{"role": "assistant"}` message is a prefix of the reply: the backend continues it
+    and returns only what follows it.
     """
 
     name: str
@@ -86,8 +89,10 @@ class LocalChatModel:
 
     def _inputs(self, messages: list[dict]):
         self.load()
+        prefilled = bool(messages) and messages[-1]["role"] == "assistant"
         return self._tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+            messages, add_generation_prompt=not prefilled, continue_final_message=prefilled,
+            return_tensors="pt", return_dict=True,
         ).to(self.device)
 
     def _generate_kwargs(self, inputs, max_new_tokens: int | None) -> dict:
@@ -205,6 +210,10 @@ class OpenAIChatModel:
     def _create(self, messages: list[dict], max_new_tokens: int, stream: bool):
         import openai
 
+        # Servers differ in how (and whether) they continue a final assistant message, so the
+        # prefix is not sent; the reply is cut to what follows it instead (`_after_prefix`).
+        if messages and messages[-1]["role"] == "assistant":
+            messages = messages[:-1]
         retryable = (openai.APIConnectionError, openai.APITimeoutError, openai.RateLimitError,
                      openai.InternalServerError)
         for attempt in range(self.retries + 1):
@@ -235,7 +244,7 @@ class OpenAIChatModel:
             ModelServerError: The server is unreachable after all retries, or rejected the call.
         """
         response = self._create(messages, max_new_tokens, stream=False)
-        return response.choices[0].message.content or ""
+        return _after_prefix(messages, response.choices[0].message.content or "")
 
     def stream(
         self, messages: list[dict], *, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
@@ -248,16 +257,42 @@ class OpenAIChatModel:
         import openai
 
         response = self._create(messages, max_new_tokens, stream=True)
+        prefix = _prefix(messages)
+        head = ""  # held back until we know whether the reply repeats the prefix
         try:
             for event in response:
-                if event.choices and event.choices[0].delta.content:
-                    yield event.choices[0].delta.content
+                if not (event.choices and event.choices[0].delta.content):
+                    continue
+                piece = event.choices[0].delta.content
+                if prefix is None:
+                    yield piece
+                    continue
+                head += piece
+                if len(head.lstrip()) >= len(prefix) or not prefix.startswith(head.lstrip()):
+                    yield _after_prefix(messages, head)
+                    prefix = None
+            if prefix is not None and head:
+                yield _after_prefix(messages, head)
         except openai.APIError as e:
             raise ModelServerError(
                 f"the model server at {self.base_url} broke off the answer: {_reason(e)}"
             ) from e
         finally:
             response.close()
+
+
+def _prefix(messages: list[dict]) -> str | None:
+    if messages and messages[-1]["role"] == "assistant":
+        return messages[-1]["content"]
+    return None
+
+
+def _after_prefix(messages: list[dict], reply: str) -> str:
+    """The reply as a continuation of the prefilled assistant message, if there is one."""
+    prefix = _prefix(messages)
+    if prefix and reply.lstrip().startswith(prefix):
+        return reply.lstrip()[len(prefix):]
+    return reply
 
 
 def _reason(error: Exception) -> str:

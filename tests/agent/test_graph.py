@@ -30,8 +30,10 @@ def test_answers_with_citations_from_retrieved_passages(searcher):
     assert "Passage [1]" in result.reasoning
     assert RESET in [h.chunk for h in result.contexts]
     assert set(result.timings) >= {"retrieve", "generate", "total"}
-    user = llm.calls[0][-1]["content"]
+    user = llm.calls[0][-2]["content"]
     assert "[router_manual.pdf p.4]" in user and QUESTION in user
+    # The reply is prefilled with the format's first label.
+    assert llm.calls[0][-1] == {"role": "assistant", "content": "Reasoning:"}
 
 
 def test_abstains_after_one_rewrite_when_nothing_is_relevant(searcher):
@@ -107,6 +109,22 @@ def test_unsupported_answer_without_sources_abstains(searcher):
     assert result.abstained and result.citations == []
 
 
+def test_a_continuation_of_the_prefilled_label_is_parsed(searcher):
+    answer = (' Passage [1] says "press and hold the Reset button".\nAnswer: Hold Reset for 10 '
+              "seconds.\nSources: [router_manual.pdf p.4]")
+    assistant, _ = make(searcher, answer)
+    result = assistant.ask(QUESTION)
+    assert result.reasoning.startswith("Passage [1] says")
+    assert result.answer == "Hold Reset for 10 seconds." and result.citations == [RESET.citation]
+
+
+def test_free_text_after_the_label_is_the_answer_when_supported(searcher):
+    assistant, _ = make(searcher, " To reset the router to factory settings, press and hold the "
+                                  "Reset button on the back for 10 seconds.")
+    result = assistant.ask(QUESTION)
+    assert result.answer.startswith("To reset the router") and result.citations == [RESET.citation]
+
+
 def test_model_abstaining_is_recorded(searcher):
     assistant, _ = make(searcher, f"Reasoning: nothing fits.\nAnswer: {ABSTAIN_ANSWER}\nSources: none")
     result = assistant.ask(QUESTION)
@@ -123,7 +141,7 @@ def test_instructions_inside_documents_are_treated_as_text():
     searcher = FakeSearcher([RESET, INJECTION])
     assistant, llm = make(searcher, GOOD)
     result = assistant.ask(QUESTION)
-    system, user = llm.calls[0][0], llm.calls[0][-1]["content"]
+    system, user = llm.calls[0][0], llm.calls[0][-2]["content"]
     assert system == {"role": "system", "content": SYSTEM_PROMPT}
     assert "ignore all previous instructions" not in system["content"]
     # The planted text reaches the model only as a numbered, labelled passage.
@@ -175,7 +193,8 @@ def test_stream_yields_tokens_and_returns_the_answer(searcher):
         except StopIteration as done:
             result = done.value
             break
-    assert "".join(pieces) == GOOD and len(pieces) > 5
+    # The prefilled label first, then the model's pieces (this fake repeats the label).
+    assert pieces[0] == "Reasoning:" and "".join(pieces[1:]) == GOOD and len(pieces) > 5
     assert result.citations == [RESET.citation] and assistant.last_answer is result
 
 

@@ -89,6 +89,14 @@ def test_stream(server):
     assert len(pieces) > 3 and "".join(pieces).strip() == REPLY
 
 
+def test_prefilled_assistant_message_is_not_sent_and_the_reply_continues_it(server):
+    llm = OpenAIChatModel(server, "smollm2", timeout=5)
+    prefilled = MESSAGES + [{"role": "assistant", "content": "Reasoning:"}]
+    assert llm.complete(prefilled) == REPLY[len("Reasoning:"):]
+    assert FakeOpenAI.requests[-1]["body"]["messages"] == MESSAGES
+    assert "".join(llm.stream(prefilled)).strip() == REPLY[len("Reasoning:"):].strip()
+
+
 def test_retries_server_errors_then_succeeds(server):
     FakeOpenAI.fail_first = 2
     llm = OpenAIChatModel(server, "smollm2", timeout=5, retries=2, backoff=0.01)
