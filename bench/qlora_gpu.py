@@ -184,15 +184,6 @@ def make_batches(n: int, batch: int, vocab: int, seed: int):
     return [torch.randint(0, vocab, (batch, SEQ), generator=g) for _ in range(n)]
 
 
-def _to_bf16(model) -> None:
-    """Undo `prepare_model_for_kbit_training`'s fp32 upcast (bf16 -> fp32 -> bf16 is exact)."""
-    import torch
-
-    for p in model.parameters():
-        if p.dtype == torch.float32 and type(p).__name__ != "Params4bit":
-            p.data = p.data.to(torch.bfloat16)
-
-
 def _attach(base, recipe: Recipe):
     """Prepare `base` for `recipe` and wrap it with LoRA; returns (peft model, optimizer)."""
     import torch
@@ -203,7 +194,7 @@ def _attach(base, recipe: Recipe):
             base, use_gradient_checkpointing=recipe.speed.gradient_checkpointing_mode != "off",
             gradient_checkpointing_kwargs={"use_reentrant": False})
     else:
-        _to_bf16(base)
+        # keep_bf16 undoes a previous row's fp32 upcast, as it does after finetune.train's load.
         prepare_model(base, recipe.speed, on_gpu=True)
         enable_checkpointing(base, recipe.speed)
         if recipe.fused_head:

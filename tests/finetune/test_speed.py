@@ -29,7 +29,7 @@ def _sft(**kw):
 
 def test_defaults_turn_every_lever_but_compile_on():
     speed = SpeedArgs()
-    assert speed.use_liger and speed.use_padding_free
+    assert speed.keep_bf16 and speed.use_liger and speed.use_padding_free
     assert speed.gradient_checkpointing_mode == "full"
     assert speed.micro_batch_size == 0 and not speed.use_compile
 
@@ -108,6 +108,22 @@ def test_prepare_model_on_gpu_without_liger_says_how_to_fix(tiny_llama, monkeypa
     monkeypatch.setitem(sys.modules, "liger_kernel.transformers", None)
     with pytest.raises(SpeedConfigError, match="--no_use_liger"):
         prepare_model(tiny_llama, SpeedArgs(), on_gpu=True)
+
+
+def test_quantised_models_keep_bf16_on_gpu_only(tiny_llama):
+    import torch
+
+    keep = SpeedArgs(use_liger=False, padding_free_attention="keep")
+    prepare_model(tiny_llama, keep, on_gpu=True)  # not quantised: full precision stays
+    assert {p.dtype for p in tiny_llama.parameters()} == {torch.float32}
+    tiny_llama.is_loaded_in_4bit = True  # what transformers' bitsandbytes loader sets
+    prepare_model(tiny_llama, keep, on_gpu=False)
+    assert {p.dtype for p in tiny_llama.parameters()} == {torch.float32}
+    prepare_model(tiny_llama, SpeedArgs(use_liger=False, keep_bf16=False,
+                                        padding_free_attention="keep"), on_gpu=True)
+    assert {p.dtype for p in tiny_llama.parameters()} == {torch.float32}
+    prepare_model(tiny_llama, keep, on_gpu=True)
+    assert {p.dtype for p in tiny_llama.parameters()} == {torch.bfloat16}
 
 
 def test_padding_free_switches_sdpa_to_the_packed_attention(tiny_llama):
