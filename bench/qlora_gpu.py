@@ -131,6 +131,34 @@ def _free() -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
+def save_model(out: Path, tokenizer_dir: Path, n_layers: int | None = None) -> None:
+    """Write the random bf16 8B-shaped model plus a chat tokenizer, for `python -m finetune train`.
+
+    The tokenizer (any chat tokenizer, e.g. the embedded SmolLM2's: 49k ids, all below the
+    8B vocab) only has to turn the training examples into ids; speed does not depend on it.
+    """
+    import shutil
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = dict(LLAMA31_8B)
+    if n_layers:
+        cfg["num_hidden_layers"] = n_layers
+    torch.manual_seed(0)
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device(DEVICE):
+            model = LlamaForCausalLM(LlamaConfig(**cfg))
+    finally:
+        torch.set_default_dtype(old)
+    model.save_pretrained(out)
+    for f in tokenizer_dir.iterdir():
+        if f.name.startswith(("tokenizer", "chat_template", "special_tokens")):
+            shutil.copy(f, out / f.name)
+
+
 def build_model(n_layers: int | None = None, seed: int = 0, tiny: bool = False):
     """The 8B architecture with random bf16 weights on the GPU, decoder linears quantised to NF4.
 
@@ -519,6 +547,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write the JSON here")
     parser.add_argument("--trainer-steps", type=int, default=5,
                         help="then a short SFTTrainer run with finetune.speed (0: skip)")
+    parser.add_argument("--save-model", type=Path, default=None, metavar="DIR",
+                        help="only write the random bf16 model and --tokenizer's files to DIR")
+    parser.add_argument("--tokenizer", type=Path, default=None, metavar="DIR",
+                        help="a chat tokenizer directory for --save-model")
     parser.add_argument("--cpu-dry-run", action="store_true",
                         help="tiny model on CPU: checks the code, measures nothing")
     args = parser.parse_args(argv)
@@ -533,6 +565,15 @@ def main(argv: list[str] | None = None) -> int:
     elif not torch.cuda.is_available():
         print("qlora_gpu: no CUDA device: run this on an H100/H200", file=sys.stderr)
         return 2
+    if args.save_model:
+        if args.tokenizer is None or not (args.tokenizer / "tokenizer_config.json").is_file():
+            print(f"qlora_gpu: --save-model needs --tokenizer DIR with tokenizer_config.json "
+                  f"(got {args.tokenizer})", file=sys.stderr)
+            return 2
+        t0 = time.perf_counter()
+        save_model(args.save_model, args.tokenizer, args.layers)
+        print(f"saved to {args.save_model} in {time.perf_counter() - t0:.0f}s", flush=True)
+        return 0
     if args.smoke:
         args.layers, args.batches, args.steps, args.warmup = args.layers or 4, [2], 1, 1
         args.trainer_steps = min(args.trainer_steps, 3)
