@@ -1,0 +1,30 @@
+import pytest
+
+from eval.systems import NoRagSystem, SystemConfigError, SystemOptions, build_system, check_systems
+from finetune.format import ABSTAIN_ANSWER
+from retrieval.settings import Settings
+
+
+def test_no_rag_sends_no_passages_and_parses_the_answer(scripted_llm):
+    scripted_llm.push("Reasoning: I know it.\nAnswer: Press Home.\n"
+                      "Sources: [smart_tv_manual.pdf p.12]",
+                      f"Answer: {ABSTAIN_ANSWER}\nSources: none")
+    system = NoRagSystem(scripted_llm)
+    rec = system.answer("How do I open Smart Hub?", thread_id="t")
+    user = scripted_llm.calls[0][-1]["content"]
+    assert "(no passages were found)" in user and "How do I open Smart Hub?" in user
+    assert rec["answer"] == "Press Home." and rec["contexts"] == []
+    assert rec["citations"] == [{"source": "smart_tv_manual.pdf", "page": 12, "section": None}]
+    assert not rec["abstained"]
+    assert system.answer("Dishwasher?", thread_id="t2")["abstained"]
+
+
+def test_system_options_checked_before_loading():
+    opts = SystemOptions(settings=Settings.resolve())
+    with pytest.raises(SystemConfigError, match="unknown system"):
+        check_systems(["bogus"], opts)
+    with pytest.raises(SystemConfigError, match="--adapter"):
+        check_systems(["finetuned"], opts)
+    with pytest.raises(SystemConfigError, match="--llm-url"):
+        build_system("remote", opts)
+    assert build_system("no-rag", opts).name == "no-rag"  # the model loads on first use
