@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--top-k", type=int, default=5, help="passages per question")
     run.add_argument("--max-new-tokens", type=int, default=256, help="answer length budget")
     run.add_argument("--limit", type=int, help="at most N questions from each file")
+    run.add_argument("--score-only", action="store_true",
+                     help="answer nothing: score the cached answers (missing ones are reported)")
     run.add_argument("--spread", action="store_true",
                      help="with --limit: take N evenly spaced questions instead of the first N")
     run.add_argument("--threads", type=int, default=None,
@@ -109,7 +111,7 @@ def _run(args) -> int:
         out=args.out, options=options, harmful=args.harmful, limit=args.limit, spread=args.spread,
         judge=_judge_config(args),
     )
-    results = run(config)
+    results = run(config, answer=not args.score_only)
     _print_summary(results, args.out)
     return 0
 

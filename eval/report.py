@@ -155,8 +155,9 @@ def write_markdown(run_dir: Path, results: dict) -> str:
             "Each cell: mean over scored rows (scored / rows the metric applies to).", "",
             summary_table(results), ""]
     if results.get("missing_answers"):
-        out += [f"**{results['missing_answers']} (system, question) answers are missing**: "
-                "the run was interrupted; re-run the same command to resume.", ""]
+        out += [f"**{results['missing_answers']} (system, question) pairs have no answer** "
+                f"(answered per system: {results.get('answered')}): the run was interrupted or "
+                "scored with --score-only; metrics cover answered rows only.", ""]
     out += ["![metrics per system](charts/metrics.png)", "",
             "![score distributions](charts/distributions.png)", "", "## Not scored", ""]
     any_ns = False
@@ -256,8 +257,10 @@ def write_html(run_dir: Path, results: dict, charts: dict[str, bytes]) -> str:
                        f"{_e(EMBEDDED_JUDGE_WARNING)}</div>")
     missing = ""
     if results.get("missing_answers"):
-        missing = (f"<div class='warn'>{results['missing_answers']} answers are missing: the run "
-                   "was interrupted; re-run the same command to resume.</div>")
+        missing = (f"<div class='warn'>{results['missing_answers']} (system, question) pairs have "
+                   f"no answer (answered per system: {_e(results.get('answered'))}): the run was "
+                   "interrupted or scored with --score-only; metrics cover answered rows only."
+                   "</div>")
     ns_items = []
     for m in metric_names(results):
         for reason, k in not_scored_reasons(results, m).most_common(5):

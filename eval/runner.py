@@ -168,9 +168,12 @@ def generate(config: RunConfig, questions: list[Question], *, build=build_system
             del system
 
 
-def run(config: RunConfig, *, build=build_system, embedder=None, judge_llm=None) -> dict:
+def run(config: RunConfig, *, build=build_system, embedder=None, judge_llm=None,
+        answer: bool = True) -> dict:
     """`python -m eval run`: generate what is missing, then score and report.
 
+    With `answer=False` (`--score-only`) nothing is generated: the cached answers are scored and
+    the pairs without one are reported as missing (used after per-system processes).
     `build`, `embedder` and `judge_llm` are injectable for tests (see `generate`, `score`).
 
     Returns:
@@ -183,7 +186,8 @@ def run(config: RunConfig, *, build=build_system, embedder=None, judge_llm=None)
     with (config.out / "questions.jsonl").open("w", encoding="utf-8") as f:
         for q in questions:
             f.write(json.dumps(q.to_dict(), ensure_ascii=False) + "\n")
-    generate(config, questions, build=build)
+    if answer:
+        generate(config, questions, build=build)
     return score(config.out, embedder=embedder, judge_llm=judge_llm)
 
 
@@ -290,6 +294,7 @@ def score(run_dir: Path, *, judge: JudgeConfig | None = None, embedder=None,
         "systems": config["systems"],
         "n_questions": len(questions),
         "missing_answers": len(config["systems"]) * len(questions) - len(rows),
+        "answered": {s: sum(r["system"] == s for r in rows) for s in config["systems"]},
         "metrics": summarize(rows, config["systems"]),
         "rows": rows,
     }

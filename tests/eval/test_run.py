@@ -75,3 +75,17 @@ def test_judge_limit_and_no_judge(tmp_path, question_file, harmful_file, hash_em
     none = score(config.out, judge=JudgeConfig(kind="none"), embedder=hash_embedder)
     assert "faithfulness" not in none["metrics"]["base"] and none["judge"]["name"] == "none"
     assert "rouge_l" in none["metrics"]["base"]
+
+
+def test_score_only_answers_nothing_and_reports_missing(tmp_path, question_file, harmful_file,
+                                                        hash_embedder):
+    calls = []
+    config = _config(tmp_path, question_file, harmful_file)
+    config.systems = ["base"]
+    run(config, build=_builder(calls), embedder=hash_embedder, judge_llm=chat_judge(SchemaJudge()))
+    config.systems = ["no-rag", "base"]
+    results = run(config, build=_builder(calls), embedder=hash_embedder,
+                  judge_llm=chat_judge(SchemaJudge()), answer=False)
+    assert len(calls) == 6 and results["missing_answers"] == 6
+    assert results["answered"] == {"no-rag": 0, "base": 6}
+    assert "have no answer" in (config.out / "report.md").read_text()
