@@ -72,8 +72,8 @@ def bar_chart(results: dict) -> bytes:
         vals = [results["metrics"].get(s, {}).get(m, {}).get("mean") for m in metrics]
         ax.bar(x + i * width, [v if v is not None else 0 for v in vals], width, label=s)
         for xi, v in zip(x, vals, strict=True):
-            if v is None:
-                ax.text(xi + i * width, 0.01, "n/a", ha="center", fontsize=6, rotation=90)
+            label = "n/a" if v is None else f"{v:.2f}"
+            ax.text(xi + i * width, (v or 0) + 0.01, label, ha="center", fontsize=6, rotation=90)
     ax.set_xticks(x + width * (len(systems) - 1) / 2)
     ax.set_xticklabels([m + (" ↓" if m in LOWER_IS_BETTER else "") for m in metrics],
                        rotation=40, ha="right", fontsize=8)
