@@ -209,7 +209,8 @@ def load_pdf(path: Path, data: bytes) -> LoadedFile:
     return LoadedFile(path, "doc", blocks, warnings, pages=len(pages))
 
 
-_PAGE_NUMBER = re.compile(r"^\s*(?:page\s*)?[-–—]?\s*\d+\s*(?:of\s*\d+)?\s*[-–—]?\s*$", re.I)
+_PAGE_NUMBER = re.compile(
+    r"^\s*(?:page\s*)?[-–—]?\s*\d+\s*(?:of\s*\d+)?\s*[-–—]?\s*$", re.I)
 
 
 def clean_pages(texts: list[str]) -> list[str]:
@@ -309,8 +310,9 @@ def outline_sections(
             pattern = r"\s+".join(re.escape(w) for w in leaf.split())
             # Prefer the title as a line of its own: "Guest network" must not match inside
             # the chapter heading "Guest Network and Parental Controls" above it.
-            match = (re.compile(rf"^[ \t]*{pattern}[ \t]*$", re.I | re.M).search(text, starts[-1][0])
-                     or re.compile(pattern, re.I).search(text, starts[-1][0]))
+            cursor = starts[-1][0]
+            match = (re.compile(rf"^[ \t]*{pattern}[ \t]*$", re.I | re.M).search(text, cursor)
+                     or re.compile(pattern, re.I).search(text, cursor))
             found += bool(match)
             starts.append((match.start() if match else starts[-1][0], title))
         pieces = [
@@ -365,9 +367,9 @@ def is_heading_line(line: str, previous: str | None, width: int) -> bool:
     """Guess whether `line` is a heading in extracted text without an outline.
 
     A heading is short (at most 10 words, 80 characters, clearly shorter than the page's longest
-    line, so lines of narrow columns do not qualify), starts with a capital or a digit,
-    does not end like a sentence or contain a sentence break, and does not continue a wrapped paragraph (the previous line
-    ended a sentence, was short, or there is none).
+    line, so lines of narrow columns do not qualify), starts with a capital or a digit, does
+    not end like a sentence or contain a sentence break, and does not continue a wrapped
+    paragraph (the previous line ended a sentence, was short, or there is none).
     """
     stripped = line.strip()
     words = stripped.split()

@@ -291,6 +291,7 @@ class _Run:
             self.store_ids: set[str] = set()
         else:
             self.store_ids = self._reconcile(manifest)
+        manifest["settings"] = self.settings.to_dict()  # the settings of the latest run
         self.manifest = manifest
 
         files, missing = collect_files(paths, exclude=self.settings.home)

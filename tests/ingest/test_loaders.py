@@ -17,7 +17,8 @@ from tests.ingest.conftest import write_jsonl
 
 def _pdf_samples() -> list[tuple[Path, dict]]:
     folder = shared_data("pdf-samples")
-    meta = {Path(d["path"]).name: d for d in json.loads((folder / "files.json").read_text())["data"]}
+    listed = json.loads((folder / "files.json").read_text())["data"]
+    meta = {Path(d["path"]).name: d for d in listed}
     return [(p, meta[p.name]) for p in sorted(folder.glob("*.pdf"))]
 
 
