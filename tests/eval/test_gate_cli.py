@@ -89,3 +89,18 @@ def test_run_bad_inputs_exit_non_zero_without_traceback(tmp_path, capsys):
 def test_report_on_empty_dir_exits_1(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 1
     assert "no evaluation run here" in capsys.readouterr().err
+
+
+def test_judge_options_resolve_against_the_saved_config():
+    from eval.cli import _judge_config, build_parser
+
+    def parse(*argv):
+        return build_parser().parse_args(["report", "d", *argv])
+
+    saved = {"kind": "local", "url": None, "model": None, "limit": 3, "timeout": 300.0,
+             "max_new_tokens": 512}
+    assert _judge_config(parse(), saved).kind == "local"
+    assert _judge_config(parse(), saved).limit == 3
+    j = _judge_config(parse("--judge-url", "http://h:8000/v1", "--judge-model", "qwen"), saved)
+    assert (j.kind, j.url, j.model) == ("remote", "http://h:8000/v1", "qwen")
+    assert _judge_config(parse("--judge", "none", "--judge-limit", "0"), saved).limit == 0
