@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import textwrap
 
@@ -127,7 +128,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _quiet_model_loading() -> None:
-    # The weight-loading progress bar is noise in a search printout; the model is small.
+    # A search printout is read by people: the weight-loading progress bar and bitsandbytes'
+    # notice about optional CPU kernels (imported via peft, unused by the embedder) are noise.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
