@@ -12,9 +12,9 @@ import math
 import threading
 from pathlib import Path
 
+from retrieval import manifest as manifest_io
 from retrieval.bm25 import BM25Index
 from retrieval.embeddings import load_embedder
-from retrieval import manifest as manifest_io
 from retrieval.errors import EmbedderMismatchError
 from retrieval.settings import DEFAULT_EMBEDDER, Settings
 from retrieval.store import ChunkStore
