@@ -34,7 +34,7 @@ from ingest.loaders import NoTextError, UnreadableFileError, load_file
 from retrieval.errors import CasewiseError, EmbedderMismatchError, IndexNotFoundError
 from retrieval.manifest import new_manifest, read_manifest, write_manifest
 from retrieval.settings import Settings
-from retrieval.store import ChunkStore
+from retrieval.store import ChunkStore, drop_collection
 from retrieval.types import Chunk, Embedder
 
 LOCK_TIMEOUT_S = 10.0
@@ -269,7 +269,6 @@ class _Run:
         self.batch_size = batch_size
         self.sleep = float(os.environ.get(TEST_BATCH_SLEEP_ENV, "0") or 0)
         self.summary = IngestSummary(str(settings.home), self.embedder_name)
-        self.previous_embedder: str | None = None
 
     @property
     def embedder(self) -> Embedder:
@@ -283,7 +282,7 @@ class _Run:
         start = time.perf_counter()
         manifest = self._open_manifest(rebuild)
         self.chunker = Chunker(ChunkingConfig(**manifest["chunking"]))
-        self.store = self._open_store(manifest, rebuild)
+        self.store = self._open_store(rebuild)
         if rebuild:
             manifest = self._new_manifest(self.chunker.config)
             write_manifest(self.settings.manifest_path, manifest)
@@ -317,7 +316,6 @@ class _Run:
         except IndexNotFoundError:
             return self._new_manifest(self.requested_chunking or ChunkingConfig())
         if rebuild:
-            self.previous_embedder = manifest["embedder"]
             return self._new_manifest(
                 self.requested_chunking or ChunkingConfig(**manifest["chunking"]))
         home = self.settings.home
@@ -336,22 +334,11 @@ class _Run:
             )
         return manifest
 
-    def _open_store(self, manifest: dict, rebuild: bool) -> ChunkStore:
-        if not rebuild:
-            return ChunkStore(self.settings, self.embedder_name)
-        previous = self.previous_embedder
-        try:
-            store = ChunkStore(self.settings, self.embedder_name)
-        except EmbedderMismatchError:
-            if previous is None or previous == self.embedder_name:
-                raise
-            # ChunkStore.reset() re-creates the collection under the embedder it was opened
-            # with, so the old embedder's collection is dropped through its own client.
-            old = ChunkStore(self.settings, previous)
-            old._client.delete_collection(self.settings.collection)
-            return ChunkStore(self.settings, self.embedder_name)
-        store.reset()
-        return store
+    def _open_store(self, rebuild: bool) -> ChunkStore:
+        if rebuild:
+            # Whatever embedder filled it (its vectors may not even have our dimension).
+            drop_collection(self.settings)
+        return ChunkStore(self.settings, self.embedder_name)
 
     def _reconcile(self, manifest: dict) -> set[str]:
         """Repair what an interrupted run left behind; returns the ids now in the store."""

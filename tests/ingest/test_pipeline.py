@@ -272,3 +272,15 @@ def test_an_index_home_inside_the_documents_is_not_indexed(tmp_path, hash_embedd
     run([docs], inside, embedder=hash_embedder, progress=False)
     summary = run([docs], inside, embedder=hash_embedder, progress=False)
     assert [f.path for f in summary.files] == ["guide.md"]
+
+
+def test_rebuild_works_even_without_a_manifest(ingest, settings, tmp_path):
+    doc = write_markdown(tmp_path / "docs" / "guide.md")
+    ingest([doc])
+    settings.manifest_path.unlink()
+    other = HashEmbedder(dim=128)
+    with pytest.raises(EmbedderMismatchError):  # the collection itself knows its embedder
+        ingest([doc], embedder=other)
+    summary = ingest([doc], embedder=other, rebuild=True)
+    assert summary.counts["indexed"] == 1
+    _assert_consistent(settings, "hash-bow-128")
