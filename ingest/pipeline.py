@@ -3,8 +3,8 @@
 Sources are recorded relative to the directory that holds the index home (absolute when
 outside it), so runs from different working directories agree on a file's key.
 
-Incremental and idempotent: a file whose bytes hash like the manifest says is not even opened;
-a changed file embeds only chunks the index does not hold yet and then drops its stale ones;
+Incremental and idempotent: a file whose bytes hash like the manifest says is neither parsed
+nor embedded (and the embedding model is not loaded when nothing changed); a changed file embeds only chunks the index does not hold yet and then drops its stale ones;
 `prune=True` removes the chunks of indexed files that no longer exist.
 
 Crash safety (SIGKILL anywhere leaves a state the next run repairs). Per file the writes go:
@@ -14,7 +14,9 @@ Crash safety (SIGKILL anywhere leaves a state the next run repairs). Per file th
 The manifest is the truth. At start, a run reconciles: chunks in Chroma that no manifest entry
 owns (written by a killed run before its step 3) are deleted, and a manifest entry whose chunks
 are not all in Chroma (killed between steps 2 and 3) is marked incomplete so it is indexed
-again. One ingest at a time per index: a lock file under the index home serialises writers.
+again. A rebuild drops the collection before writing an empty manifest, so a rebuild killed
+midway is finished by running it again. One ingest at a time per index: a lock file under the
+index home serialises writers.
 """
 
 from __future__ import annotations
