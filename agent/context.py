@@ -8,9 +8,10 @@ from agent.faq import FaqMatcher
 from agent.llm import ChatBackend
 from retrieval.types import Searcher
 
-# Grading thresholds, calibrated for all-MiniLM-L6-v2 cosine similarities on the emanual manual
-# (relevant passages mostly score 0.35-0.7 against their question, off-topic ones below 0.25).
-# `notes/agent.md` explains how to re-check them for another embedder.
+# Grading thresholds for all-MiniLM-L6-v2 cosine similarities. Checked on the emanual manual: the
+# 354 faq_history questions (all answerable) keep a passage on the first search 99.4% of the time,
+# the 25 hand-written off-topic questions of eval/data never do (notes/agent.md has the sweep).
+# Re-check them when you change the embedder.
 DEFAULT_MIN_SIMILARITY = 0.40
 DEFAULT_MIN_OVERLAP = 0.5
 DEFAULT_OVERLAP_FLOOR = 0.20

@@ -92,7 +92,7 @@ def test_unreachable_model_server(real_home, capsys):
     argv = ["ask", QUESTION, "--home", str(real_home), "--llm-url", url, "--llm-model", "m"]
     assert main(argv) == 1
     err = capsys.readouterr().err
-    assert err.startswith(f"error: cannot reach the model server at {url}/v1: ")
+    assert err.startswith(f"error: cannot reach the model server at {url}/v1: "), err
     assert len(err.strip().splitlines()) == 1
 
 
