@@ -30,9 +30,9 @@ def test_search_returns_hits_with_citations_and_similarity_for_every_hit(store, 
 
 
 def test_fusion_puts_chunks_found_by_both_lists_first(store, hash_embedder):
-    hits = HybridSearcher(store, hash_embedder, dense_n=7, keyword_n=7).search(
-        "reset button", k=7
-    )
+    searcher = HybridSearcher(store, hash_embedder, dense_n=7, keyword_n=7, k_rrf=60,
+                              dense_weight=1.0, keyword_weight=1.0)
+    hits = searcher.search("reset button", k=7)
     both = [h for h in hits if h.dense_rank and h.keyword_rank]
     dense_only = [h for h in hits if h.keyword_rank is None]
     assert both and dense_only
