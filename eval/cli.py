@@ -19,6 +19,8 @@ def _add_judge_args(p: argparse.ArgumentParser, default: str | None) -> None:
     p.add_argument("--judge-limit", type=int, default=None,
                    help="LLM-judge only the first N answerable questions (others: non-LLM and "
                         "project metrics only)")
+    p.add_argument("--common", action="store_true",
+                   help="score only questions answered by every system (per question group)")
     p.add_argument("--judge-timeout", type=float, default=300.0,
                    help="seconds per LLM-judged metric per row before it is 'not scored'")
 
@@ -111,7 +113,7 @@ def _run(args) -> int:
         out=args.out, options=options, harmful=args.harmful, limit=args.limit, spread=args.spread,
         judge=_judge_config(args),
     )
-    results = run(config, answer=not args.score_only)
+    results = run(config, answer=not args.score_only, common=args.common)
     _print_summary(results, args.out)
     return 0
 
@@ -120,7 +122,7 @@ def _report(args) -> int:
     from eval.runner import load_run, score
 
     config, _ = load_run(args.dir)
-    results = score(args.dir, judge=_judge_config(args, config["judge"]))
+    results = score(args.dir, judge=_judge_config(args, config["judge"]), common=args.common)
     _print_summary(results, args.dir)
     return 0
 

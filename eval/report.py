@@ -151,6 +151,9 @@ def write_markdown(run_dir: Path, results: dict) -> str:
     """`report.md`: judge, summary table, not-scored reasons, worst answers (short), config."""
     out = ["# casewise evaluation", ""]
     out += [line + "\n" for line in _judge_lines(results)]
+    if results.get("common_only"):
+        out += [f"Only the {results['n_questions']} of {results['n_questions_in_run']} questions "
+                "answered by every system (per question group) are scored (`--common`).", ""]
     out += ["## Summary", "",
             "Each cell: mean over scored rows (scored / rows the metric applies to).", "",
             summary_table(results), ""]
@@ -270,7 +273,8 @@ def write_html(run_dir: Path, results: dict, charts: dict[str, bytes]) -> str:
     page = f"""<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">
 <title>casewise evaluation</title><style>{_CSS}</style></head><body>
 <h1>casewise evaluation</h1>
-<p>Systems: {_e(', '.join(results['systems']))}; {results['n_questions']} questions.</p>
+<p>Systems: {_e(', '.join(results['systems']))}; {results['n_questions']} questions
+{"(only those answered by every system: --common)" if results.get("common_only") else ""}.</p>
 {judge_html}{missing}
 <h2>Summary</h2><p>Mean over scored rows; rows that could not be scored are counted, never
 averaged in as 0.</p>{_table_html(results)}

@@ -140,6 +140,37 @@ def _write_json(path: Path, obj) -> None:
     tmp.replace(path)
 
 
+def question_group(q: Question) -> str:
+    """`answerable`, `unanswerable` or `harmful`: the sets whose metrics differ."""
+    return "harmful" if q.harmful else ("answerable" if q.answerable else "unanswerable")
+
+
+def interleave(questions: list[Question]) -> list[Question]:
+    """Round-robin over the question groups, keeping file order within each group.
+
+    An interrupted or time-boxed run then holds a balanced sample of every group instead of
+    only the first file.
+    """
+    groups: dict[str, list[Question]] = {}
+    for q in questions:
+        groups.setdefault(question_group(q), []).append(q)
+    out: list[Question] = []
+    for i in range(max((len(g) for g in groups.values()), default=0)):
+        out.extend(g[i] for g in groups.values() if i < len(g))
+    return out
+
+
+def common_questions(questions: list[Question], systems: list[str], answers) -> list[Question]:
+    """Questions answered by every system that answered anything of the question's group.
+
+    Makes systems comparable when some were time-boxed: a system that was never run on a group
+    (e.g. no-rag without `--harmful`) does not remove that group.
+    """
+    active = {(s, question_group(q)) for s in systems for q in questions if (s, q.id) in answers}
+    return [q for q in questions
+            if all((s, q.id) in answers for s in systems if (s, question_group(q)) in active)]
+
+
 def generate(config: RunConfig, questions: list[Question], *, build=build_system) -> None:
     """Answer every (system, question) pair not yet in the answer cache.
 
@@ -150,7 +181,7 @@ def generate(config: RunConfig, questions: list[Question], *, build=build_system
     total = len(config.systems) * len(questions)
     with tqdm(total=total, desc="answering", unit="q") as bar:
         for name in config.systems:
-            todo = [q for q in questions if (name, q.id) not in cache]
+            todo = interleave([q for q in questions if (name, q.id) not in cache])
             bar.update(len(questions) - len(todo))
             if not todo:
                 continue
@@ -169,7 +200,7 @@ def generate(config: RunConfig, questions: list[Question], *, build=build_system
 
 
 def run(config: RunConfig, *, build=build_system, embedder=None, judge_llm=None,
-        answer: bool = True) -> dict:
+        answer: bool = True, common: bool = False) -> dict:
     """`python -m eval run`: generate what is missing, then score and report.
 
     With `answer=False` (`--score-only`) nothing is generated: the cached answers are scored and
@@ -188,7 +219,7 @@ def run(config: RunConfig, *, build=build_system, embedder=None, judge_llm=None,
             f.write(json.dumps(q.to_dict(), ensure_ascii=False) + "\n")
     if answer:
         generate(config, questions, build=build)
-    return score(config.out, embedder=embedder, judge_llm=judge_llm)
+    return score(config.out, embedder=embedder, judge_llm=judge_llm, common=common)
 
 
 def load_run(run_dir: Path) -> tuple[dict, list[Question]]:
@@ -243,7 +274,7 @@ def judged_ids(questions: list[Question], limit: int | None) -> set[str]:
 
 
 def score(run_dir: Path, *, judge: JudgeConfig | None = None, embedder=None,
-          judge_llm=None) -> dict:
+          judge_llm=None, common: bool = False) -> dict:
     """Score every cached answer and write `results.json`, `report.md` and `report.html`.
 
     Args:
@@ -251,6 +282,7 @@ def score(run_dir: Path, *, judge: JudgeConfig | None = None, embedder=None,
         judge: Override the judge saved in the run's config (e.g. re-score with a strong one).
         embedder: Embedder for semantic similarity (default: the run's settings' embedder).
         judge_llm: A ready ragas judge (tests inject a scripted one); built from `judge` if None.
+        common: Score only `common_questions` (systems compared on the same questions).
 
     Raises:
         RunDirError: No run in `run_dir`.
@@ -268,6 +300,9 @@ def score(run_dir: Path, *, judge: JudgeConfig | None = None, embedder=None,
         judge_llm = make_judge(judge, config["options"]["model"])
     scorer = RagasScorer(embedder, judge_llm, timeout=judge.timeout)
     answers, scores = answer_cache(run_dir), score_cache(run_dir)
+    n_all = len(questions)
+    if common:
+        questions = common_questions(questions, config["systems"], answers)
     judged = judged_ids(questions, judge.limit)
     rows = []
     work = [(s, q) for s in config["systems"] for q in questions if (s, q.id) in answers]
@@ -293,6 +328,8 @@ def score(run_dir: Path, *, judge: JudgeConfig | None = None, embedder=None,
                   "llm_judged_questions": sorted(judged) if judge_llm is not None else []},
         "systems": config["systems"],
         "n_questions": len(questions),
+        "common_only": common,
+        "n_questions_in_run": n_all,
         "missing_answers": len(config["systems"]) * len(questions) - len(rows),
         "answered": {s: sum(r["system"] == s for r in rows) for s in config["systems"]},
         "metrics": summarize(rows, config["systems"]),

@@ -89,3 +89,17 @@ def test_score_only_answers_nothing_and_reports_missing(tmp_path, question_file,
     assert len(calls) == 6 and results["missing_answers"] == 6
     assert results["answered"] == {"no-rag": 0, "base": 6}
     assert "have no answer" in (config.out / "report.md").read_text()
+
+
+def test_interleave_and_common_questions():
+    from eval.questions import Question
+    from eval.runner import common_questions, interleave
+
+    a = [Question(id=f"a{i}", question="q") for i in range(3)]
+    u = [Question(id=f"u{i}", question="q", answerable=False) for i in range(2)]
+    h = [Question(id="h0", question="q", answerable=False, kind="harmful")]
+    assert [q.id for q in interleave(a + u + h)] == ["a0", "u0", "h0", "a1", "u1", "a2"]
+    answers = {("base", x) for x in ("a0", "a1", "a2", "u0", "u1", "h0")}
+    answers |= {("ft", x) for x in ("a0", "u0", "h0")} | {("no-rag", x) for x in ("a0", "a1", "u0")}
+    kept = common_questions(a + u + h, ["no-rag", "base", "ft"], answers)
+    assert [q.id for q in kept] == ["a0", "u0", "h0"]  # no-rag never ran harmful: h0 stays
