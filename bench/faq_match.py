@@ -3,7 +3,7 @@
 On `../shared/data/emanual/`: index `faq_history.csv` (chunks of type `faq`), then
 
 1. calibrate the similarity threshold on the history itself: every ticket question is matched
-   against the other tickets; a ticket that has a paraphrase (another row with the same answer)
+   against the other tickets (score: see `agent.faq`); a ticket that has a paraphrase (another row with the same answer)
    should match one of them, a ticket without one should match nothing. The threshold with the
    best F1 is reported (and is what `agent.faq.DEFAULT_FAQ_THRESHOLD` was set to).
 2. evaluate on dev: every paraphrased dev question whose reference is a `faq_history` answer
@@ -61,14 +61,14 @@ def best_other(matcher: FaqMatcher, question: str):
     """Best FAQ hit for a history question, skipping the ticket itself."""
     hits = matcher.searcher.search(question, k=matcher.candidates + 1, where={"type": "faq"})
     hits = [h for h in hits if norm(h.chunk.metadata.get("question", "")) != norm(question)]
-    return max(hits, key=lambda h: h.similarity, default=None)
+    return max(((h, matcher.score(question, h)) for h in hits), key=lambda t: t[1], default=None)
 
 
 def f1_curve(samples: list[tuple[float, bool, bool]]) -> list[dict]:
     """Precision/recall/F1 per threshold; samples are (similarity, correct, has_answer)."""
     positives = sum(has for _, _, has in samples)
     rows = []
-    for t in [round(0.30 + 0.01 * i, 2) for i in range(66)]:
+    for t in [round(0.30 + 0.01 * i, 2) for i in range(121)]:
         shown = [(c, has) for s, c, has in samples if s >= t]
         tp = sum(c for c, _ in shown)
         p = tp / len(shown) if shown else 1.0
@@ -85,12 +85,13 @@ def calibrate(matcher: FaqMatcher, rows: list[dict]) -> dict:
         groups[norm(r["answer"])] = groups.get(norm(r["answer"]), 0) + 1
     samples = []
     for r in rows:
-        hit = best_other(matcher, r["question"])
-        if hit is None:
+        found = best_other(matcher, r["question"])
+        if found is None:
             continue
+        hit, score = found
         has = groups[norm(r["answer"])] > 1
         correct = has and norm(hit.chunk.metadata.get("answer", "")) == norm(r["answer"])
-        samples.append((hit.similarity, correct, has))
+        samples.append((score, correct, has))
     curve = f1_curve(samples)
     best = max(curve, key=lambda x: (x["f1"], x["precision"]))
     return {"tickets": len(rows), "with_paraphrase": sum(s[2] for s in samples),
@@ -107,19 +108,19 @@ def evaluate(matcher: FaqMatcher, rows: list[dict], threshold: float) -> dict:
     correct_top1 = shown = shown_correct = 0
     details = []
     for q in cases:
-        hit = matcher.best(q["question"])
+        hit, score = matcher.best(q["question"]) or (None, None)
         ok = hit is not None and answer_matches(hit.chunk.metadata.get("answer", ""),
                                                 q["reference"])
-        above = hit is not None and hit.similarity >= threshold
+        above = hit is not None and score >= threshold
         correct_top1 += ok
         shown += above
         shown_correct += ok and above
         details.append({"id": q["id"], "question": q["question"], "correct": ok,
                         "matched": hit.chunk.metadata.get("question") if hit else None,
-                        "similarity": round(hit.similarity, 4) if hit else None})
+                        "similarity": round(hit.similarity, 4) if hit else None,
+                        "score": round(score, 4) if hit else None})
     other_shown = sum(
-        (h := matcher.best(q["question"])) is not None and h.similarity >= threshold
-        for q in others
+        (b := matcher.best(q["question"])) is not None and b[1] >= threshold for q in others
     )
     n = len(cases)
     return {
