@@ -3,7 +3,8 @@
 Runs the embedded model (SmolLM2-135M-Instruct, CPU) through the whole agent over the first `--n`
 dev questions of `../shared/data/emanual/qa_dev.jsonl`, against an index of
 `smart_tv_manual.pdf` (built under `--home` on first use). Measured per configuration: retrieval
-ms, time to first token (from the question, so guard + FAQ + retrieval included), generated
+ms, time to first generated token (from the question, so guard + FAQ + retrieval + prompt
+processing included; the prefilled `Reasoning:` label does not count), generated
 tokens per second, whole-answer seconds (p50/p95), peak resident memory, and as quality hints
 the abstain rate and how often a citation hits the gold page. The base model runs first; with an
 adapter (`--adapter`, default `runs/smollm2-faq` when it exists) the same again with the LoRA
@@ -64,12 +65,15 @@ def run_config(home: Path, n: int, adapter: str | None, max_new_tokens: int) -> 
         first = None
         stream = assistant.stream(q["question"])
         pieces = []
+        prefix = assistant.context.answer_prefix
         while True:
             try:
                 piece = next(stream)
             except StopIteration as done:
                 answer = done.value
                 break
+            if not pieces and prefix and piece == prefix:
+                continue  # the prefilled label is not a generated token
             first = first if first is not None else time.perf_counter() - start
             pieces.append(piece)
         tokens = len(llm._tokenizer("".join(pieces)).input_ids) if pieces else 0
