@@ -78,26 +78,30 @@ def test_lora_changes_adapter_not_base_and_loss_falls(tiny_llama):
         assert torch.equal(merged_free[key], v), k
 
 
-def test_qlora_gradients_match_dense_reference(tiny_llama, tmp_path):
+@pytest.mark.parametrize("evaluate_first", [False, True])
+def test_qlora_gradients_match_dense_reference(tiny_llama, tmp_path, evaluate_first):
     """LoRA gradients through NF4 (double-quantised) weights equal those through the same
     weights dequantised into a dense model: the quantised matmul path is differentiable and
-    exact up to float error."""
+    exact up to float error. `evaluate_first`: an eval-mode forward without grad (what every
+    evaluation does) must not break it (bitsandbytes repacks NF4 weights for CPU inference
+    there unless `keep_nf4_differentiable_on_cpu` turned that off)."""
     import bitsandbytes.functional as bnbf
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from finetune.train import keep_nf4_differentiable_on_cpu
 
     path = tmp_path / "base"
     tiny_llama.save_pretrained(path)
     q = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, quantization_config=(
         BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                            bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.float32)))
+    assert keep_nf4_differentiable_on_cpu(q) == 2 * 7  # q, k, v, o, gate, up, down per layer
     dense = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    n_quantised = 0
-    for (name, mod), (_, dmod) in zip(q.named_modules(), dense.named_modules(), strict=True):
+    for mod, dmod in zip(q.modules(), dense.modules(), strict=True):
         if type(mod).__name__ == "Linear4bit":
+            assert mod.weight.quant_state.nested  # double quantisation
             dmod.weight.data = bnbf.dequantize_4bit(mod.weight.data, mod.weight.quant_state).float()
-            n_quantised += 1
-    assert n_quantised == 2 * 7  # q, k, v, o, gate, up, down per layer
     cfg = dict(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM")
     torch.manual_seed(3)
     pq = get_peft_model(q, LoraConfig(**cfg))
@@ -110,6 +114,11 @@ def test_qlora_gradients_match_dense_reference(tiny_llama, tmp_path):
             p.data = torch.randn_like(p) * 0.05
             d.data = p.data.clone()
     batch = memorisable_batch(tiny_llama.config.vocab_size)
+    if evaluate_first:
+        pq.eval()
+        with torch.no_grad():
+            pq(input_ids=batch["input_ids"])
+        pq.train()
     pq(**batch).loss.backward()
     pd(**batch).loss.backward()
     grads_q = {n: p.grad for n, p in pq.named_parameters() if p.requires_grad}
