@@ -19,6 +19,7 @@ import uuid
 from pathlib import Path
 
 from agent.api import Assistant
+from agent.faq import DEFAULT_FAQ_THRESHOLD
 from agent.llm import ChatBackend, LocalChatModel, OpenAIChatModel
 from agent.state import AgentAnswer
 from retrieval.errors import CasewiseError, ModelNotFoundError
@@ -60,6 +61,9 @@ def _add_common(parser: argparse.ArgumentParser, suppress: bool) -> None:
                    "(default 5)")
     g.add_argument("--max-new-tokens", type=int, default=d(256),
                    help="cap on generated tokens per answer (default 256)")
+    g.add_argument("--faq-threshold", type=float, default=d(None), metavar="SCORE",
+                   help="minimum match score to show a similar past ticket (default "
+                   f"{DEFAULT_FAQ_THRESHOLD}; lower shows more matches)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -121,8 +125,12 @@ def build_assistant(args: argparse.Namespace) -> Assistant:
     """
     llm = make_llm(args)
     settings = Settings.resolve(home=args.home)
-    assistant = Assistant.from_settings(settings, llm, top_k=args.top_k,
-                                        max_new_tokens=args.max_new_tokens)
+    try:
+        assistant = Assistant.from_settings(settings, llm, top_k=args.top_k,
+                                            faq_threshold=args.faq_threshold,
+                                            max_new_tokens=args.max_new_tokens)
+    except ValueError as e:  # a setting out of range (the message names it)
+        raise UsageError(str(e)) from e
     if isinstance(llm, LocalChatModel):
         # Load now so that a wrong model or adapter path fails before the first question.
         llm.load()

@@ -58,6 +58,12 @@ def test_bad_backend_flags(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.integration
+def test_out_of_range_setting_is_a_usage_error(real_home, capsys):
+    assert main(["ask", QUESTION, "--home", str(real_home), "--faq-threshold", "5"]) == 2
+    assert "faq threshold (5.0) must be within" in capsys.readouterr().err
+
+
 def test_unknown_flag_exits_2(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["ask", "q", "--nope"])
