@@ -15,10 +15,11 @@ from tests.finetune.conftest import KeywordSearcher, manual_chunks
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # 2-8 minutes on 2 shared cores: NF4 quantisation, training, generation
 def test_embedded_model_trains_reloads_and_answers(embedded_model_path, tmp_path):
     # One short example repeated: a handful of steps are enough to imprint the format.
     row = FaqRow("How do I reset the TV to factory settings?",
-                 "Open Settings then General then Reset and enter your PIN 0000.", 2, page=10)
+                 "Go to Settings, General, Reset, and type the PIN 0000.", 2, page=10)
     ds = build_dataset([row] * 1, KeywordSearcher(manual_chunks()),
                        DataConfig(k=1, p_gold=1.0, refusal_share=0, eval_fraction=0,
                                   max_passage_chars=120))
@@ -47,5 +48,7 @@ def test_embedded_model_trains_reloads_and_answers(embedded_model_path, tmp_path
     assert type(model).__name__ == "PeftModelForCausalLM"
     text = generate_chat(model, tokenizer, ds.train[0].messages[:-1], max_new_tokens=60)
     parsed = parse_answer(text)
-    assert parsed.well_formed, text
-    assert "Reset" in parsed.answer or "reset" in parsed.answer.lower(), text
+    # The shared format: a reasoning that quotes the passage and the passage's citation.
+    assert text.startswith("Reasoning:") and "Reset" in parsed.reasoning, text
+    assert [c.label() for c in parsed.citations] == ["manual.pdf p.10"], text
+    assert not parsed.abstained and not parsed.refused
