@@ -219,7 +219,10 @@ def run(config: RunConfig, *, build=build_system, embedder=None, judge_llm=None,
             f.write(json.dumps(q.to_dict(), ensure_ascii=False) + "\n")
     if answer:
         generate(config, questions, build=build)
-    return score(config.out, embedder=embedder, judge_llm=judge_llm, common=common)
+    # Pass this run's judge explicitly: config.json may since have been rewritten by another
+    # process answering another system into the same directory.
+    return score(config.out, judge=config.judge, embedder=embedder, judge_llm=judge_llm,
+                 common=common)
 
 
 def load_run(run_dir: Path) -> tuple[dict, list[Question]]:

@@ -103,3 +103,22 @@ def test_interleave_and_common_questions():
     answers |= {("ft", x) for x in ("a0", "u0", "h0")} | {("no-rag", x) for x in ("a0", "a1", "u0")}
     kept = common_questions(a + u + h, ["no-rag", "base", "ft"], answers)
     assert [q.id for q in kept] == ["a0", "u0", "h0"]  # no-rag never ran harmful: h0 stays
+
+
+def test_run_scores_with_its_own_judge_even_if_config_json_changes(
+        tmp_path, question_file, harmful_file, hash_embedder, monkeypatch):
+    import eval.runner as runner
+
+    config = _config(tmp_path, question_file, harmful_file)
+    config.judge = JudgeConfig(kind="none")
+    real_generate = runner.generate
+
+    def generate_then_clobber(cfg, questions, build):
+        real_generate(cfg, questions, build=build)
+        saved = json.loads((cfg.out / "config.json").read_text())
+        saved["judge"]["kind"] = "local"  # another process answering another system
+        (cfg.out / "config.json").write_text(json.dumps(saved))
+
+    monkeypatch.setattr(runner, "generate", generate_then_clobber)
+    results = run(config, build=_builder([]), embedder=hash_embedder)
+    assert results["judge"]["kind"] == "none" and results["judge"]["name"] == "none"
