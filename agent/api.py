@@ -78,6 +78,8 @@ class Assistant:
 
             self._memory = InMemorySaver(serde=_serde())
         self.graph = build_graph(checkpointer=self._memory)
+        # One-off questions (eval runs hundreds) leave nothing in the memory database.
+        self._oneoff_graph = build_graph()
         self.last_answer: AgentAnswer | None = None
 
     @classmethod
@@ -107,6 +109,10 @@ class Assistant:
     @staticmethod
     def _config(thread_id: str | None) -> dict:
         return {"configurable": {"thread_id": thread_id or f"oneoff-{uuid.uuid4().hex}"}}
+
+    def threads(self) -> set[str]:
+        """Ids of the conversations saved in memory."""
+        return {c.config["configurable"]["thread_id"] for c in self._memory.list(None)}
 
     @staticmethod
     def _check(question: str) -> str:
@@ -143,7 +149,8 @@ class Assistant:
         question = self._check(question)
         start = time.perf_counter()
         final: dict = {}
-        for mode, chunk in self.graph.stream(
+        graph = self.graph if thread_id else self._oneoff_graph
+        for mode, chunk in graph.stream(
             {"question": question}, self._config(thread_id), context=self.context,
             stream_mode=["custom", "values"],
         ):

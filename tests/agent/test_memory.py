@@ -57,3 +57,12 @@ def test_history_survives_a_new_process(tmp_path):
     history = json.loads(out.stdout.strip().splitlines()[-1])
     assert [m["role"] for m in history] == ["user", "assistant"]
     assert history[1]["citations"] == ["[router_manual.pdf p.4]"]
+
+
+def test_one_off_questions_leave_no_memory(tmp_path):
+    assistant = Assistant(FakeSearcher([RESET]), ScriptedChatModel([GOOD, GOOD]),
+                          memory_path=tmp_path / "m.sqlite", **THRESHOLDS)
+    assert not assistant.ask("How do I reset the router to factory settings?").abstained
+    assert assistant.threads() == set()
+    assistant.ask("How do I reset the router to factory settings?", thread_id="kept")
+    assert assistant.threads() == {"kept"}
