@@ -66,3 +66,29 @@ def test_one_off_questions_leave_no_memory(tmp_path):
     assert assistant.threads() == set()
     assistant.ask("How do I reset the router to factory settings?", thread_id="kept")
     assert assistant.threads() == {"kept"}
+
+
+class InterruptedOnce(ScriptedChatModel):
+    """Raises KeyboardInterrupt (Ctrl-C) in the middle of its first streamed answer."""
+
+    def stream(self, messages, *, max_new_tokens=256):
+        pieces = super().stream(messages, max_new_tokens=max_new_tokens)
+        if len(self.calls) == 0:
+            yield next(pieces)
+            raise KeyboardInterrupt
+        yield from pieces
+
+
+def test_a_stopped_answer_keeps_the_session_usable(tmp_path):
+    assistant = Assistant(FakeSearcher([RESET]), InterruptedOnce([GOOD, GOOD]),
+                          memory_path=tmp_path / "m.sqlite", **THRESHOLDS)
+    stream = assistant.stream("How do I reset the router to factory settings?", thread_id="s")
+    try:
+        for _ in stream:
+            pass
+    except KeyboardInterrupt:
+        stream.close()
+    assert assistant.history("s") == []  # the stopped turn is not recorded
+    result = assistant.ask("How do I reset the router to factory settings?", thread_id="s")
+    assert result.citations == [RESET.citation]
+    assert [m["role"] for m in assistant.history("s")] == ["user", "assistant"]
