@@ -256,7 +256,8 @@ def write_report(log_history: list[dict], out: Path, extra: dict) -> dict:
     import matplotlib.pyplot as plt
 
     train = [(h["step"], h["loss"]) for h in log_history if "loss" in h]
-    evals = [(h["step"], h["eval_loss"]) for h in log_history if "eval_loss" in h]
+    # A step evaluated twice (a time-budget stop, then a resume) is plotted once.
+    evals = sorted({h["step"]: h["eval_loss"] for h in log_history if "eval_loss" in h}.items())
     report = {**extra, "train_loss": [{"step": s, "loss": v} for s, v in train],
               "eval_loss": [{"step": s, "loss": v} for s, v in evals],
               "log_history": log_history}
@@ -521,7 +522,8 @@ def train(data: DataArgs, sft, model_args, speed: SpeedArgs, config_path: str = 
         "global_step": state.global_step, "epochs": epochs,
         "train_runtime_s": result.metrics.get("train_runtime", wall), "wall_time_s": wall,
         "tokens_trained": trained_tokens,
-        "tokens_per_s": trained_tokens / wall if wall else None,
+        # After a resume the token counter and the wall time cover different spans.
+        "tokens_per_s": trained_tokens / wall if wall and resume is None else None,
         "best_eval_loss": state.best_metric, "best_checkpoint": state.best_model_checkpoint,
         "final_train_loss": result.metrics.get("train_loss"),
         "stopped_by_time_budget": bool(budget and budget.stopped_at is not None),
