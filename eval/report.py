@@ -105,7 +105,8 @@ def distribution_chart(results: dict) -> bytes:
                 ax.hist(vals, bins=10, range=(0, 1), alpha=0.5, label=f"{s} (n={len(vals)})")
         ax.set_title(m, fontsize=9)
         ax.tick_params(labelsize=7)
-        ax.legend(fontsize=6)
+        if ax.patches:
+            ax.legend(fontsize=6)
     for ax in list(axes.flat)[len(metrics):]:
         ax.axis("off")
     fig.suptitle("Score distributions (scored rows only)")
