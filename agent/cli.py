@@ -154,7 +154,7 @@ def format_faq(answer: AgentAnswer) -> str | None:
     if m is None:
         return None
     resolution = textwrap.shorten(m.answer, 240, placeholder=" ...")
-    return (f"Similar past ticket ({m.similarity:.2f}, {m.reason}):\n  Q: {m.question}\n"
+    return (f"Similar past ticket ({m.reason}):\n  Q: {m.question}\n"
             f"  A: {resolution}")
 
 

@@ -93,7 +93,7 @@ class FaqMatcher:
         past_question, answer = split_faq(hit)
         shared = [w for w in dict.fromkeys(content_words(question))
                   if w in set(content_words(past_question))]
-        reason = f"similar past ticket (cosine {hit.similarity:.2f}, match score {score:.2f})"
+        reason = f"cosine {hit.similarity:.2f}, match score {score:.2f}"
         if shared:
             reason += f"; shares {', '.join(shared[:6])}"
         return FaqMatch(
