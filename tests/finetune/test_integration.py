@@ -14,7 +14,6 @@ from finetune.train import main
 from tests.finetune.conftest import KeywordSearcher, manual_chunks
 
 
-@pytest.mark.integration
 @pytest.mark.integration  # about 90 s on 2 idle cores: NF4 quantisation, training, generation
 def test_embedded_model_trains_reloads_and_answers(embedded_model_path, tmp_path):
     # One short example repeated: a handful of steps are enough to imprint the format.
