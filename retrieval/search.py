@@ -103,12 +103,23 @@ class HybridSearcher:
         self._bm25_key: tuple | None = None
         # Graph nodes may search from several threads; build the keyword index once, not per call.
         self._bm25_lock = threading.Lock()
+        # The agent searches one question twice in a row (past tickets, then all chunks): keep
+        # the last query's vector so the embedder runs once. One tuple: atomic to swap.
+        self._last_query: tuple[str, list[float]] | None = None
 
     def _cache_key(self) -> tuple:
         mtime = None
         if self.manifest_path is not None and self.manifest_path.exists():
             mtime = self.manifest_path.stat().st_mtime_ns
         return (self.store.count(), self.store.version, mtime)
+
+    def _embed_query(self, query: str) -> list[float]:
+        last = self._last_query
+        if last is not None and last[0] == query:
+            return last[1]
+        vector = self.embedder.embed_query(query)
+        self._last_query = (query, vector)
+        return vector
 
     def keyword_index(self) -> BM25Index:
         """The BM25 index over the whole collection, rebuilt when the collection changed."""
@@ -161,7 +172,7 @@ class HybridSearcher:
             raise ValueError(f"k ({k}) must be >= 1")
         if not query.strip():
             return []
-        query_vector = self.embedder.embed_query(query)
+        query_vector = self._embed_query(query)
         corpus = self.keyword_index()
         dense = self._dense(query_vector, where, corpus) if self.dense_weight > 0 else []
         keyword = (

@@ -29,6 +29,20 @@ def test_search_returns_hits_with_citations_and_similarity_for_every_hit(store, 
     assert scores == sorted(scores, reverse=True)
 
 
+def test_repeated_query_is_embedded_once(store, hash_embedder, monkeypatch):
+    embedded = []
+    embed_query = hash_embedder.embed_query
+    monkeypatch.setattr(hash_embedder, "embed_query",
+                        lambda q: embedded.append(q) or embed_query(q))
+    searcher = HybridSearcher(store, hash_embedder)
+    faq = searcher.search("how to factory reset the router", k=3, where={"type": "faq"})
+    every = searcher.search("how to factory reset the router", k=3)
+    assert embedded == ["how to factory reset the router"]
+    assert faq and every and all(h.chunk.type == "faq" for h in faq)
+    searcher.search("change the wifi password", k=3)
+    assert embedded == ["how to factory reset the router", "change the wifi password"]
+
+
 def test_fusion_puts_chunks_found_by_both_lists_first(store, hash_embedder):
     searcher = HybridSearcher(store, hash_embedder, dense_n=7, keyword_n=7, k_rrf=60,
                               dense_weight=1.0, keyword_weight=1.0)
