@@ -28,6 +28,7 @@ from agent.llm import ChatBackend
 from agent.state import AgentAnswer
 from retrieval.settings import Settings
 from retrieval.types import Searcher
+from retrieval.errors import UsageError
 
 # Types that checkpoints may hold (LangGraph refuses to revive unregistered classes).
 _CHECKPOINT_TYPES = [
@@ -117,7 +118,7 @@ class Assistant:
     @staticmethod
     def _check(question: str) -> str:
         if not question or not question.strip():
-            raise ValueError("the question is empty: type a question about the documents")
+            raise UsageError("the question is empty: type a question about the documents")
         return question.strip()
 
     def ask(self, question: str, thread_id: str | None = None) -> AgentAnswer:
@@ -128,7 +129,7 @@ class Assistant:
             thread_id: Conversation id; earlier turns of that thread resolve follow-ups.
 
         Raises:
-            ValueError: The question is empty.
+            UsageError: The question is empty.
         """
         generator = self.stream(question, thread_id)
         while True:
@@ -144,7 +145,7 @@ class Assistant:
         answer (or `last_answer`) for the final text and citations.
 
         Raises:
-            ValueError: The question is empty.
+            UsageError: The question is empty.
         """
         question = self._check(question)
         start = time.perf_counter()
@@ -162,16 +163,24 @@ class Assistant:
         timings.setdefault("retrieve", 0.0)
         timings.setdefault("generate", 0.0)
         timings["total"] = round(time.perf_counter() - start, 4)
+        refused, abstained = bool(final.get("refused")), bool(final.get("abstained"))
         self.last_answer = AgentAnswer(
             question=question,
             answer=final.get("answer", ""),
             reasoning=final.get("reasoning", ""),
             citations=list(final.get("citations") or []),
             contexts=list(final.get("contexts") or []),
-            abstained=bool(final.get("abstained")),
-            refused=bool(final.get("refused")),
+            abstained=abstained,
+            refused=refused,
             faq_match=final.get("faq_match"),
             timings=timings,
+            mode=final.get("mode") or (
+                "refused" if refused else "abstained" if abstained else "generated"),
+            claims=list(final.get("claims") or []),
+            removed_claims=list(final.get("removed_claims") or []),
+            raw=final.get("raw", ""),
+            answer_id=uuid.uuid4().hex,
+            guard=final.get("guard"),
         )
         return self.last_answer
 

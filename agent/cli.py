@@ -3,8 +3,9 @@
     python -m agent [--session ID] [--adapter PATH | --llm-url URL --llm-model NAME]
     python -m agent ask "How do I reset the router?" [--json]
 
-Expected errors (no index, wrong model or adapter path, unreachable model server, empty
-question) print one line to stderr and exit non-zero: 1 for a failed run, 2 for bad usage.
+Expected errors print one line to stderr; exit codes follow `retrieval.errors`: 2 for bad usage
+or input (empty question, no index, wrong model or adapter path), 1 for a failed run (model
+server unreachable), 130 when interrupted.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from agent.api import Assistant
 from agent.faq import DEFAULT_FAQ_THRESHOLD
 from agent.llm import ChatBackend, LocalChatModel, OpenAIChatModel
 from agent.state import AgentAnswer
-from retrieval.errors import CasewiseError, ModelNotFoundError
+from retrieval.errors import CasewiseError, ModelNotFoundError, UsageError, run_cli
 from retrieval.settings import Settings
 
 HELP = """\
@@ -33,10 +34,6 @@ Commands:
   /help      show this help
   Ctrl-C     stop the current answer (the session stays)
   Ctrl-D     exit (the session is saved; resume it with --session ID)"""
-
-
-class UsageError(CasewiseError):
-    """Bad command-line usage (exit code 2)."""
 
 
 def _add_common(parser: argparse.ArgumentParser, suppress: bool) -> None:
@@ -103,10 +100,7 @@ def make_llm(args: argparse.Namespace) -> ChatBackend:
                              "as --llm-model")
         if not args.llm_model:
             raise UsageError("--llm-url needs --llm-model NAME (the model name the server serves)")
-        try:
-            return OpenAIChatModel(args.llm_url, args.llm_model)
-        except ValueError as e:
-            raise UsageError(f"--llm-url/--llm-model: {e}") from e
+        return OpenAIChatModel(args.llm_url, args.llm_model)
     if args.llm_model:
         raise UsageError("--llm-model needs --llm-url; for a local model use --model")
     if args.adapter and not Path(args.adapter).expanduser().is_dir():
@@ -125,12 +119,9 @@ def build_assistant(args: argparse.Namespace) -> Assistant:
     """
     llm = make_llm(args)
     settings = Settings.resolve(home=args.home)
-    try:
-        assistant = Assistant.from_settings(settings, llm, top_k=args.top_k,
-                                            faq_threshold=args.faq_threshold,
-                                            max_new_tokens=args.max_new_tokens)
-    except ValueError as e:  # a setting out of range (the message names it)
-        raise UsageError(str(e)) from e
+    assistant = Assistant.from_settings(settings, llm, top_k=args.top_k,
+                                        faq_threshold=args.faq_threshold,
+                                        max_new_tokens=args.max_new_tokens)
     if isinstance(llm, LocalChatModel):
         # Load now so that a wrong model or adapter path fails before the first question.
         llm.load()
@@ -291,13 +282,4 @@ def main(argv: list[str] | None = None) -> int:
         argv = ["chat", *argv]
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        if args.command == "ask":
-            return run_ask(args)
-        return run_chat(args)
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except CasewiseError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    return run_cli(lambda: run_ask(args) if args.command == "ask" else run_chat(args))

@@ -7,10 +7,11 @@ from dataclasses import dataclass
 from agent.faq import FaqMatcher
 from agent.llm import ChatBackend
 from retrieval.types import Searcher
+from retrieval.errors import UsageError
 
 # Grading thresholds for all-MiniLM-L6-v2 cosine similarities. Checked on the emanual manual: the
 # 354 faq_history questions (all answerable) keep a passage on the first search 99.4% of the time,
-# the 25 hand-written off-topic questions of eval/data never do (notes/agent.md has the sweep).
+# the 25 hand-written off-topic questions of eval/data never do (docs/agent.md has the sweep).
 # Re-check them when you change the embedder.
 DEFAULT_MIN_SIMILARITY = 0.40
 DEFAULT_MIN_OVERLAP = 0.5
@@ -57,15 +58,15 @@ class Context:
 
     def __post_init__(self) -> None:
         if self.top_k < 1:
-            raise ValueError(f"top_k ({self.top_k}) must be at least 1")
+            raise UsageError(f"top_k ({self.top_k}) must be at least 1")
         if not 1 <= self.max_contexts:
-            raise ValueError(f"max_contexts ({self.max_contexts}) must be at least 1")
+            raise UsageError(f"max_contexts ({self.max_contexts}) must be at least 1")
         if not -1.0 <= self.overlap_floor <= self.min_similarity <= 1.0:
-            raise ValueError(
+            raise UsageError(
                 f"thresholds must satisfy -1 <= overlap_floor ({self.overlap_floor}) <= "
                 f"min_similarity ({self.min_similarity}) <= 1"
             )
         if not 0.0 < self.min_overlap <= 1.0:
-            raise ValueError(f"min_overlap ({self.min_overlap}) must be in (0, 1]")
+            raise UsageError(f"min_overlap ({self.min_overlap}) must be in (0, 1]")
         if self.max_rewrites < 0:
-            raise ValueError(f"max_rewrites ({self.max_rewrites}) must be 0 or more")
+            raise UsageError(f"max_rewrites ({self.max_rewrites}) must be 0 or more")

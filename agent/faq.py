@@ -21,9 +21,10 @@ import re
 from agent.prompts import content_words
 from agent.state import FaqMatch
 from retrieval.types import Hit, Searcher
+from retrieval.errors import UsageError
 
 # Calibrated by `python bench/faq_match.py` on faq_history's paraphrase groups: the lowest
-# threshold within 0.025 F1 of the best (1.01), since a shown match is advisory (notes/agent.md).
+# threshold within 0.025 F1 of the best (1.01), since a shown match is advisory (docs/agent.md).
 DEFAULT_FAQ_THRESHOLD = 0.88
 QUESTION_WEIGHT = 0.5
 
@@ -62,11 +63,11 @@ class FaqMatcher:
         self, searcher: Searcher, threshold: float = DEFAULT_FAQ_THRESHOLD, candidates: int = 5
     ) -> None:
         if not -1.0 <= threshold <= 1.0 + QUESTION_WEIGHT:
-            raise ValueError(
+            raise UsageError(
                 f"faq threshold ({threshold}) must be within [-1, {1.0 + QUESTION_WEIGHT}]"
             )
         if candidates < 1:
-            raise ValueError(f"candidates ({candidates}) must be at least 1")
+            raise UsageError(f"candidates ({candidates}) must be at least 1")
         self.searcher = searcher
         self.threshold = threshold
         self.candidates = candidates

@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 from typing import Protocol
 
-from retrieval.errors import CasewiseError
+from retrieval.errors import CasewiseError, UsageError
 
 DEFAULT_MAX_NEW_TOKENS = 256
 
@@ -63,7 +63,7 @@ class LocalChatModel:
         device: str = "cpu",
     ) -> None:
         if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens ({max_new_tokens}) must be at least 1")
+            raise UsageError(f"max_new_tokens ({max_new_tokens}) must be at least 1")
         self.model_name = model
         self.adapter = adapter
         self.max_new_tokens = max_new_tokens
@@ -184,13 +184,13 @@ class OpenAIChatModel:
         backoff: float = 0.5,
     ) -> None:
         if not base_url.startswith(("http://", "https://")):
-            raise ValueError(f"base_url ({base_url!r}) must start with http:// or https://")
+            raise UsageError(f"base_url ({base_url!r}) must start with http:// or https://")
         if not model.strip():
-            raise ValueError("model must not be empty: pass the name the server serves")
+            raise UsageError("model must not be empty: pass the name the server serves")
         if timeout <= 0:
-            raise ValueError(f"timeout ({timeout}) must be positive")
+            raise UsageError(f"timeout ({timeout}) must be positive")
         if retries < 0:
-            raise ValueError(f"retries ({retries}) must be 0 or more")
+            raise UsageError(f"retries ({retries}) must be 0 or more")
         base_url = base_url.rstrip("/")
         if not base_url.endswith("/v1"):
             base_url += "/v1"

@@ -4,20 +4,26 @@
 - `State`: the graph's internal state. `messages` (the conversation) accumulates across turns
   through its reducer and is what the SQLite checkpointer keeps per thread; every other key is
   per-turn and reset by the first node.
-- `AgentAnswer` / `FaqMatch`: the structured result shared by the CLI and eval.
+- `AgentAnswer` / `FaqMatch` / `Claim`: the structured result shared by the CLI, the REST
+  service and eval.
 """
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field
-from typing import Annotated, TypedDict
+from typing import Annotated, Literal, TypedDict
 
 from retrieval.types import Citation, Hit
 
-
-def add_messages(left: list[dict] | None, right: list[dict] | None) -> list[dict]:
-    """Reducer for the conversation: append new turns to the old ones."""
-    return [*(left or []), *(right or [])]
+# How an answer was produced (`AgentAnswer.mode`):
+# - generated: the model's own words, every kept sentence verified against a passage;
+# - quoted: no generated sentence survived verification, so the manual's own best sentences are
+#   shown verbatim as a marked quote with their page;
+# - abstained: nothing relevant was retrieved (the documentation does not cover the question);
+# - refused: the request was refused by the guard or the model (harmful, off-limits).
+Mode = Literal["generated", "quoted", "abstained", "refused"]
+MODES: tuple[str, ...] = ("generated", "quoted", "abstained", "refused")
 
 
 class InputState(TypedDict):
@@ -47,7 +53,7 @@ class State(InputState, total=False):
         timings: Seconds per stage.
     """
 
-    messages: Annotated[list[dict], add_messages]
+    messages: Annotated[list[dict], operator.add]
     standalone: str
     query: str
     rewrites: int
@@ -81,6 +87,35 @@ class FaqMatch:
 
 
 @dataclass
+class Claim:
+    """One sentence of an answer and whether a retrieved passage supports it.
+
+    Attributes:
+        text: The sentence as shown (or as removed).
+        supported: Whether verification found a passage that supports it.
+        citation: The supporting passage's citation (`None` when unsupported).
+        passage: 1-based number of the supporting passage in `AgentAnswer.contexts`, or `None`.
+        evidence: The sentence of that passage that supports the claim (for highlighting).
+        reason: Why the claim was removed ("" when supported).
+    """
+
+    text: str
+    supported: bool
+    citation: Citation | None = None
+    passage: int | None = None
+    evidence: str = ""
+    reason: str = ""
+
+    def to_dict(self) -> dict:
+        """JSON-ready view."""
+        return {
+            "text": self.text, "supported": self.supported,
+            "citation": self.citation.to_dict() if self.citation else None,
+            "passage": self.passage, "evidence": self.evidence, "reason": self.reason,
+        }
+
+
+@dataclass
 class AgentAnswer:
     """What one question produced: the contract between the agent, the CLI and eval.
 
@@ -94,6 +129,13 @@ class AgentAnswer:
         refused: The request was refused as harmful.
         faq_match: The matching past ticket, or `None`.
         timings: Seconds per stage (`retrieve`, `generate`, `total`, ...).
+        mode: How the answer was produced (see `Mode`).
+        claims: The sentences shown to the user, each with its supporting passage.
+        removed_claims: Sentences of the model's draft that verification removed, with why.
+        raw: The model's raw output ("" when the model was not called), so eval can tell "the
+            model abstained" from "verification removed everything".
+        answer_id: Unique id of this answer (feedback refers to it).
+        guard: The guard's verdict when it fired (`category`, `layer`, `score`), else `None`.
     """
 
     question: str
@@ -105,6 +147,16 @@ class AgentAnswer:
     refused: bool = False
     faq_match: FaqMatch | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    mode: Mode = "generated"
+    claims: list[Claim] = field(default_factory=list)
+    removed_claims: list[Claim] = field(default_factory=list)
+    raw: str = ""
+    answer_id: str = ""
+    guard: dict | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode ({self.mode!r}) must be one of {', '.join(MODES)}")
 
     def to_dict(self) -> dict:
         """The `python -m agent ask --json` object."""
@@ -122,4 +174,10 @@ class AgentAnswer:
             "refused": self.refused,
             "faq_match": self.faq_match.to_dict() if self.faq_match else None,
             "timings": self.timings,
+            "mode": self.mode,
+            "claims": [c.to_dict() for c in self.claims],
+            "removed_claims": [c.to_dict() for c in self.removed_claims],
+            "raw": self.raw,
+            "answer_id": self.answer_id,
+            "guard": self.guard,
         }

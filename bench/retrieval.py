@@ -15,7 +15,7 @@ Retrieval quality and speed on the shared Smart TV manual (`../shared/data/emanu
 
 Prints a table (progress on stderr) and writes `bench/results/retrieval.json` (only for the
 full 100,000-chunk run); `--json` prints only the result object. Tuning happened on these dev questions in general ways only (chunk
-granularity, heading prefixes, fusion constants over a grid; see notes/ingest.md): a held-out
+granularity, heading prefixes, fusion constants over a grid; see docs/ingest.md): a held-out
 split of the same data exists.
 """
 

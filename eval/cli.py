@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from retrieval.errors import CasewiseError
+from retrieval.errors import UsageError, run_cli
 
 
 def _add_judge_args(p: argparse.ArgumentParser, default: str | None) -> None:
@@ -96,14 +96,11 @@ def _run(args) -> int:
 
     if args.threads is not None:
         if args.threads < 1:
-            raise CasewiseError(f"--threads ({args.threads}) must be at least 1")
+            raise UsageError(f"--threads ({args.threads}) must be at least 1")
         import torch
 
         torch.set_num_threads(args.threads)
-    try:
-        settings = Settings.resolve(home=args.home, embedder=args.embedder)
-    except ValueError as e:
-        raise CasewiseError(f"settings: {e}") from e
+    settings = Settings.resolve(home=args.home, embedder=args.embedder)
     options = SystemOptions(
         settings=settings, model=args.model, adapter=args.adapter, llm_url=args.llm_url,
         llm_model=args.llm_model, top_k=args.top_k, max_new_tokens=args.max_new_tokens,
@@ -140,8 +137,7 @@ def _gate(args) -> int:
     thresholds = [parse_threshold("min", t) for t in args.min]
     thresholds += [parse_threshold("max", t) for t in args.max]
     if not thresholds:
-        print("error: give at least one --min or --max threshold", file=sys.stderr)
-        return 2
+        raise UsageError("give at least one --min or --max threshold")
     failures = check(load_results(args.dir), thresholds, args.system)
     for f in failures:
         print(f)
@@ -153,19 +149,10 @@ def _gate(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the process exit code."""
-    from eval.gate import GateUsageError
-
+    """Entry point; returns the process exit code (the policy of `retrieval.errors`)."""
     args = build_parser().parse_args(argv)
-    try:
-        return {"run": _run, "report": _report, "gate": _gate}[args.command](args)
-    except GateUsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except CasewiseError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2 if args.command == "gate" else 1
-    except KeyboardInterrupt:
-        print("interrupted: answers so far are cached; re-run the same command to resume",
-              file=sys.stderr)
-        return 130
+    command = {"run": _run, "report": _report, "gate": _gate}[args.command]
+    return run_cli(
+        lambda: command(args),
+        interrupted="interrupted: answers so far are cached; re-run the same command to resume",
+    )

@@ -15,12 +15,12 @@ from pathlib import Path
 
 from eval.metrics import PROJECT_METRICS
 from eval.ragas_metrics import RAGAS_METRICS
-from retrieval.errors import CasewiseError
+from retrieval.errors import UsageError
 
 KNOWN_METRICS = PROJECT_METRICS + RAGAS_METRICS
 
 
-class GateUsageError(CasewiseError):
+class GateUsageError(UsageError):
     """A gate invocation that cannot be evaluated (exit code 2)."""
 
 

@@ -17,13 +17,13 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from retrieval.errors import CasewiseError
+from retrieval.errors import UsageError
 
 HARMFUL_KIND = "harmful"
 _KNOWN = ("id", "question", "reference", "page", "source", "answerable", "kind", "faq_ticket")
 
 
-class QuestionFileError(CasewiseError):
+class QuestionFileError(UsageError):
     """A question or harmful-request file that cannot be used at all."""
 
 

@@ -23,7 +23,7 @@ from eval.questions import Question, QuestionFileError, load_harmful, load_quest
 from eval.ragas_metrics import RAGAS_METRICS, RagasScorer, chat_judge
 from eval.systems import SystemOptions, build_system, check_systems
 from finetune.model import EMBEDDED_NAME
-from retrieval.errors import CasewiseError
+from retrieval.errors import UsageError
 
 JUDGES = ("local", "none", "remote")
 EMBEDDED_JUDGE_WARNING = (
@@ -35,7 +35,7 @@ EMBEDDED_JUDGE_WARNING = (
 )
 
 
-class RunDirError(CasewiseError):
+class RunDirError(UsageError):
     """A run directory that lacks what a command needs."""
 
 

@@ -17,13 +17,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from retrieval.errors import CasewiseError
+from retrieval.errors import CasewiseError, UsageError
 from retrieval.settings import Settings
 
 SYSTEMS = ("no-rag", "base", "finetuned", "remote")
 
 
-class SystemConfigError(CasewiseError):
+class SystemConfigError(UsageError):
     """A system that cannot be built from the given options."""
 
 

@@ -1,6 +1,6 @@
 """python -m finetune {data,train,merge} ...: training data, QLoRA fine-tuning, adapter merge.
 
-See `finetune.cli` for the subcommands and `notes/finetune.md` for the walkthrough.
+See `finetune.cli` for the subcommands and `docs/finetune.md` for the walkthrough.
 """
 
 import sys

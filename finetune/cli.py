@@ -4,8 +4,8 @@
     python -m finetune train --config configs/smollm2-cpu.yaml [--num_train_epochs 2 ...]
     python -m finetune merge --adapter runs/smollm2-faq --out runs/smollm2-faq-merged
 
-Expected errors (`CasewiseError`) print one line to stderr and exit with status 1; argument
-errors exit with status 2 (argparse).
+Expected errors print one line to stderr; exit codes follow `retrieval.errors`: 2 for bad
+usage or input (a flag, the config, the FAQ file, a model path), 1 for a failed run.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from retrieval.errors import CasewiseError
+from retrieval.errors import run_cli
 
 
 def _data_parser(sub) -> None:
@@ -169,13 +169,9 @@ def run_merge(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `python -m finetune`; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        if argv and argv[0] == "train":
-            from finetune.train import main as train_main
+    if argv and argv[0] == "train":
+        from finetune.train import main as train_main
 
-            return train_main(argv[1:])
-        args = build_parser().parse_args(argv)
-        return {"data": run_data, "merge": run_merge}[args.command](args)
-    except CasewiseError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        return run_cli(lambda: train_main(argv[1:]))
+    args = build_parser().parse_args(argv)
+    return run_cli(lambda: {"data": run_data, "merge": run_merge}[args.command](args))

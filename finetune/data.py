@@ -45,7 +45,7 @@ from finetune.format import (
     format_refusal,
 )
 from finetune.redact import redact
-from retrieval.errors import CasewiseError
+from retrieval.errors import UsageError
 from retrieval.types import Chunk, Searcher
 
 KINDS = ("gold", "abstain", "refusal", "synthetic")
@@ -58,7 +58,7 @@ _STOP = frozenset(
 )
 
 
-class DataError(CasewiseError):
+class DataError(UsageError):
     """The FAQ file or the data settings cannot produce a dataset."""
 
 

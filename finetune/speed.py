@@ -32,7 +32,7 @@ The levers, each on by default on a GPU and each switched off by its `--no_<name
 - `micro_batch_size`: a different micro-batch at the same effective batch (gradient accumulation
   is rescaled); 0 keeps the config's.
 - `use_compile`: `torch.compile` of each decoder layer (the layers share one compiled graph, so
-  compiling costs one layer's time, not 32). Off by default: see `notes/gpu.md` for its figures.
+  compiling costs one layer's time, not 32). Off by default: see `docs/gpu.md` for its figures.
 
 The field names avoid `SFTConfig`'s own (`padding_free`, `torch_compile`): `TrlParser` builds one
 argparse parser for all dataclasses and rejects a flag defined twice.
@@ -42,14 +42,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from retrieval.errors import CasewiseError
+from retrieval.errors import UsageError
 
 CHECKPOINT_MODES = ("full", "selective", "off")
 PACKED_ATTENTION = ("flex_attention", "sdpa", "keep")
 VARLEN_ATTENTION = ("flash_attention_2", "flash_attention_3")
 
 
-class SpeedConfigError(CasewiseError, ValueError):
+class SpeedConfigError(UsageError):
     """A speed setting with an impossible value."""
 
 

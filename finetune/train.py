@@ -29,14 +29,14 @@ from pathlib import Path
 
 from finetune.model import load_tokenizer, resolve_base_model
 from finetune.speed import SpeedArgs, configure_sft_config, prepare_model
-from retrieval.errors import CasewiseError
+from retrieval.errors import UsageError
 
-ENV_NOTE = "configs/smollm2-cpu.yaml"
+CPU_CONFIG = "configs/smollm2-cpu.yaml"
 # The hub id of the model that `default` embeds (for the model card's metadata).
 EMBEDDED_UPSTREAM = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
-class TrainConfigError(CasewiseError):
+class TrainConfigError(UsageError):
     """A training config, data file or machine that cannot run the requested training."""
 
 
@@ -184,7 +184,7 @@ def check_config(data: DataArgs, sft, on_gpu: bool, has_eval: bool, config_path:
     if data.require_gpu and not on_gpu:
         raise TrainConfigError(
             f"{config_path} requires a CUDA GPU (require_gpu: true) but none is visible: run it "
-            f"on a GPU machine, or use {ENV_NOTE} on CPU"
+            f"on a GPU machine, or use {CPU_CONFIG} on CPU"
         )
     if data.train_file is None:
         raise TrainConfigError("train_file is not set: pass --train_file or set it in the config")
@@ -550,7 +550,7 @@ def _check_gpu_requirement(argv: list[str], config_path: str) -> None:
     if wanted and not torch.cuda.is_available():
         raise TrainConfigError(
             f"{config_path or 'command line'} requires a CUDA GPU (require_gpu: true) but none "
-            f"is visible: run it on a GPU machine, or use {ENV_NOTE} on CPU"
+            f"is visible: run it on a GPU machine, or use {CPU_CONFIG} on CPU"
         )
 
 

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 
 from ingest.loaders import Block, LoadedFile
 from retrieval.types import Chunk
+from retrieval.errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,7 @@ class ChunkingConfig:
         heading_prefix: Prefix the section heading to the chunk text.
     """
 
-    # Tuned on the shared Smart TV manual's dev questions (bench/retrieval.py, notes/ingest.md):
+    # Tuned on the shared Smart TV manual's dev questions (bench/retrieval.py, docs/ingest.md):
     # page-sized chunks (short sections joined within their page) beat 100-200-word chunks for
     # both BM25 and fused search; the heading prefix did not help there, so it is opt-in.
     chunk_size: int = 350
@@ -43,16 +44,16 @@ class ChunkingConfig:
 
     def __post_init__(self) -> None:
         if self.chunk_size < 1:
-            raise ValueError(f"chunk_size ({self.chunk_size}) must be at least 1 word")
+            raise UsageError(f"chunk_size ({self.chunk_size}) must be at least 1 word")
         if self.chunk_overlap < 0:
-            raise ValueError(f"chunk_overlap ({self.chunk_overlap}) must not be negative")
+            raise UsageError(f"chunk_overlap ({self.chunk_overlap}) must not be negative")
         if self.chunk_overlap >= self.chunk_size:
-            raise ValueError(
+            raise UsageError(
                 f"chunk_overlap ({self.chunk_overlap}) must be smaller than chunk_size "
                 f"({self.chunk_size})"
             )
         if self.min_chunk_words < 0:
-            raise ValueError(
+            raise UsageError(
                 f"min_chunk_words ({self.min_chunk_words}) must not be negative (0 turns "
                 "joining of short sections off)"
             )

@@ -7,8 +7,8 @@ import json
 import sys
 
 from ingest.chunking import ChunkingConfig
-from ingest.pipeline import EXIT_FATAL, EXIT_FILES_FAILED, EXIT_OK, run
-from retrieval.errors import CasewiseError
+from ingest.pipeline import EXIT_FILES_FAILED, run
+from retrieval.errors import EXIT_OK, EXIT_USAGE, run_cli
 from retrieval.settings import Settings
 
 EPILOG = f"""\
@@ -26,8 +26,9 @@ the reason, then warnings (pages without a text layer, malformed JSONL lines by 
 exit codes:
   {EXIT_OK}  every file was indexed, unchanged or skipped
   {EXIT_FILES_FAILED}  some files failed (the others were indexed; see the table)
-  {EXIT_FATAL}  usage or fatal error (bad flag, index locked by another ingest, embedder or
-     chunking differs from the index without --rebuild, unreachable Chroma server)
+  {EXIT_USAGE}  usage or input error (bad flag, embedder or chunking differs from the index
+     without --rebuild); 1 also when the run failed as a whole (index locked by another ingest,
+     unreachable Chroma server)
 """
 
 
@@ -72,23 +73,24 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code (see the `--help` epilog)."""
     args = build_parser().parse_args(argv)
-    try:
-        settings = Settings.resolve(home=args.home, embedder=args.embedder,
-                                    chroma_url=args.chroma_url)
-        chunking = None
-        if args.chunk_size is not None or args.chunk_overlap is not None:
-            defaults = ChunkingConfig()
-            size = args.chunk_size if args.chunk_size is not None else defaults.chunk_size
-            chunking = ChunkingConfig(
-                chunk_size=size,
-                chunk_overlap=(args.chunk_overlap if args.chunk_overlap is not None
-                               else min(defaults.chunk_overlap, size // 5)),
-            )
-        summary = run(args.paths, settings, prune=args.prune, rebuild=args.rebuild,
-                      progress=not (args.quiet or args.json), chunking=chunking)
-    except (CasewiseError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_FATAL
+    return run_cli(lambda: _ingest(args),
+                   interrupted="interrupted: re-run the same command; finished files are kept")
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    settings = Settings.resolve(home=args.home, embedder=args.embedder,
+                                chroma_url=args.chroma_url)
+    chunking = None
+    if args.chunk_size is not None or args.chunk_overlap is not None:
+        defaults = ChunkingConfig()
+        size = args.chunk_size if args.chunk_size is not None else defaults.chunk_size
+        chunking = ChunkingConfig(
+            chunk_size=size,
+            chunk_overlap=(args.chunk_overlap if args.chunk_overlap is not None
+                           else min(defaults.chunk_overlap, size // 5)),
+        )
+    summary = run(args.paths, settings, prune=args.prune, rebuild=args.rebuild,
+                  progress=not (args.quiet or args.json), chunking=chunking)
     if args.json:
         print(json.dumps(summary.to_dict(), indent=2))
     elif args.quiet:

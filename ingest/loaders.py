@@ -20,7 +20,7 @@ from pathlib import Path
 import pypdf
 from pypdf.errors import DependencyError, PyPdfError
 
-from retrieval.errors import CasewiseError
+from retrieval.errors import UsageError
 from retrieval.types import ChunkType
 
 PDF_SUFFIXES = {".pdf"}
@@ -37,7 +37,7 @@ FAQ_OPTIONAL = ("id", "section", "page")
 logging.getLogger("pypdf").setLevel(logging.ERROR)
 
 
-class UnreadableFileError(CasewiseError):
+class UnreadableFileError(UsageError):
     """A file that cannot be read at all (encrypted, damaged, empty, wrong format, bad columns)."""
 
     def __init__(self, path: Path, reason: str) -> None:

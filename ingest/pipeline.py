@@ -33,7 +33,13 @@ from tqdm import tqdm
 
 from ingest.chunking import Chunker, ChunkingConfig, file_hash
 from ingest.loaders import NoTextError, UnreadableFileError, load_file
-from retrieval.errors import CasewiseError, EmbedderMismatchError, IndexNotFoundError
+from retrieval.errors import (
+    EXIT_FAILED,
+    EXIT_OK,
+    CasewiseError,
+    IndexNotFoundError,
+    IndexSettingsMismatchError,
+)
 from retrieval.manifest import new_manifest, read_manifest, write_manifest
 from retrieval.settings import Settings
 from retrieval.store import ChunkStore, drop_collection
@@ -44,9 +50,8 @@ EMBED_BATCH = 64
 # Tests only: seconds to sleep after each embedded batch, so a test can SIGKILL a run midway.
 TEST_BATCH_SLEEP_ENV = "CASEWISE_TEST_BATCH_SLEEP"
 
-EXIT_OK = 0
-EXIT_FILES_FAILED = 1
-EXIT_FATAL = 2
+# Some files failed, the others were indexed (the policy's "part of the run failed").
+EXIT_FILES_FAILED = EXIT_FAILED
 
 
 class IngestLockedError(CasewiseError):
@@ -185,7 +190,7 @@ def run(
 
     Raises:
         IngestLockedError: Another ingest kept the index locked for `lock_timeout` seconds.
-        EmbedderMismatchError: The index was built with another embedder or chunking and
+        IndexSettingsMismatchError: The index was built with another embedder or chunking and
             `rebuild` is false.
         CasewiseError: Other fatal problems (damaged manifest, unreachable Chroma server,
             embedder that cannot be loaded).
@@ -322,14 +327,14 @@ class _Run:
                 self.requested_chunking or ChunkingConfig(**manifest["chunking"]))
         home = self.settings.home
         if manifest["embedder"] != self.embedder_name:
-            raise EmbedderMismatchError(
+            raise IndexSettingsMismatchError(
                 f"index at {home} was built with embedder {manifest['embedder']!r}, this run uses "
                 f"{self.embedder_name!r}: mixing embedding spaces silently corrupts search; use "
                 f"--embedder {manifest['embedder']} or re-embed everything with --rebuild"
             )
         wanted = self.requested_chunking
         if wanted is not None and wanted.to_dict() != manifest["chunking"]:
-            raise EmbedderMismatchError(
+            raise IndexSettingsMismatchError(
                 f"index at {home} was chunked with {manifest['chunking']}, this run asks for "
                 f"{wanted.to_dict()}; re-chunk everything with --rebuild, or leave out "
                 "--chunk-size/--chunk-overlap to keep the index's settings"

@@ -2,8 +2,8 @@
 
 Prints the ranked passages for a question with their citation (`[file p.N]`), section, fused
 score, cosine similarity and dense/BM25 ranks, or the same as JSON with `--json`. Expected
-errors (no index, unreachable Chroma server, wrong embedder) print one line to stderr and exit
-with status 2.
+errors print one line to stderr; exit codes follow `retrieval.errors` (2: no index, wrong
+embedder, bad flag; 1: unreachable Chroma server).
 """
 
 from __future__ import annotations
@@ -11,14 +11,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 import textwrap
 
-from retrieval.errors import CasewiseError
+from retrieval.errors import UsageError, run_cli
 from retrieval.settings import Settings
 from retrieval.types import Hit
-
-EXIT_ERROR = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,22 +98,22 @@ def main(argv: list[str] | None = None) -> int:
         argv: Arguments without the program name; `None` reads `sys.argv`.
 
     Returns:
-        The exit status: 0 on success, 2 on an expected error.
+        The exit status (the policy of `retrieval.errors`): 0 on success, 2 for bad usage or
+        input (no index, a bad flag), 1 when the search itself failed (server unreachable).
     """
     args = build_parser().parse_args(argv)
-    if args.k < 1:
-        print(f"error: -k ({args.k}) must be at least 1", file=sys.stderr)
-        return EXIT_ERROR
-    where = {key: value for key, value in (("type", args.type), ("source", args.source)) if value}
-    try:
-        settings = Settings.resolve(home=args.home, chroma_url=args.chroma_url)
-        from retrieval.search import open_searcher
+    return run_cli(lambda: _search(args))
 
-        _quiet_model_loading()
-        hits = open_searcher(settings).search(args.query, k=args.k, where=where or None)
-    except (CasewiseError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_ERROR
+
+def _search(args: argparse.Namespace) -> int:
+    if args.k < 1:
+        raise UsageError(f"-k ({args.k}) must be at least 1")
+    where = {key: value for key, value in (("type", args.type), ("source", args.source)) if value}
+    settings = Settings.resolve(home=args.home, chroma_url=args.chroma_url)
+    from retrieval.search import open_searcher
+
+    _quiet_model_loading()
+    hits = open_searcher(settings).search(args.query, k=args.k, where=where or None)
     if args.json:
         print(json.dumps([hit_to_dict(i, h) for i, h in enumerate(hits, start=1)], indent=2))
         return 0

@@ -20,12 +20,12 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
-from retrieval.errors import CasewiseError, IndexNotFoundError
+from retrieval.errors import IndexNotFoundError, UsageError
 
 MANIFEST_VERSION = 1
 
 
-class ManifestError(CasewiseError):
+class ManifestError(UsageError):
     """The manifest exists but cannot be used (not JSON, wrong shape, newer version)."""
 
 

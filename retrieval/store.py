@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from urllib.parse import urlparse
 
-from retrieval.errors import CasewiseError, EmbedderMismatchError
+from retrieval.errors import CasewiseError, IndexSettingsMismatchError, UsageError
 from retrieval.settings import Settings
 from retrieval.types import Chunk
 
@@ -111,7 +111,7 @@ def chroma_where(where: dict | None) -> dict | None:
 def _client_args(url: str) -> dict:
     parsed = urlparse(url)
     if not parsed.hostname:
-        raise ValueError(f"chroma_url ({url!r}) has no host; use e.g. http://localhost:8000")
+        raise UsageError(f"chroma_url ({url!r}) has no host; use e.g. http://localhost:8000")
     ssl = parsed.scheme == "https"
     return {"host": parsed.hostname, "port": parsed.port or (443 if ssl else 8000), "ssl": ssl}
 
@@ -183,7 +183,7 @@ class ChunkStore:
 
         Raises:
             StoreUnavailableError: The Chroma server does not answer.
-            EmbedderMismatchError: The collection holds vectors of another embedder.
+            IndexSettingsMismatchError: The collection holds vectors of another embedder.
         """
         self.settings = settings
         self.embedder_name = embedder_name
@@ -212,7 +212,7 @@ class ChunkStore:
             ) from err
         stored = (collection.metadata or {}).get(EMBEDDER_KEY)
         if stored is not None and stored != self.embedder_name:
-            raise EmbedderMismatchError(
+            raise IndexSettingsMismatchError(
                 f"collection {self.settings.collection!r} at {self.location} holds vectors of "
                 f"embedder {stored!r}, not {self.embedder_name!r}; use embedder {stored!r} or "
                 "re-index with `python -m ingest --rebuild ...`"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 
 from retrieval.types import Chunk, Hit
@@ -10,9 +12,10 @@ from tests.conftest import HashEmbedder
 
 def make_chunk(text: str, source: str = "router_manual.pdf", page: int | None = 4,
                section: str | None = None, type: str = "doc", **metadata) -> Chunk:
-    return Chunk(id=f"{source}-{page}-{abs(hash(text)) % 10**8}", text=text, source=source,
-                 page=page, section=section, chunk_index=0, doc_hash="h", type=type,
-                 metadata=metadata)
+    # A content hash, not hash(): str hashes change between processes.
+    digest = hashlib.sha256(text.encode()).hexdigest()[:8]
+    return Chunk(id=f"{source}-{page}-{digest}", text=text, source=source, page=page,
+                 section=section, chunk_index=0, doc_hash="h", type=type, metadata=metadata)
 
 
 class FakeSearcher:

@@ -35,14 +35,14 @@ def test_empty_question_is_a_usage_error(capsys):
 
 
 def test_missing_index(tmp_path, capsys):
-    assert main(["ask", QUESTION, "--home", str(tmp_path / "none")]) == 1
+    assert main(["ask", QUESTION, "--home", str(tmp_path / "none")]) == 2
     err = capsys.readouterr().err
     assert "no index at" in err and "run `python -m ingest docs/` first" in err
     assert len(err.strip().splitlines()) == 1
 
 
 def test_wrong_adapter_path(tmp_path, capsys):
-    assert main(["ask", QUESTION, "--adapter", str(tmp_path / "nope")]) == 1
+    assert main(["ask", QUESTION, "--adapter", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: adapter path {tmp_path / 'nope'} does not exist")
 

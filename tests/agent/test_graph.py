@@ -8,6 +8,7 @@ from finetune.format import ABSTAIN_ANSWER, REFUSAL_ANSWER, SYSTEM_PROMPT
 from retrieval.types import Hit
 from tests.agent.conftest import FAQ, RESET, FakeSearcher, make_chunk
 from tests.conftest import ScriptedChatModel
+from retrieval.errors import UsageError
 
 QUESTION = "How do I reset the router to factory settings?"
 GOOD = ('Reasoning: Passage [1] says "press and hold the Reset button on the back for 10 '
@@ -200,5 +201,5 @@ def test_stream_yields_tokens_and_returns_the_answer(searcher):
 
 def test_empty_question_is_rejected(searcher):
     assistant, _ = make(searcher)
-    with pytest.raises(ValueError, match="empty"):
+    with pytest.raises(UsageError, match="empty"):
         assistant.ask("   ")

@@ -10,6 +10,7 @@ import pytest
 
 from agent.llm import ModelServerError, OpenAIChatModel
 from retrieval.errors import CasewiseError
+from retrieval.errors import UsageError
 
 REPLY = "Reasoning: Passage [1] says hold Reset.\nAnswer: Hold Reset.\nSources: [m.pdf p.4]"
 
@@ -125,7 +126,7 @@ def test_unreachable_server_gives_one_clear_error():
 
 
 def test_bad_arguments_are_rejected():
-    with pytest.raises(ValueError, match="base_url"):
+    with pytest.raises(UsageError, match="base_url"):
         OpenAIChatModel("localhost:8000", "m")
-    with pytest.raises(ValueError, match="model"):
+    with pytest.raises(UsageError, match="model"):
         OpenAIChatModel("http://localhost:8000", " ")

@@ -70,24 +70,24 @@ def test_run_bad_inputs_exit_non_zero_without_traceback(tmp_path, capsys):
     rc = main(["run", "--questions", str(bad), "--systems", "no-rag", "--out",
                str(tmp_path / "o"), "--judge", "none"])
     err = capsys.readouterr().err
-    assert rc == 1 and "empty.jsonl" in err and "Traceback" not in err
+    assert rc == 2 and "empty.jsonl" in err and "Traceback" not in err
     rc = main(["run", "--questions", str(bad), "--systems", "finetuned", "--out",
                str(tmp_path / "o")])
-    assert rc == 1 and "--adapter" in capsys.readouterr().err
+    assert rc == 2 and "--adapter" in capsys.readouterr().err
     rc = main(["run", "--questions", str(bad), "--systems", "gpt9", "--out", str(tmp_path / "o")])
-    assert rc == 1 and "unknown system" in capsys.readouterr().err
+    assert rc == 2 and "unknown system" in capsys.readouterr().err
     rc = main(["run", "--questions", str(bad), "--out", str(tmp_path / "o"), "--judge",
                "remote"])
-    assert rc == 1 and "--judge-url" in capsys.readouterr().err
+    assert rc == 2 and "--judge-url" in capsys.readouterr().err
     rc = main(["run", "--questions", str(bad), "--out", str(tmp_path / "o"), "--threads", "0"])
-    assert rc == 1 and "--threads" in capsys.readouterr().err
+    assert rc == 2 and "--threads" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
         main(["run", "--out", str(tmp_path / "o")])  # --questions missing
     assert e.value.code == 2
 
 
-def test_report_on_empty_dir_exits_1(tmp_path, capsys):
-    assert main(["report", str(tmp_path)]) == 1
+def test_report_on_empty_dir_exits_2(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
     assert "no evaluation run here" in capsys.readouterr().err
 
 

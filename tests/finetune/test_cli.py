@@ -23,7 +23,7 @@ def test_help(command):
 def test_data_missing_faq_file(tmp_path, capsys):
     code = main(["data", "--faq", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "o"),
                  "--no-token-count"])
-    assert code == 1
+    assert code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: FAQ file") and "nope.csv" in err and "Traceback" not in err
 
@@ -31,13 +31,13 @@ def test_data_missing_faq_file(tmp_path, capsys):
 def test_data_missing_index(faq_csv, tmp_path, capsys):
     code = main(["data", "--faq", str(faq_csv), "--home", str(tmp_path / "empty"),
                  "--out", str(tmp_path / "o"), "--no-token-count"])
-    assert code == 1
+    assert code == 2
     assert "no index at" in capsys.readouterr().err
 
 
 def test_data_bad_setting(faq_csv, tmp_path, capsys):
     code = main(["data", "--faq", str(faq_csv), "--out", str(tmp_path / "o"), "--p-gold", "2"])
-    assert code == 1
+    assert code == 2
     assert "p_gold (2.0)" in capsys.readouterr().err
 
 
@@ -65,5 +65,5 @@ def test_data_end_to_end(faq_csv, searcher, tmp_path, monkeypatch, capsys):
 
 def test_merge_bad_adapter(tmp_path, capsys):
     code = main(["merge", "--adapter", str(tmp_path / "nope"), "--out", str(tmp_path / "m")])
-    assert code == 1
+    assert code == 2
     assert "adapter path" in capsys.readouterr().err

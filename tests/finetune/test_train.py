@@ -214,7 +214,7 @@ def test_gpu_config_without_gpu(monkeypatch, capsys):
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     code = cli_main(["train", "--config", "configs/llama-3.1-8b-qlora.yaml"])
-    assert code == 1
+    assert code == 2
     assert "requires a CUDA GPU" in capsys.readouterr().err
 
 
@@ -223,7 +223,7 @@ def test_unknown_config_key(tmp_path, capsys):
 
     bad = tmp_path / "bad.yaml"
     bad.write_text("model_name_or_path: default\nuse_cpu: true\nlearning_rat: 0.1\n")
-    assert cli_main(["train", "--config", str(bad)]) == 1
+    assert cli_main(["train", "--config", str(bad)]) == 2
     assert "learning_rat" in capsys.readouterr().err
 
 

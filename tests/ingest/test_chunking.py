@@ -4,6 +4,7 @@ import pytest
 
 from ingest.chunking import Chunker, ChunkingConfig, chunk_id
 from ingest.loaders import Block, LoadedFile, load_file
+from retrieval.errors import UsageError
 
 
 def _doc(*blocks: Block) -> LoadedFile:
@@ -11,12 +12,12 @@ def _doc(*blocks: Block) -> LoadedFile:
 
 
 def test_config_validation_names_field_value_and_fix():
-    with pytest.raises(ValueError, match=r"chunk_overlap \(600\) must be smaller than "
+    with pytest.raises(UsageError, match=r"chunk_overlap \(600\) must be smaller than "
                                          r"chunk_size \(512\)"):
         ChunkingConfig(chunk_size=512, chunk_overlap=600)
-    with pytest.raises(ValueError, match=r"chunk_size \(0\)"):
+    with pytest.raises(UsageError, match=r"chunk_size \(0\)"):
         ChunkingConfig(chunk_size=0, chunk_overlap=0)
-    with pytest.raises(ValueError, match=r"min_chunk_words \(-1\) must not be negative"):
+    with pytest.raises(UsageError, match=r"min_chunk_words \(-1\) must not be negative"):
         ChunkingConfig(min_chunk_words=-1)
 
 

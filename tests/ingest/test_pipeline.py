@@ -10,7 +10,7 @@ from filelock import FileLock
 
 from ingest.chunking import ChunkingConfig
 from ingest.pipeline import TEST_BATCH_SLEEP_ENV, IngestLockedError, run
-from retrieval.errors import EmbedderMismatchError
+from retrieval.errors import IndexSettingsMismatchError
 from retrieval.manifest import read_manifest
 from retrieval.store import ChunkStore
 from tests.conftest import REPO, HashEmbedder, shared_data
@@ -104,10 +104,10 @@ def test_other_embedder_or_chunking_needs_rebuild(ingest, settings, tmp_path):
     doc = write_markdown(tmp_path / "docs" / "guide.md")
     ingest([doc])
     other = HashEmbedder(dim=128)
-    with pytest.raises(EmbedderMismatchError, match=r"built with embedder 'hash-bow-256', this "
+    with pytest.raises(IndexSettingsMismatchError, match=r"built with embedder 'hash-bow-256', this "
                                                     r"run uses 'hash-bow-128'.*--rebuild"):
         ingest([doc], embedder=other)
-    with pytest.raises(EmbedderMismatchError, match="--rebuild"):
+    with pytest.raises(IndexSettingsMismatchError, match="--rebuild"):
         ingest([doc], chunking=ChunkingConfig(chunk_size=50, chunk_overlap=10))
     summary = ingest([doc], embedder=other, rebuild=True)
     assert summary.counts["indexed"] == 1 and summary.embedded == other.texts_embedded
@@ -279,7 +279,7 @@ def test_rebuild_works_even_without_a_manifest(ingest, settings, tmp_path):
     ingest([doc])
     settings.manifest_path.unlink()
     other = HashEmbedder(dim=128)
-    with pytest.raises(EmbedderMismatchError):  # the collection itself knows its embedder
+    with pytest.raises(IndexSettingsMismatchError):  # the collection itself knows its embedder
         ingest([doc], embedder=other)
     summary = ingest([doc], embedder=other, rebuild=True)
     assert summary.counts["indexed"] == 1

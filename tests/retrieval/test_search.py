@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from retrieval.errors import CasewiseError, EmbedderMismatchError, IndexNotFoundError
+from retrieval.errors import CasewiseError, IndexSettingsMismatchError, IndexNotFoundError
 from retrieval.search import HybridSearcher, open_searcher
 from retrieval.types import Chunk
 
@@ -122,7 +122,7 @@ def test_open_searcher_uses_the_index_and_checks_the_embedder(store, settings, h
     write_manifest(settings, hash_embedder.name)
     searcher = open_searcher(settings, embedder=hash_embedder)
     assert searcher.search("XJ42", k=1)[0].chunk.id == "c3"
-    with pytest.raises(EmbedderMismatchError, match="hash-bow-256"):
+    with pytest.raises(IndexSettingsMismatchError, match="hash-bow-256"):
         open_searcher(settings.__class__(home=settings.home, embedder="other"))
 
 

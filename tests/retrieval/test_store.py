@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from retrieval.errors import EmbedderMismatchError
+from retrieval.errors import IndexSettingsMismatchError
 from retrieval.settings import Settings
 from retrieval.store import ChunkStore, StoreUnavailableError, chroma_where
 from retrieval.types import Chunk
@@ -89,7 +89,7 @@ def test_upsert_rejects_bad_input(settings, hash_embedder, chunks):
 
 
 def test_other_embedder_on_existing_collection_is_refused(store, settings):
-    with pytest.raises(EmbedderMismatchError, match="hash-bow-256"):
+    with pytest.raises(IndexSettingsMismatchError, match="hash-bow-256"):
         ChunkStore(settings, "another-model")
 
 
