@@ -511,11 +511,17 @@ def decode_text(path: Path, data: bytes) -> tuple[str, Problem | None]:
                          "wrong, save the file as UTF-8")
 
 
-def read_text(path: Path, data: bytes | None = None) -> tuple[str, Problem | None]:
+def read_text(path: Path, data: bytes | None = None, *,
+              allow_empty: bool = False) -> tuple[str, Problem | None]:
     """Read and decode a text file (see `decode_text`).
 
+    Args:
+        path: The file.
+        data: Its bytes, when already read.
+        allow_empty: Return `""` for an empty (or whitespace-only) file instead of raising.
+
     Raises:
-        UnreadableFileError: Missing, unreadable, empty, or not decodable.
+        UnreadableFileError: Missing, unreadable, empty (unless allowed), or not decodable.
     """
     path = Path(path)
     if data is None:
@@ -526,6 +532,8 @@ def read_text(path: Path, data: bytes | None = None) -> tuple[str, Problem | Non
         except OSError as e:
             raise UnreadableFileError(path, f"cannot read ({e.strerror or e})") from e
     if not data.strip():
+        if allow_empty:
+            return "", None
         raise UnreadableFileError(path, "empty file")
     return decode_text(path, data)
 
@@ -543,14 +551,15 @@ def read_jsonl(path: str | Path, data: bytes | None = None,
         data: Its bytes, when already read.
 
     Returns:
-        `(line, value)` for every valid line, and one problem per malformed line (plus the
-        encoding note of `decode_text`, if any).
+        `(line, value)` for every valid line (none for an empty file: the caller decides
+        whether that is an error), and one problem per malformed line (plus the encoding note
+        of `decode_text`, if any).
 
     Raises:
-        UnreadableFileError: Missing, unreadable, empty or undecodable file.
+        UnreadableFileError: Missing, unreadable or undecodable file.
     """
     path = Path(path)
-    text, note = read_text(path, data)
+    text, note = read_text(path, data, allow_empty=True)
     values: list[tuple[int, object]] = []
     problems = [note] if note else []
     for number, line in enumerate(text.split("\n"), start=1):
@@ -721,7 +730,7 @@ def _read_jsonl_history(path: Path, data: bytes | None) -> tuple[list[FaqRow], l
     values, problems = read_jsonl(path, data)
     if not values:
         raise UnreadableFileError(path, "no valid JSON line; " + "; ".join(
-            p.brief for p in problems[:3]))
+            p.brief for p in problems[:3]) if problems else "empty file")
     first = values[0][1]
     if exports.is_conversation(first) or exports.is_zendesk_ticket(first):
         parse = exports.conversation if exports.is_conversation(first) else exports.zendesk_ticket
