@@ -534,7 +534,13 @@ class Service:
         return result
 
     def ask(self, question: str, session_id: str | None, top_k: int | None, client: str) -> dict:
-        """Answer one question (blocking; run it in a worker thread); releases admission."""
+        """Answer one question (blocking: run it in a worker thread).
+
+        Raises:
+            ApiError: 503 when `max_pending` questions are in flight already.
+        """
+        # Admitted here, in the thread that releases it: nothing can cancel in between.
+        self.admit()
         try:
             with self.session(session_id):
                 answer = self.assistant.ask(question, thread_id=session_id, top_k=top_k)
@@ -548,7 +554,8 @@ class Service:
 
         Runs in its own thread, all of it (LangGraph's generator must be resumed in the
         context it started in); stops at the next token once `cancelled` is set. Failures
-        are emitted as `("error", ApiError)`. Releases admission.
+        are emitted as `("error", ApiError)`. Releases the admission its caller took (before
+        starting the thread, so that a busy server answers 503 before the stream starts).
         """
         try:
             with self.session(session_id):
@@ -772,7 +779,6 @@ def create_app(service: Service) -> FastAPI:
     async def ask(body: AskRequest, client: str = Depends(caller)) -> dict:
         """The same object as `python -m agent ask --json`, plus `session_id`."""
         question = _question(body.question, config.max_question_chars)
-        service.admit()
         try:
             return await run_in_threadpool(service.ask, question, body.session_id, body.top_k,
                                            client)
@@ -857,7 +863,6 @@ def create_app(service: Service) -> FastAPI:
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
         if not body.stream:
-            service.admit()
             try:
                 answer = await run_in_threadpool(service.ask, question, body.session_id, None,
                                                  client)

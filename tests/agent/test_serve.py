@@ -18,6 +18,7 @@ from agent.serve import KeyRing, RateLimiter, hash_key, new_key
 from agent.state import MODES
 from retrieval.settings import Settings
 from tests.agent.conftest import FAQ, LIGHTS, RESET, WIFI, ServeProcess, build_index, parse_sse
+from tests.conftest import ScriptedChatModel
 
 QUESTION = "How do I reset the router to factory settings?"
 RESET_SENTENCE = ("To reset the router to factory settings, press and hold the Reset button on "
@@ -410,3 +411,56 @@ def test_a_key_file_with_a_plain_key_is_refused(tmp_path, capsys):
 def test_a_port_in_use_is_a_failed_run(server, capsys):
     assert main(["serve", "--port", str(server.port), "--home", str(server.home)]) == 1
     assert f"cannot listen on 127.0.0.1:{server.port}" in capsys.readouterr().err
+
+
+# --- admission and the generation lock, in process ---------------------------------------------
+
+
+class BlockingModel(ScriptedChatModel):
+    """Streams its first token, then waits until `go` is set (a long generation)."""
+
+    def __init__(self, answers):
+        super().__init__(answers)
+        self.started, self.go = threading.Event(), threading.Event()
+
+    def stream(self, messages, *, max_new_tokens=256):
+        pieces = super().stream(messages, max_new_tokens=max_new_tokens)
+        yield next(pieces)
+        self.started.set()
+        self.go.wait(timeout=30)
+        yield from pieces
+
+
+def test_a_full_server_answers_503_and_a_closed_stream_frees_the_model(tmp_path):
+    from agent.api import Assistant
+    from agent.feedback import FeedbackStore
+    from agent.serve import ApiError, ServeConfig, Service, _OneAtATime
+    from tests.agent.conftest import FakeSearcher
+
+    good = ("Reasoning: Passage [1] says so.\nAnswer: Hold Reset for 10 seconds.\n"
+            "Sources: [router_manual.pdf p.4]")
+    model = BlockingModel([good, good])
+    llm = _OneAtATime(model)
+    assistant = Assistant(FakeSearcher([RESET]), llm, min_similarity=0.3)
+    service = Service(assistant, FeedbackStore(tmp_path / "f.sqlite"), KeyRing(),
+                      ServeConfig(max_pending=1), model_name="blocking",
+                      settings=Settings.resolve(home=tmp_path))
+    results = []
+    worker = threading.Thread(target=lambda: results.append(
+        service.ask(QUESTION, None, None, "local")))
+    worker.start()
+    assert model.started.wait(timeout=30)
+    with pytest.raises(ApiError) as busy:
+        service.ask(QUESTION, None, None, "local")
+    assert busy.value.status == 503 and busy.value.headers == {"Retry-After": "2"}
+    model.go.set()
+    worker.join(timeout=30)
+    assert results[0]["answer"] == "Hold Reset for 10 seconds."
+    # A stream closed half-way (the client went away) releases the generation lock.
+    model.go.clear()
+    stream = llm.stream([{"role": "user", "content": "q"}])
+    next(stream)
+    stream.close()
+    assert llm._lock.acquire(timeout=1)
+    llm._lock.release()
+    service.close()
