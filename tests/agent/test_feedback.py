@@ -30,8 +30,7 @@ def store(tmp_path):
 
 def test_export_rules_and_every_reader_accepts_the_file(store, tmp_path):
     from eval.questions import load_questions
-    from finetune.data import read_faq
-    from ingest.loaders import load_file
+    from ingest.loaders import load_file, read_faq
 
     store.record_answer(served("a1", "How do I reset the router?", "Hold Reset for 10 s."),
                         session_id="t-1", client="helpdesk")
