@@ -23,7 +23,15 @@ from pathlib import Path
 
 from agent.api import Assistant, reset_memory
 from agent.faq import DEFAULT_FAQ_THRESHOLD
-from agent.llm import BACKENDS, ENV_BACKEND, ChatBackend, OpenAIChatModel, local_backend
+from agent.llm import (
+    BACKENDS,
+    ENV_BACKEND,
+    ChatBackend,
+    LlamaCppChatModel,
+    LocalChatModel,
+    OpenAIChatModel,
+    local_backend,
+)
 from agent.state import AgentAnswer
 from retrieval.errors import CasewiseError, ModelNotFoundError, UsageError, run_cli
 from retrieval.settings import Settings
@@ -232,7 +240,7 @@ def build_assistant(args: argparse.Namespace, llm: ChatBackend | None = None) ->
     assistant = Assistant.from_settings(settings, llm, top_k=args.top_k,
                                         faq_threshold=args.faq_threshold,
                                         max_new_tokens=args.max_new_tokens)
-    if not isinstance(llm, OpenAIChatModel):
+    if isinstance(llm, (LocalChatModel, LlamaCppChatModel)):
         # Load now so that a wrong model or adapter path fails before the first question.
         llm.load()
     return assistant
