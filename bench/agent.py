@@ -6,8 +6,10 @@ over the first `--n` dev questions of `../shared/data/emanual/qa_dev.jsonl`, aga
 ms, time to first generated token from the question (`ttft_s_*`: guard + FAQ + retrieval +
 prompt processing; the prefilled `Reasoning:` label does not count) and from the moment the
 prompt is handed to the model (`ttft_after_retrieval_s_*`), generated tokens per second (same
-tokenizer for every backend), whole-answer seconds (p50/p95), peak resident memory, and as
-quality hints the abstain rate and how often a citation hits the gold page.
+tokenizer for every backend; `tokens_per_s_*` over the whole generate step, prompt processing
+included, `decode_tokens_per_s_mean` after the first token), whole-answer seconds (p50/p95),
+peak resident memory, and as quality hints the abstain rate and how often a citation hits the
+gold page.
 
 Configurations: `base`, and with an adapter (`--adapter`, default `runs/smollm2-faq` when it
 exists) `adapter`, each on every backend of `--backends` (`agent.llm.local_backend`). The first
@@ -96,6 +98,10 @@ def run_config(home: Path, n: int, adapter: str | None, max_new_tokens: int,
                                        if first is not None and handed is not None else None),
             "tokens": tokens,
             "tokens_per_s": round(tokens / generate, 2) if generate and tokens else None,
+            # After the first token: decoding alone, without the prompt processing.
+            "decode_tokens_per_s": (round((tokens - 1) / (generate - (first - handed)), 2)
+                                    if tokens > 1 and first is not None and handed is not None
+                                    and generate > first - handed else None),
             "total_s": answer.timings["total"],
             "abstained": answer.abstained,
             "cites_gold_page": any(c.page == q["page"] for c in answer.citations),
@@ -104,6 +110,7 @@ def run_config(home: Path, n: int, adapter: str | None, max_new_tokens: int,
     ttfts = [r["ttft_s"] for r in rows if r["ttft_s"] is not None]
     after = [r["ttft_after_retrieval_s"] for r in rows if r["ttft_after_retrieval_s"] is not None]
     speeds = [r["tokens_per_s"] for r in rows if r["tokens_per_s"]]
+    decode = [r["decode_tokens_per_s"] for r in rows if r["decode_tokens_per_s"]]
     return {
         "backend": backend,
         "backend_name": llm.name,
@@ -117,6 +124,7 @@ def run_config(home: Path, n: int, adapter: str | None, max_new_tokens: int,
         "ttft_after_retrieval_s_p50": round(statistics.median(after), 3) if after else None,
         "ttft_after_retrieval_s_p95": round(percentile(after, 0.95), 3) if after else None,
         "tokens_per_s_mean": round(statistics.mean(speeds), 2) if speeds else None,
+        "decode_tokens_per_s_mean": round(statistics.mean(decode), 2) if decode else None,
         "answer_s_p50": round(statistics.median(totals), 2),
         "answer_s_p95": round(percentile(totals, 0.95), 2),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),

@@ -212,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
         ("re-ingest (unchanged)", f"{result['reingest_s']:.2f} s, 0 chunks embedded"),
         ("query p50 / p95", f"{result['query_p50_ms']:.1f} / {result['query_p95_ms']:.1f} ms "
                             f"(p50 of the parts: query embedding {small['embed_p50']:.1f} ms, "
-                            f"dense {small['dense_p50']:.1f} ms, BM25 {small['keyword_p50']:.1f} ms)"),
+                            f"dense {small['dense_p50']:.1f} ms, "
+                            f"BM25 {small['keyword_p50']:.1f} ms)"),
         (f"query p50 / p95 at {total_large:,} chunks",
          f"{result['query_p50_ms_100k']:.1f} / {result['query_p95_ms_100k']:.1f} ms "
          f"(parts: embedding {large['embed_p50']:.1f}, dense {large['dense_p50']:.1f}, BM25 "
