@@ -30,7 +30,6 @@ from __future__ import annotations
 import csv
 import json
 import random
-import re
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -46,16 +45,10 @@ from finetune.format import (
 )
 from finetune.redact import redact
 from retrieval.errors import UsageError
+from retrieval.text import content_words, normalise, overlap, sentences
 from retrieval.types import Chunk, Searcher
 
 KINDS = ("gold", "abstain", "refusal", "synthetic")
-_WORD_RE = re.compile(r"[a-z0-9]+")
-_SENT_RE = re.compile(r"(?<=[.!?])\s+|\n+")
-# Words that carry no content when measuring overlap between an answer and a passage.
-_STOP = frozenset(
-    "a an and are as at be by can do does for from how i if in is it its my of on or that the "
-    "this to was what when where which will with you your".split()
-)
 
 
 class DataError(UsageError):
@@ -250,10 +243,6 @@ def read_faq(path: str | Path) -> tuple[list[FaqRow], list[Problem]]:
     return rows, problems
 
 
-def _norm(text: str) -> str:
-    return " ".join(_WORD_RE.findall(text.lower()))
-
-
 def dedupe(rows: Sequence[FaqRow], file: str = "") -> tuple[list[FaqRow], list[Problem]]:
     """Drop rows whose question repeats an earlier one (same words, case and punctuation aside).
 
@@ -262,12 +251,12 @@ def dedupe(rows: Sequence[FaqRow], file: str = "") -> tuple[list[FaqRow], list[P
     seen: dict[str, FaqRow] = {}
     kept, problems = [], []
     for row in rows:
-        key = _norm(row.question)
+        key = normalise(row.question)
         first = seen.get(key)
         if first is None:
             seen[key] = row
             kept.append(row)
-        elif _norm(first.answer) == _norm(row.answer):
+        elif normalise(first.answer) == normalise(row.answer):
             problems.append(Problem(file, row.line, f"duplicate of line {first.line}; dropped"))
         else:
             problems.append(Problem(
@@ -293,7 +282,7 @@ def redact_rows(rows: Sequence[FaqRow]) -> tuple[list[FaqRow], Counter]:
 
 def answer_group(answer: str) -> str:
     """Split group of a row: paraphrases share their answer text, so they share a group."""
-    return "faq:" + _norm(answer)[:200]
+    return "faq:" + normalise(answer)[:200]
 
 
 def split_groups(groups: Sequence[str], eval_fraction: float, seed: int) -> set[str]:
@@ -310,26 +299,11 @@ def split_groups(groups: Sequence[str], eval_fraction: float, seed: int) -> set[
 # --------------------------------------------------------------------------- passages and targets
 
 
-def _words(text: str) -> set[str]:
-    return {w for w in _WORD_RE.findall(text.lower()) if w not in _STOP}
-
-
-def answer_overlap(answer: str, passage: str) -> float:
-    """Share of the answer's content words that appear in the passage (0..1)."""
-    aw = _words(answer)
-    return len(aw & _words(passage)) / len(aw) if aw else 0.0
-
-
-def sentences(text: str) -> list[str]:
-    """Split text into sentences (on end punctuation and line breaks)."""
-    return [s.strip() for s in _SENT_RE.split(text) if len(s.strip()) > 1]
-
-
 def best_sentence(passage: str, answer: str) -> str:
     """The passage sentence sharing most content words with the answer (shorter wins ties)."""
-    aw = _words(answer)
+    aw = set(content_words(answer))
     sents = sentences(passage) or [passage.strip()]
-    return max(sents, key=lambda s: (len(_words(s) & aw), -len(s)))
+    return max(sents, key=lambda s: (len(set(content_words(s)) & aw), -len(s)))
 
 
 def clip_passage(text: str, max_chars: int, keep: str | None = None) -> str:
@@ -368,7 +342,7 @@ def _search_docs(searcher: Searcher, query: str, k: int) -> list[Chunk]:
 
 def find_gold(row: FaqRow, candidates: Sequence[Chunk], config: DataConfig) -> Chunk | None:
     """Pick the gold passage for `row` among retrieved `candidates` (see module docstring)."""
-    scored = [(answer_overlap(row.answer, c.text), c) for c in candidates]
+    scored = [(overlap(row.answer, c.text), c) for c in candidates]
     if config.gold_match in ("page", "page_then_overlap") and row.page is not None:
         on_page = [(s, c) for s, c in scored if c.page == row.page]
         if on_page:
@@ -398,7 +372,7 @@ def _distractors(
         on_gold_page = gold_page is not None and c.page == gold_page and c.source == (
             gold.source if gold is not None else c.source
         )
-        if on_gold_page or answer_overlap(row_answer, c.text) >= config.min_overlap:
+        if on_gold_page or overlap(row_answer, c.text) >= config.min_overlap:
             continue
         out.append(c)
     return out
@@ -522,11 +496,11 @@ def synthetic_question_ok(question: str, chunk_text: str) -> tuple[bool, str]:
         return False, "not a single question ending with '?'"
     if not 4 <= n_words <= 30:
         return False, f"{n_words} words (want 4-30)"
-    shared = _words(q) & _words(chunk_text)
+    shared = set(content_words(q)) & set(content_words(chunk_text))
     if len(shared) < 2:
         return False, "shares fewer than two content words with the passage"
-    qn = _norm(q)
-    if any(qn and qn in _norm(s) for s in sentences(chunk_text)):
+    qn = normalise(q)
+    if any(qn and qn in normalise(s) for s in sentences(chunk_text)):
         return False, "copies the passage verbatim"
     return True, ""
 
@@ -555,12 +529,12 @@ def synthetic_rows(
                     {"role": "user", "content": chunk.text.strip()}]
         question = writer.complete(messages, max_new_tokens=48).strip().split("\n")[0].strip()
         ok, reason = synthetic_question_ok(question, chunk.text)
-        if ok and _norm(question) in seen:
+        if ok and normalise(question) in seen:
             ok, reason = False, "duplicate question"
         if not ok:
             problems.append(Problem("synthetic", i, f"question {question!r} rejected: {reason}"))
             continue
-        seen.add(_norm(question))
+        seen.add(normalise(question))
         answer = best_sentence(chunk.text, question)
         rows.append(FaqRow(question, answer, i, f"synthetic:{chunk.id}", chunk.section,
                            chunk.page))

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePath
 from typing import Protocol
 
+from retrieval.text import normalise
 from retrieval.types import Citation
 
 SYSTEM_PROMPT = (
@@ -132,18 +133,14 @@ class ParsedAnswer:
     well_formed: bool = False
 
 
-def _norm(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", " ", text.lower()).strip()
-
-
 def is_abstain(text: str) -> bool:
     """Whether `text` states the fixed abstain answer (its first sentence suffices)."""
-    return _norm(ABSTAIN_ANSWER.split(".")[0]) in _norm(text)
+    return normalise(ABSTAIN_ANSWER.split(".")[0]) in normalise(text)
 
 
 def is_refusal(text: str) -> bool:
     """Whether `text` is the fixed refusal."""
-    return _norm(REFUSAL_ANSWER.split(".")[0]) in _norm(text)
+    return normalise(REFUSAL_ANSWER.split(".")[0]) in normalise(text)
 
 
 def parse_citations(text: str) -> list[Citation]:
