@@ -5,8 +5,9 @@ each answered question we retrieve passages from the index and build one chat ex
 shared format (`finetune.format`):
 
 - with probability `p_gold` the *gold* passage (the one holding the answer) is among the `k`
-  passages, next to `k - 1` distractors; the target is a short reasoning that quotes the gold
-  passage's sentence closest to the answer, the answer, and the gold passage's citation;
+  passages, next to `k - 1` distractors; the target names the gold passage (reasoning), lists
+  the numbers of its sentences that the answer repeats (`Quote`, see `quote_sentences`), then
+  gives the answer and the gold passage's citation;
 - otherwise the `k` passages are all distractors and the target is the fixed abstain answer, so
   the model learns not to invent an answer the passages do not hold.
 
@@ -42,6 +43,7 @@ from finetune.format import (
     format_abstain,
     format_answer,
     format_refusal,
+    passage_sentences,
 )
 from finetune.redact import redact
 from retrieval.errors import UsageError
@@ -302,8 +304,31 @@ def split_groups(groups: Sequence[str], eval_fraction: float, seed: int) -> set[
 def best_sentence(passage: str, answer: str) -> str:
     """The passage sentence sharing most content words with the answer (shorter wins ties)."""
     aw = set(content_words(answer))
-    sents = sentences(passage) or [passage.strip()]
+    sents = passage_sentences(passage)
     return max(sents, key=lambda s: (len(set(content_words(s)) & aw), -len(s)))
+
+
+# A gold-passage sentence is part of the target's `Quote` when the answer holds this share of its
+# content words: on faq_history, sentence coverage by the answer is bimodal (most sentences of an
+# extractive answer are >= 0.9 covered, unrelated ones < 0.4), and 0.75 also keeps a sentence
+# with a heading glued to its front by PDF extraction.
+QUOTE_SENTENCE_COVERAGE = 0.75
+# At most this many sentence numbers in a `Quote` target (faq_history answers span a median of
+# four sentences of their gold passage).
+MAX_QUOTE_SENTENCES = 8
+
+
+def quote_sentences(passage: str, answer: str) -> list[int]:
+    """1-based numbers of the passage's sentences (as the prompt numbers them) that the answer
+    repeats: those it covers to `QUOTE_SENTENCE_COVERAGE`, else the single best one; at most
+    `MAX_QUOTE_SENTENCES`, in order."""
+    sents = passage_sentences(passage)
+    picked = [j for j, s in enumerate(sents, start=1)
+              if overlap(s, answer) >= QUOTE_SENTENCE_COVERAGE]
+    if not picked:
+        best = best_sentence(passage, answer)
+        picked = [next((j for j, s in enumerate(sents, start=1) if s == best), 1)]
+    return picked[:MAX_QUOTE_SENTENCES]
 
 
 def clip_passage(text: str, max_chars: int, keep: str | None = None) -> str:
@@ -393,15 +418,18 @@ def build_grounded_example(
         `(messages, kind, passage_labels)` where kind is `"gold"` or `"abstain"`.
     """
     if use_gold and gold is not None:
-        quote = best_sentence(gold.text, answer)
-        chosen = [_Passage(gold, clip_passage(gold.text, config.max_passage_chars, quote))]
+        keep = best_sentence(gold.text, answer)
+        chosen = [_Passage(gold, clip_passage(gold.text, config.max_passage_chars, keep))]
         chosen += [_Passage(c, clip_passage(c.text, config.max_passage_chars))
                    for c in distractors[: config.k - 1]]
         rng.shuffle(chosen)
-        idx = next(i for i, p in enumerate(chosen, start=1) if p.chunk.id == gold.id)
-        reasoning = (f'Passage [{idx}] {citation_label(gold.citation)} says "{quote}" '
-                     f"This answers the question.")
-        target = format_answer(reasoning, answer, [gold.citation])
+        idx, shown = next((i, p) for i, p in enumerate(chosen, start=1) if p.chunk.id == gold.id)
+        # The most specific heading names the topic in a few tokens ("Factory reset", not the
+        # whole "Troubleshooting and Reset > Factory reset" path the passage header shows).
+        topic = (gold.citation.section or "").split(">")[-1].strip()
+        reasoning = f"Passage [{idx}]{f' ({topic})' if topic else ''} answers the question."
+        quote = [(idx, j) for j in quote_sentences(shown.text, answer)]
+        target = format_answer(reasoning, answer, [gold.citation], quote)
         kind = "gold"
     else:
         chosen = [_Passage(c, clip_passage(c.text, config.max_passage_chars))
