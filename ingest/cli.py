@@ -17,6 +17,15 @@ examples:
   python -m ingest docs/ tickets.csv --prune    also drop chunks of files deleted from docs/
   python -m ingest docs/ --embedder BAAI/bge-small-en-v1.5 --rebuild
                                                 re-embed everything with another model
+  python -m ingest zendesk-export.json freshdesk.csv conversations.jsonl
+                                                index help-desk exports as ticket history
+  python -m ingest docs/ --redact               also redact identifiers in the manuals
+
+ticket histories: CSV/JSONL with question,answer[,id,section,page] columns, a Zendesk ticket
+export (.json), a Freshdesk conversation export (.csv with Ticket ID, Body, Incoming) or a
+conversation JSONL ([{{role, text}}] per ticket); see docs/ingest.md. Customers' emails (also
+spelled out), phone, card and IBAN numbers in them are redacted before indexing unless
+--no-redact is given; manuals and other documents are not redacted unless --redact is given.
 
 what is reported: one row per file - indexed, unchanged (nothing embedded), skipped (readable
 but nothing to index, e.g. image-only PDF or unsupported type) or failed (encrypted, damaged,
@@ -36,9 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also used by the `--help` test)."""
     parser = argparse.ArgumentParser(
         prog="python -m ingest",
-        description="Index PDFs, FAQ/ticket histories (CSV, JSONL), Markdown and text files "
-                    "for casewise search. Re-running is incremental: unchanged files embed "
-                    "nothing.",
+        description="Index PDFs, ticket histories (CSV, JSONL, help-desk exports), Markdown and "
+                    "text files for casewise search. Re-running is incremental: unchanged "
+                    "files embed nothing.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -63,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--chunk-overlap", type=int, metavar="N",
                         help=f"words shared by consecutive chunks (default "
                              f"{defaults.chunk_overlap}, or the index's)")
+    parser.add_argument("--redact", action=argparse.BooleanOptionalAction, default=None,
+                        help="replace customers' emails, phone/card numbers and IBANs with "
+                             "placeholders before indexing (default: on for ticket histories "
+                             "and help-desk exports, off for manuals and other documents)")
     parser.add_argument("--quiet", action="store_true",
                         help="no progress bars or table; failures still go to stderr")
     parser.add_argument("--json", action="store_true",
@@ -90,7 +103,7 @@ def _ingest(args: argparse.Namespace) -> int:
                            else min(defaults.chunk_overlap, size // 5)),
         )
     summary = run(args.paths, settings, prune=args.prune, rebuild=args.rebuild,
-                  progress=not (args.quiet or args.json), chunking=chunking)
+                  progress=not (args.quiet or args.json), chunking=chunking, redact=args.redact)
     if args.json:
         print(json.dumps(summary.to_dict(), indent=2))
     elif args.quiet:

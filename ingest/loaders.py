@@ -20,7 +20,7 @@ import json
 import logging
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pypdf
@@ -97,6 +97,15 @@ class LoadedFile:
     redactions: dict[str, int] = field(default_factory=dict)
 
 
+def redacts(path: Path, redact: bool | None) -> bool:
+    """Whether `path` is redacted: `redact` when given, else only ticket histories and exports.
+
+    Manuals are off by default: they hold no customer's data, and their support phone numbers
+    or example addresses are content.
+    """
+    return redact if redact is not None else path.suffix.lower() in FAQ_SUFFIXES
+
+
 def load_file(path: Path, data: bytes | None = None, *, redact: bool | None = None) -> LoadedFile:
     """Load one file by its suffix.
 
@@ -124,15 +133,20 @@ def load_file(path: Path, data: bytes | None = None, *, redact: bool | None = No
     if not data.strip():
         raise UnreadableFileError(path, "empty file")
     if suffix in FAQ_SUFFIXES:
-        return load_faq(path, data, redact=bool(redact))
+        return load_faq(path, data, redact=redacts(path, redact))
     if suffix in PDF_SUFFIXES:
-        return load_pdf(path, data)
-    text, note = decode_text(path, data)
-    sections = (markdown_sections(text) if suffix in {".md", ".markdown"}
-                else heading_sections(text.splitlines()))
-    loaded = _text_file(path, sections)
-    if note:
-        loaded.warnings.insert(0, note.brief)
+        loaded = load_pdf(path, data)
+    else:
+        text, note = decode_text(path, data)
+        sections = (markdown_sections(text) if suffix in {".md", ".markdown"}
+                    else heading_sections(text.splitlines()))
+        loaded = _text_file(path, sections)
+        if note:
+            loaded.warnings.insert(0, note.brief)
+    if redacts(path, redact):
+        counts: Counter[str] = Counter()
+        loaded.blocks = [replace(b, text=redact_text(b.text, counts)) for b in loaded.blocks]
+        loaded.redactions = dict(counts)
     return loaded
 
 

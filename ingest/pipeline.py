@@ -32,7 +32,7 @@ from filelock import FileLock, Timeout
 from tqdm import tqdm
 
 from ingest.chunking import Chunker, ChunkingConfig, file_hash
-from ingest.loaders import NoTextError, UnreadableFileError, load_file
+from ingest.loaders import NoTextError, UnreadableFileError, load_file, redacts
 from retrieval.errors import (
     EXIT_FAILED,
     EXIT_OK,
@@ -69,6 +69,7 @@ class FileResult:
         embedded: Chunks embedded for it in this run.
         reason: Why it was skipped or failed.
         warnings: Problems that did not stop it (pages without text, bad rows).
+        redactions: Customers' identifiers replaced before indexing, by kind.
     """
 
     path: str
@@ -77,6 +78,7 @@ class FileResult:
     embedded: int = 0
     reason: str | None = None
     warnings: list[str] = field(default_factory=list)
+    redactions: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -135,6 +137,13 @@ class IngestSummary:
         for row in rows:
             lines.append("  ".join(c.ljust(w) for c, w in zip(row[:3], widths, strict=True))
                          + ("  " + row[3] if row[3] else ""))
+        redacted = [f for f in self.files if f.redactions]
+        if redacted:
+            lines.append("")
+            lines.append("redacted (customers' identifiers replaced before indexing):")
+            for f in redacted:
+                lines.append(f"  {f.path}: " + ", ".join(
+                    f"{n} {kind}" for kind, n in sorted(f.redactions.items())))
         warned = [f for f in self.files if f.warnings]
         if warned:
             lines.append("")
@@ -168,6 +177,7 @@ def run(
     chunking: ChunkingConfig | None = None,
     lock_timeout: float = LOCK_TIMEOUT_S,
     batch_size: int = EMBED_BATCH,
+    redact: bool | None = None,
 ) -> IngestSummary:
     """Index files and directories into the index at `settings.home`.
 
@@ -184,6 +194,9 @@ def run(
             index).
         lock_timeout: Seconds to wait for another ingest on the same index before giving up.
         batch_size: Chunks per embedding batch (and per Chroma write).
+        redact: Redact customers' identifiers (`ingest.redact`) before indexing; `None` (the
+            default) redacts ticket histories and help-desk exports, not manuals. A file
+            indexed under another setting is indexed again.
 
     Returns:
         The run summary (`summary.exit_code` is 1 when any file failed).
@@ -207,7 +220,7 @@ def run(
             "wait for it to finish and run again"
         ) from None
     try:
-        return _Run(settings, embedder, chunking, progress, batch_size).execute(
+        return _Run(settings, embedder, chunking, progress, batch_size, redact).execute(
             [Path(p) for p in paths], prune=prune, rebuild=rebuild,
         )
     finally:
@@ -267,8 +280,10 @@ class _Run:
     """One locked ingest run (state shared by its steps)."""
 
     def __init__(self, settings: Settings, embedder: Embedder | None,
-                 chunking: ChunkingConfig | None, progress: bool, batch_size: int) -> None:
+                 chunking: ChunkingConfig | None, progress: bool, batch_size: int,
+                 redact: bool | None) -> None:
         self.settings = settings
+        self.redact = redact
         self._embedder = embedder
         self.embedder_name = embedder.name if embedder is not None else settings.embedder.strip()
         self.requested_chunking = chunking
@@ -377,11 +392,15 @@ class _Run:
             return FileResult(key, "failed", reason=f"cannot read ({e.strerror or e})")
         digest = file_hash(data)
         entry = self.manifest["files"].get(key)
-        if entry and entry["hash"] == digest and entry["status"] == "indexed":
+        redact = redacts(path, self.redact)
+        # An entry from before redaction was recorded holds unredacted text for a history.
+        if entry and entry["hash"] == digest and entry["status"] == "indexed" \
+                and entry.get("redact", False) == redact:
             return FileResult(key, "unchanged", chunks=len(entry["chunk_ids"]),
-                              warnings=list(entry.get("warnings", [])))
+                              warnings=list(entry.get("warnings", [])),
+                              redactions=dict(entry.get("redactions", {})))
         try:
-            loaded = load_file(path, data)
+            loaded = load_file(path, data, redact=redact)
         except NoTextError as e:
             self._replace(key, path, digest, [], "skipped", e.reason, [])
             return FileResult(key, "skipped", reason=e.reason)
@@ -391,13 +410,14 @@ class _Run:
             return FileResult(key, "failed", chunks=kept, reason=reason)
         chunks = self.chunker.chunk(loaded, key, digest)
         embedded = self._replace(key, path, digest, chunks, "indexed", None, loaded.warnings,
-                                 pages=loaded.pages, type_=loaded.type)
+                                 pages=loaded.pages, type_=loaded.type,
+                                 extra={"redact": redact, "redactions": loaded.redactions})
         return FileResult(key, "indexed", chunks=len(chunks), embedded=embedded,
-                          warnings=list(loaded.warnings))
+                          warnings=list(loaded.warnings), redactions=dict(loaded.redactions))
 
     def _replace(self, key: str, path: Path, digest: str, chunks: list[Chunk], status: str,
                  reason: str | None, warnings: list[str], *, pages: int | None = None,
-                 type_: str | None = None) -> int:
+                 type_: str | None = None, extra: dict | None = None) -> int:
         """Write a file's chunks, drop its stale ones, then record it (the crash-safe order)."""
         entry = self.manifest["files"].get(key)
         old_ids = set(entry["chunk_ids"]) if entry else set()
@@ -417,7 +437,7 @@ class _Run:
         record = {
             "hash": digest, "chunk_ids": [c.id for c in chunks], "status": status,
             "type": type_ or (entry or {}).get("type", "doc"), "abs_path": str(path.resolve()),
-            "pages": pages, "warnings": warnings,
+            "pages": pages, "warnings": warnings, **(extra or {}),
         }
         if reason:
             record["reason"] = reason
