@@ -26,6 +26,7 @@ line numbers and problem reports) and raise `SkipRecord` with the reason a recor
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
@@ -116,6 +117,18 @@ def _id(value: object) -> str | None:
     return str(value).strip()
 
 
+def _named(parse):
+    """Prefix a record's skip reason with its ticket id, when it has one."""
+    @functools.wraps(parse)
+    def wrapper(obj: object) -> Ticket:
+        try:
+            return parse(obj)
+        except SkipRecord as e:
+            ticket_id = _id(obj.get("id")) if isinstance(obj, dict) else None
+            raise SkipRecord(f"ticket {ticket_id}: {e}" if ticket_id else str(e)) from None
+    return wrapper
+
+
 # --- Zendesk -------------------------------------------------------------------------------------
 
 def is_zendesk_ticket(obj: object) -> bool:
@@ -133,6 +146,7 @@ def zendesk_tickets(document: object) -> list[object] | None:
     return None
 
 
+@_named
 def zendesk_ticket(obj: object) -> Ticket:
     """One Zendesk ticket: comments by the requester are the customer's, public others the agents'.
 
@@ -157,6 +171,7 @@ def zendesk_ticket(obj: object) -> Ticket:
         author = "customer" if comment.get("author_id") == requester else "agent"
         messages.append(Message(author, plain_text(text), comment.get("public", True) is not False))
     return resolve(messages, obj.get("status"), _id(obj.get("id")), "zendesk", obj.get("subject"))
+
 
 
 # --- Freshdesk -----------------------------------------------------------------------------------
@@ -223,6 +238,7 @@ def is_conversation(obj: object) -> bool:
     return isinstance(obj, list) or (isinstance(obj, dict) and "messages" in obj)
 
 
+@_named
 def conversation(obj: object) -> Ticket:
     """One conversation record: `[{role, text}]` or `{id, status, subject, messages}`.
 
@@ -252,6 +268,7 @@ def conversation(obj: object) -> Ticket:
         messages.append(Message("customer" if role in CUSTOMER_ROLES else "agent",
                                 plain_text(text)))
     return resolve(messages, status, ticket_id, "conversation", subject)
+
 
 
 # --- text ----------------------------------------------------------------------------------------
