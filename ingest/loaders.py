@@ -27,6 +27,7 @@ import pypdf
 from pypdf.errors import DependencyError, PyPdfError
 
 from ingest import exports
+from ingest.ocr import INSTALL_HINT, MIN_CONFIDENCE, ON_MIN_WORDS, PageOcr, PageText
 from ingest.redact import redact
 from retrieval.errors import UsageError
 from retrieval.types import ChunkType
@@ -87,6 +88,9 @@ class LoadedFile:
         warnings: Problems that did not stop the file (pages without text, bad rows).
         pages: Number of PDF pages, else `None`.
         redactions: Identifiers replaced in a ticket history, by kind (`ingest.redact`).
+        ocr_pages: 1-based pages whose text OCR read.
+        ocr_cached: How many of those came from the OCR cache.
+        ocr_candidates: Pages with (almost) no text layer, which an OCR setting would change.
     """
 
     path: Path
@@ -95,6 +99,9 @@ class LoadedFile:
     warnings: list[str] = field(default_factory=list)
     pages: int | None = None
     redactions: dict[str, int] = field(default_factory=dict)
+    ocr_pages: list[int] = field(default_factory=list)
+    ocr_cached: int = 0
+    ocr_candidates: int = 0
 
 
 def redacts(path: Path, redact: bool | None) -> bool:
@@ -106,7 +113,8 @@ def redacts(path: Path, redact: bool | None) -> bool:
     return redact if redact is not None else path.suffix.lower() in FAQ_SUFFIXES
 
 
-def load_file(path: Path, data: bytes | None = None, *, redact: bool | None = None) -> LoadedFile:
+def load_file(path: Path, data: bytes | None = None, *, redact: bool | None = None,
+              ocr: PageOcr | None = None) -> LoadedFile:
     """Load one file by its suffix.
 
     Args:
@@ -114,6 +122,7 @@ def load_file(path: Path, data: bytes | None = None, *, redact: bool | None = No
         data: The file's bytes when already read (the pipeline hashes them first).
         redact: Redact customers' identifiers (`ingest.redact`); `None` redacts ticket
             histories and help-desk exports and leaves manuals as they are.
+        ocr: Reads PDF pages without a text layer (`ingest.ocr.PageOcr`); `None` reads none.
 
     Returns:
         The blocks and warnings of the file.
@@ -135,7 +144,7 @@ def load_file(path: Path, data: bytes | None = None, *, redact: bool | None = No
     if suffix in FAQ_SUFFIXES:
         return load_faq(path, data, redact=redacts(path, redact))
     if suffix in PDF_SUFFIXES:
-        loaded = load_pdf(path, data)
+        loaded = load_pdf(path, data, ocr)
     else:
         text, note = decode_text(path, data)
         sections = (markdown_sections(text) if suffix in {".md", ".markdown"}
@@ -159,13 +168,18 @@ def _text_file(path: Path, sections: list[tuple[str | None, str]]) -> LoadedFile
 
 # --- PDF ---------------------------------------------------------------------------------------
 
-def load_pdf(path: Path, data: bytes) -> LoadedFile:
+def load_pdf(path: Path, data: bytes, ocr: PageOcr | None = None) -> LoadedFile:
     """Read a PDF page by page with sections from its outline, else from heading-like lines.
+
+    Args:
+        path: The file, for messages.
+        data: Its bytes.
+        ocr: Reads pages without a text layer (`ingest.ocr`); `None` reads none.
 
     Raises:
         UnreadableFileError: Encrypted (and the empty password does not open it), damaged, or
             not a PDF at all.
-        NoTextError: No page has a text layer.
+        NoTextError: No page has a text layer (and OCR, if any, read none).
     """
     head = data[:1024]
     if b"%PDF-" not in head:
@@ -196,11 +210,11 @@ def load_pdf(path: Path, data: bytes) -> LoadedFile:
         except (PyPdfError, ValueError, KeyError, TypeError, AttributeError) as e:
             warnings.append(f"page {number}: text extraction failed ({e})")
             text = ""
-        if not text.strip():
-            warnings.append(f"page {number}: {NO_TEXT_LAYER}")
         texts.append(text)
+    candidates = sum(len(t.split()) < ON_MIN_WORDS for t in texts)
+    texts, ocr_pages, ocr_cached, no_text = _ocr_pages(data, texts, ocr, warnings)
     if not any(t.strip() for t in texts):
-        raise NoTextError(path, NO_TEXT_LAYER)
+        raise NoTextError(path, no_text)
     texts = clean_pages(texts)
 
     entries, outline_warnings = _outline_entries(reader)
@@ -218,14 +232,54 @@ def load_pdf(path: Path, data: bytes) -> LoadedFile:
             if sections:
                 carry = sections[-1][0]
     blocks = [
-        Block(text, number, section)
+        Block(text, number, section, {"ocr": True} if number in ocr_pages else {})
         for number, sections in enumerate(page_sections, start=1)
         for section, text in sections
         if text.strip()
     ]
     if not blocks:
-        raise NoTextError(path, NO_TEXT_LAYER)
-    return LoadedFile(path, "doc", blocks, warnings, pages=len(pages))
+        raise NoTextError(path, no_text)
+    loaded = LoadedFile(path, "doc", blocks, warnings, pages=len(pages))
+    loaded.ocr_pages, loaded.ocr_cached = ocr_pages, ocr_cached
+    loaded.ocr_candidates = candidates
+    return loaded
+
+
+def _ocr_pages(data: bytes, texts: list[str], ocr: PageOcr | None, warnings: list[str],
+               ) -> tuple[list[str], list[int], int, str]:
+    """Read the pages OCR wants; warn per page without text, or read with low confidence.
+
+    Returns:
+        The page texts, the 1-based pages read by OCR, how many of them came from the cache,
+        and the reason a page without a text layer has no text (for a file with no text).
+    """
+    if ocr is None or ocr.mode == "off":
+        no_text = NO_TEXT_LAYER
+    elif ocr.problem:
+        no_text = f"no text layer (scanned image? OCR is not available: {ocr.problem}; " \
+                  f"{INSTALL_HINT})"
+    else:
+        no_text = "no text layer, and OCR found no text"
+    wanted = [i for i, text in enumerate(texts) if ocr is not None and ocr.wanted(text)]
+    read = ocr.read(data, wanted) if wanted else {}
+    texts = list(texts)
+    ocr_pages: list[int] = []
+    cached = 0
+    for index, text in enumerate(texts):
+        number, result = index + 1, read.get(index)
+        if isinstance(result, PageText) and len(result.text.split()) > len(text.split()):
+            texts[index] = result.text
+            ocr_pages.append(number)
+            cached += result.cached
+            if result.confidence is not None and result.confidence < MIN_CONFIDENCE:
+                warnings.append(f"page {number}: read by OCR with confidence "
+                                f"{result.confidence:.0f} (below {MIN_CONFIDENCE:.0f}): the "
+                                "text may be misread; check the scan")
+        elif not text.strip():
+            why = f"no text layer, and OCR could not read it: {result}" \
+                if isinstance(result, str) else no_text
+            warnings.append(f"page {number}: {why}")
+    return texts, ocr_pages, cached, no_text
 
 
 _PAGE_NUMBER = re.compile(

@@ -32,7 +32,8 @@ from filelock import FileLock, Timeout
 from tqdm import tqdm
 
 from ingest.chunking import Chunker, ChunkingConfig, file_hash
-from ingest.loaders import NoTextError, UnreadableFileError, load_file, redacts
+from ingest.loaders import PDF_SUFFIXES, NoTextError, UnreadableFileError, load_file, redacts
+from ingest.ocr import PageOcr
 from retrieval.errors import (
     EXIT_FAILED,
     EXIT_OK,
@@ -46,6 +47,7 @@ from retrieval.store import ChunkStore, drop_collection
 from retrieval.types import Chunk, Embedder
 
 LOCK_TIMEOUT_S = 10.0
+OCR_CACHE_DIR = "ocr-cache"
 EMBED_BATCH = 64
 # Tests only: seconds to sleep after each embedded batch, so a test can SIGKILL a run midway.
 TEST_BATCH_SLEEP_ENV = "CASEWISE_TEST_BATCH_SLEEP"
@@ -70,6 +72,8 @@ class FileResult:
         reason: Why it was skipped or failed.
         warnings: Problems that did not stop it (pages without text, bad rows).
         redactions: Customers' identifiers replaced before indexing, by kind.
+        ocr_pages: Pages whose text OCR read (PDFs).
+        ocr_cached: Of those, pages whose OCR result came from the cache.
     """
 
     path: str
@@ -79,6 +83,8 @@ class FileResult:
     reason: str | None = None
     warnings: list[str] = field(default_factory=list)
     redactions: dict[str, int] = field(default_factory=dict)
+    ocr_pages: int = 0
+    ocr_cached: int = 0
 
 
 @dataclass
@@ -127,16 +133,21 @@ class IngestSummary:
         return data
 
     def format_table(self) -> str:
-        """A plain-text table: one row per file, then warnings, notes and totals."""
-        rows = [(f.status, str(f.chunks), f.path, f.reason or "") for f in self.files]
-        head = ("status", "chunks", "file", "reason")
-        widths = [max(len(r[i]) for r in [head, *rows]) for i in range(3)]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(head[:3], widths, strict=True))
-                 + "  " + head[3]]
+        """A plain-text table: one row per file, then warnings, notes and totals.
+
+        The `ocr` column counts the pages OCR read (with how many came from its cache).
+        """
+        rows = [(f.status, str(f.chunks), _ocr_cell(f), f.path, f.reason or "")
+                for f in self.files]
+        head = ("status", "chunks", "ocr", "file", "reason")
+        n = len(head) - 1
+        widths = [max(len(r[i]) for r in [head, *rows]) for i in range(n)]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(head[:n], widths, strict=True))
+                 + "  " + head[n]]
         lines.append("  ".join("-" * w for w in widths) + "  " + "-" * 6)
         for row in rows:
-            lines.append("  ".join(c.ljust(w) for c, w in zip(row[:3], widths, strict=True))
-                         + ("  " + row[3] if row[3] else ""))
+            lines.append("  ".join(c.ljust(w) for c, w in zip(row[:n], widths, strict=True))
+                         + ("  " + row[n] if row[n] else ""))
         redacted = [f for f in self.files if f.redactions]
         if redacted:
             lines.append("")
@@ -178,6 +189,7 @@ def run(
     lock_timeout: float = LOCK_TIMEOUT_S,
     batch_size: int = EMBED_BATCH,
     redact: bool | None = None,
+    ocr: str = "auto",
 ) -> IngestSummary:
     """Index files and directories into the index at `settings.home`.
 
@@ -197,12 +209,16 @@ def run(
         redact: Redact customers' identifiers (`ingest.redact`) before indexing; `None` (the
             default) redacts ticket histories and help-desk exports, not manuals. A file
             indexed under another setting is indexed again.
+        ocr: `auto`, `on` or `off`: whether PDF pages without a text layer are read by OCR
+            (`ingest.ocr`; results cached under the index home). A PDF with such pages that
+            was indexed under another effective mode is indexed again.
 
     Returns:
         The run summary (`summary.exit_code` is 1 when any file failed).
 
     Raises:
         IngestLockedError: Another ingest kept the index locked for `lock_timeout` seconds.
+        OcrUnavailableError: `ocr="on"` and Tesseract is not installed.
         IndexSettingsMismatchError: The index was built with another embedder or chunking and
             `rebuild` is false.
         CasewiseError: Other fatal problems (damaged manifest, unreachable Chroma server,
@@ -210,6 +226,7 @@ def run(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size ({batch_size}) must be at least 1")
+    page_ocr = PageOcr(ocr, cache_dir=settings.home / OCR_CACHE_DIR)  # fails before any work
     settings.home.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(settings.lock_path), timeout=lock_timeout)
     try:
@@ -220,11 +237,32 @@ def run(
             "wait for it to finish and run again"
         ) from None
     try:
-        return _Run(settings, embedder, chunking, progress, batch_size, redact).execute(
+        return _Run(settings, embedder, chunking, progress, batch_size, redact,
+                    page_ocr).execute(
             [Path(p) for p in paths], prune=prune, rebuild=rebuild,
         )
     finally:
         lock.release()
+
+
+def _ocr_cell(result: FileResult) -> str:
+    if not result.ocr_pages:
+        return "-"
+    return f"{result.ocr_pages}" + (f" ({result.ocr_cached} cached)" if result.ocr_cached else "")
+
+
+def _same_options(entry: dict, redact: bool, ocr_mode: str | None) -> bool:
+    """Whether a file's manifest entry was indexed with the options this run would use.
+
+    Entries from before an option was recorded count as unredacted and without OCR: a ticket
+    history is then redacted, and a PDF whose pages lacked a text layer is read by OCR.
+    """
+    if entry.get("redact", False) != redact:
+        return False
+    candidates = entry.get("ocr_candidates")
+    if candidates is None:
+        candidates = sum("no text layer" in w for w in entry.get("warnings", []))
+    return not candidates or entry.get("ocr", "off") == ocr_mode
 
 
 def source_key(path: Path, base: Path) -> str:
@@ -281,9 +319,10 @@ class _Run:
 
     def __init__(self, settings: Settings, embedder: Embedder | None,
                  chunking: ChunkingConfig | None, progress: bool, batch_size: int,
-                 redact: bool | None) -> None:
+                 redact: bool | None, ocr: PageOcr) -> None:
         self.settings = settings
         self.redact = redact
+        self.ocr = ocr
         self._embedder = embedder
         self.embedder_name = embedder.name if embedder is not None else settings.embedder.strip()
         self.requested_chunking = chunking
@@ -393,14 +432,15 @@ class _Run:
         digest = file_hash(data)
         entry = self.manifest["files"].get(key)
         redact = redacts(path, self.redact)
-        # An entry from before redaction was recorded holds unredacted text for a history.
+        ocr_mode = self.ocr.effective_mode if path.suffix.lower() in PDF_SUFFIXES else None
         if entry and entry["hash"] == digest and entry["status"] == "indexed" \
-                and entry.get("redact", False) == redact:
+                and _same_options(entry, redact, ocr_mode):
             return FileResult(key, "unchanged", chunks=len(entry["chunk_ids"]),
                               warnings=list(entry.get("warnings", [])),
-                              redactions=dict(entry.get("redactions", {})))
+                              redactions=dict(entry.get("redactions", {})),
+                              ocr_pages=len(entry.get("ocr_pages", [])))
         try:
-            loaded = load_file(path, data, redact=redact)
+            loaded = load_file(path, data, redact=redact, ocr=self.ocr)
         except NoTextError as e:
             self._replace(key, path, digest, [], "skipped", e.reason, [])
             return FileResult(key, "skipped", reason=e.reason)
@@ -411,9 +451,12 @@ class _Run:
         chunks = self.chunker.chunk(loaded, key, digest)
         embedded = self._replace(key, path, digest, chunks, "indexed", None, loaded.warnings,
                                  pages=loaded.pages, type_=loaded.type,
-                                 extra={"redact": redact, "redactions": loaded.redactions})
+                                 extra={"redact": redact, "redactions": loaded.redactions,
+                                        "ocr": ocr_mode, "ocr_pages": loaded.ocr_pages,
+                                        "ocr_candidates": loaded.ocr_candidates})
         return FileResult(key, "indexed", chunks=len(chunks), embedded=embedded,
-                          warnings=list(loaded.warnings), redactions=dict(loaded.redactions))
+                          warnings=list(loaded.warnings), redactions=dict(loaded.redactions),
+                          ocr_pages=len(loaded.ocr_pages), ocr_cached=loaded.ocr_cached)
 
     def _replace(self, key: str, path: Path, digest: str, chunks: list[Chunk], status: str,
                  reason: str | None, warnings: list[str], *, pages: int | None = None,
