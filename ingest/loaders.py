@@ -29,6 +29,7 @@ from pypdf.errors import DependencyError, PyPdfError
 from ingest import exports
 from ingest.ocr import INSTALL_HINT, MIN_CONFIDENCE, ON_MIN_WORDS, PageOcr, PageText
 from ingest.redact import redact
+from ingest.tables import read_tables, tabular_pages
 from retrieval.errors import UsageError
 from retrieval.types import ChunkType
 
@@ -91,6 +92,7 @@ class LoadedFile:
         ocr_pages: 1-based pages whose text OCR read.
         ocr_cached: How many of those came from the OCR cache.
         ocr_candidates: Pages with (almost) no text layer, which an OCR setting would change.
+        tables: Ruled tables found, whose rows are kept together (`ingest.tables`).
     """
 
     path: Path
@@ -102,6 +104,7 @@ class LoadedFile:
     ocr_pages: list[int] = field(default_factory=list)
     ocr_cached: int = 0
     ocr_candidates: int = 0
+    tables: int = 0
 
 
 def redacts(path: Path, redact: bool | None) -> bool:
@@ -211,6 +214,9 @@ def load_pdf(path: Path, data: bytes, ocr: PageOcr | None = None) -> LoadedFile:
             warnings.append(f"page {number}: text extraction failed ({e})")
             text = ""
         texts.append(text)
+    tables = read_tables(data, tabular_pages(pages))
+    for index, (text, _) in tables.items():
+        texts[index] = text
     candidates = sum(len(t.split()) < ON_MIN_WORDS for t in texts)
     texts, ocr_pages, ocr_cached, no_text = _ocr_pages(data, texts, ocr, warnings)
     if not any(t.strip() for t in texts):
@@ -231,8 +237,14 @@ def load_pdf(path: Path, data: bytes, ocr: PageOcr | None = None) -> LoadedFile:
             page_sections.append(sections)
             if sections:
                 carry = sections[-1][0]
+    def page_metadata(number: int) -> dict:
+        metadata: dict = {"ocr": True} if number in ocr_pages else {}
+        if number - 1 in tables:
+            metadata["tables"] = tables[number - 1][1]
+        return metadata
+
     blocks = [
-        Block(text, number, section, {"ocr": True} if number in ocr_pages else {})
+        Block(text, number, section, page_metadata(number))
         for number, sections in enumerate(page_sections, start=1)
         for section, text in sections
         if text.strip()
@@ -241,6 +253,7 @@ def load_pdf(path: Path, data: bytes, ocr: PageOcr | None = None) -> LoadedFile:
         raise NoTextError(path, no_text)
     loaded = LoadedFile(path, "doc", blocks, warnings, pages=len(pages))
     loaded.ocr_pages, loaded.ocr_cached = ocr_pages, ocr_cached
+    loaded.tables = sum(n for _, n in tables.values())
     loaded.ocr_candidates = candidates
     return loaded
 

@@ -74,6 +74,7 @@ class FileResult:
         redactions: Customers' identifiers replaced before indexing, by kind.
         ocr_pages: Pages whose text OCR read (PDFs).
         ocr_cached: Of those, pages whose OCR result came from the cache.
+        tables: Ruled tables found (PDFs), whose rows are kept together in the chunk text.
     """
 
     path: str
@@ -85,6 +86,7 @@ class FileResult:
     redactions: dict[str, int] = field(default_factory=dict)
     ocr_pages: int = 0
     ocr_cached: int = 0
+    tables: int = 0
 
 
 @dataclass
@@ -135,11 +137,12 @@ class IngestSummary:
     def format_table(self) -> str:
         """A plain-text table: one row per file, then warnings, notes and totals.
 
-        The `ocr` column counts the pages OCR read (with how many came from its cache).
+        The `ocr` column counts the pages OCR read (with how many came from its cache), the
+        `tables` column the ruled tables whose rows were kept together.
         """
-        rows = [(f.status, str(f.chunks), _ocr_cell(f), f.path, f.reason or "")
-                for f in self.files]
-        head = ("status", "chunks", "ocr", "file", "reason")
+        rows = [(f.status, str(f.chunks), _ocr_cell(f), str(f.tables or "-"), f.path,
+                 f.reason or "") for f in self.files]
+        head = ("status", "chunks", "ocr", "tables", "file", "reason")
         n = len(head) - 1
         widths = [max(len(r[i]) for r in [head, *rows]) for i in range(n)]
         lines = ["  ".join(c.ljust(w) for c, w in zip(head[:n], widths, strict=True))
@@ -438,7 +441,8 @@ class _Run:
             return FileResult(key, "unchanged", chunks=len(entry["chunk_ids"]),
                               warnings=list(entry.get("warnings", [])),
                               redactions=dict(entry.get("redactions", {})),
-                              ocr_pages=len(entry.get("ocr_pages", [])))
+                              ocr_pages=len(entry.get("ocr_pages", [])),
+                              tables=entry.get("tables", 0))
         try:
             loaded = load_file(path, data, redact=redact, ocr=self.ocr)
         except NoTextError as e:
@@ -453,10 +457,12 @@ class _Run:
                                  pages=loaded.pages, type_=loaded.type,
                                  extra={"redact": redact, "redactions": loaded.redactions,
                                         "ocr": ocr_mode, "ocr_pages": loaded.ocr_pages,
-                                        "ocr_candidates": loaded.ocr_candidates})
+                                        "ocr_candidates": loaded.ocr_candidates,
+                                        "tables": loaded.tables})
         return FileResult(key, "indexed", chunks=len(chunks), embedded=embedded,
                           warnings=list(loaded.warnings), redactions=dict(loaded.redactions),
-                          ocr_pages=len(loaded.ocr_pages), ocr_cached=loaded.ocr_cached)
+                          ocr_pages=len(loaded.ocr_pages), ocr_cached=loaded.ocr_cached,
+                          tables=loaded.tables)
 
     def _replace(self, key: str, path: Path, digest: str, chunks: list[Chunk], status: str,
                  reason: str | None, warnings: list[str], *, pages: int | None = None,

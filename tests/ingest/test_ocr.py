@@ -44,7 +44,8 @@ def test_ocr_finds_the_words_of_a_scanned_page_and_cites_it(scan, ingest, settin
         "how often must the descaling valve be replaced", k=1)[0]
     assert hit.chunk.citation.page == 2 and hit.chunk.metadata["ocr"] is True
     head, _, row = summary.format_table().splitlines()[:3]
-    assert head.split()[:4] == ["status", "chunks", "ocr", "file"] and row.split()[2] == "1"
+    assert head.split()[:5] == ["status", "chunks", "ocr", "tables", "file"]
+    assert row.split()[2] == "1"
 
 
 def test_ocr_off_reports_the_page_as_before(scan, ingest):
