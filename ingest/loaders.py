@@ -266,14 +266,14 @@ def _ocr_pages(data: bytes, texts: list[str], ocr: PageOcr | None, warnings: lis
         The page texts, the 1-based pages read by OCR, how many of them came from the cache,
         and the reason a page without a text layer has no text (for a file with no text).
     """
-    if ocr is None or ocr.mode == "off":
+    wanted = [i for i, text in enumerate(texts) if ocr is not None and ocr.wanted(text)]
+    if ocr is None or ocr.mode == "off" or all(t.strip() for t in texts):
         no_text = NO_TEXT_LAYER
     elif ocr.problem:
         no_text = f"no text layer (scanned image? OCR is not available: {ocr.problem}; " \
                   f"{INSTALL_HINT})"
     else:
         no_text = "no text layer, and OCR found no text"
-    wanted = [i for i, text in enumerate(texts) if ocr is not None and ocr.wanted(text)]
     read = ocr.read(data, wanted) if wanted else {}
     texts = list(texts)
     ocr_pages: list[int] = []

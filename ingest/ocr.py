@@ -115,15 +115,24 @@ class PageOcr:
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.lang = lang
         self.dpi = dpi
-        self.problem = engine_problem(lang) if mode != "off" else None
         if mode == "on" and self.problem:
             raise OcrUnavailableError(f"--ocr on: {self.problem}; {INSTALL_HINT}")
-        self._engine = ""
-        if self.active:
-            import pytesseract
 
-            # Part of the cache key: another Tesseract may read a page differently.
-            self._engine = str(pytesseract.get_tesseract_version())
+    @functools.cached_property
+    def problem(self) -> str | None:
+        """Why OCR cannot run here (`None` when it can, or when the mode is `off`).
+
+        Checked on first use: a run whose PDFs all have a text layer (or that has nothing new)
+        never starts the tesseract program.
+        """
+        return engine_problem(self.lang) if self.mode != "off" else None
+
+    @functools.cached_property
+    def _engine(self) -> str:
+        import pytesseract
+
+        # Part of the cache key: another Tesseract may read a page differently.
+        return str(pytesseract.get_tesseract_version())
 
     @property
     def active(self) -> bool:
@@ -137,11 +146,10 @@ class PageOcr:
 
     def wanted(self, text_layer: str) -> bool:
         """Whether a page with this text layer is read by OCR."""
-        if not self.active:
-            return False
         if self.mode == "on":
             return len(text_layer.split()) < ON_MIN_WORDS
-        return not text_layer.strip()
+        # The text test first: the engine is checked only when a page needs it.
+        return not text_layer.strip() and self.active
 
     def read(self, data: bytes, pages: list[int]) -> dict[int, PageText | str]:
         """OCR some pages of a PDF.

@@ -27,6 +27,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 from filelock import FileLock, Timeout
 from tqdm import tqdm
@@ -60,6 +61,17 @@ class IngestLockedError(CasewiseError):
     """Another ingest holds the index lock."""
 
 
+@runtime_checkable
+class WindowedEmbedder(Protocol):
+    """An embedder with a fixed input window (sentence-transformers models truncate past it)."""
+
+    max_seq_length: int
+
+    def token_counts(self, texts: list[str]) -> list[int]:
+        """Word pieces of each text, counted without truncation."""
+        ...
+
+
 @dataclass
 class FileResult:
     """What happened to one file.
@@ -75,6 +87,8 @@ class FileResult:
         ocr_pages: Pages whose text OCR read (PDFs).
         ocr_cached: Of those, pages whose OCR result came from the cache.
         tables: Ruled tables found (PDFs), whose rows are kept together in the chunk text.
+        over_window: Chunks embedded in this run that are longer than the embedder's window
+            (their vector sees only the beginning; see `IngestSummary.notes`).
     """
 
     path: str
@@ -87,6 +101,7 @@ class FileResult:
     ocr_pages: int = 0
     ocr_cached: int = 0
     tables: int = 0
+    over_window: int = 0
 
 
 @dataclass
@@ -101,8 +116,10 @@ class IngestSummary:
         deleted: Stale or pruned chunks deleted.
         repaired: Orphaned chunks of an interrupted run that were removed.
         total_chunks: Chunks in the index after the run.
-        notes: Run-level remarks (files gone from disk, repairs, rebuild).
+        notes: Run-level remarks (files gone from disk, repairs, rebuild, chunks longer than
+            the embedder's window).
         seconds: Wall time.
+        window: The embedder's input window in word pieces, when it has one and embedded.
     """
 
     home: str
@@ -114,6 +131,7 @@ class IngestSummary:
     total_chunks: int = 0
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    window: int | None = None
 
     @property
     def counts(self) -> dict[str, int]:
@@ -254,18 +272,19 @@ def _ocr_cell(result: FileResult) -> str:
     return f"{result.ocr_pages}" + (f" ({result.ocr_cached} cached)" if result.ocr_cached else "")
 
 
-def _same_options(entry: dict, redact: bool, ocr_mode: str | None) -> bool:
+def _same_options(entry: dict, redact: bool, ocr: PageOcr | None) -> bool:
     """Whether a file's manifest entry was indexed with the options this run would use.
 
     Entries from before an option was recorded count as unredacted and without OCR: a ticket
-    history is then redacted, and a PDF whose pages lacked a text layer is read by OCR.
+    history is then redacted, and a PDF whose pages lacked a text layer is read by OCR. The OCR
+    mode is compared only for PDFs with pages (almost) without text, where it changes anything.
     """
     if entry.get("redact", False) != redact:
         return False
     candidates = entry.get("ocr_candidates")
     if candidates is None:
         candidates = sum("no text layer" in w for w in entry.get("warnings", []))
-    return not candidates or entry.get("ocr", "off") == ocr_mode
+    return ocr is None or not candidates or (entry.get("ocr") or "off") == ocr.effective_mode
 
 
 def source_key(path: Path, base: Path) -> str:
@@ -365,6 +384,14 @@ class _Run:
             seen.add(key)
             self.summary.files.append(self._ingest_file(path, key))
         self._handle_gone(seen, prune)
+        over = sum(f.over_window for f in self.summary.files)
+        if over:
+            self.summary.notes.append(
+                f"{over} of {self.summary.embedded} chunks embedded are longer than the "
+                f"embedder's {self.summary.window}-word-piece window: their vectors see only the "
+                "beginning (keyword search and the answer see all of it). Kept whole: on the "
+                "shared manual, splitting them or averaging windows lowered recall "
+                "(docs/ingest.md); --chunk-size makes smaller chunks")
         self.summary.total_chunks = self.store.count()
         self.summary.seconds = round(time.perf_counter() - start, 3)
         return self.summary
@@ -435,9 +462,9 @@ class _Run:
         digest = file_hash(data)
         entry = self.manifest["files"].get(key)
         redact = redacts(path, self.redact)
-        ocr_mode = self.ocr.effective_mode if path.suffix.lower() in PDF_SUFFIXES else None
+        pdf_ocr = self.ocr if path.suffix.lower() in PDF_SUFFIXES else None
         if entry and entry["hash"] == digest and entry["status"] == "indexed" \
-                and _same_options(entry, redact, ocr_mode):
+                and _same_options(entry, redact, pdf_ocr):
             return FileResult(key, "unchanged", chunks=len(entry["chunk_ids"]),
                               warnings=list(entry.get("warnings", [])),
                               redactions=dict(entry.get("redactions", {})),
@@ -452,8 +479,11 @@ class _Run:
             kept = len(entry["chunk_ids"]) if entry else 0
             reason = e.reason + (f" (its previous {kept} chunks are kept)" if kept else "")
             return FileResult(key, "failed", chunks=kept, reason=reason)
+        # The OCR mode matters (and starts the engine check) only for pages without text.
+        ocr_mode = self.ocr.effective_mode if pdf_ocr and loaded.ocr_candidates else None
         chunks = self.chunker.chunk(loaded, key, digest)
-        embedded = self._replace(key, path, digest, chunks, "indexed", None, loaded.warnings,
+        embedded, over = self._replace(key, path, digest, chunks, "indexed", None,
+                                       loaded.warnings,
                                  pages=loaded.pages, type_=loaded.type,
                                  extra={"redact": redact, "redactions": loaded.redactions,
                                         "ocr": ocr_mode, "ocr_pages": loaded.ocr_pages,
@@ -462,12 +492,16 @@ class _Run:
         return FileResult(key, "indexed", chunks=len(chunks), embedded=embedded,
                           warnings=list(loaded.warnings), redactions=dict(loaded.redactions),
                           ocr_pages=len(loaded.ocr_pages), ocr_cached=loaded.ocr_cached,
-                          tables=loaded.tables)
+                          tables=loaded.tables, over_window=over)
 
     def _replace(self, key: str, path: Path, digest: str, chunks: list[Chunk], status: str,
                  reason: str | None, warnings: list[str], *, pages: int | None = None,
-                 type_: str | None = None, extra: dict | None = None) -> int:
-        """Write a file's chunks, drop its stale ones, then record it (the crash-safe order)."""
+                 type_: str | None = None, extra: dict | None = None) -> tuple[int, int]:
+        """Write a file's chunks, drop its stale ones, then record it (the crash-safe order).
+
+        Returns:
+            Chunks embedded, and how many of them are longer than the embedder's window.
+        """
         entry = self.manifest["files"].get(key)
         old_ids = set(entry["chunk_ids"]) if entry else set()
         have = old_ids & self.store_ids
@@ -477,7 +511,7 @@ class _Run:
             # Same content, same vector: re-write only the metadata (doc hash, chunk index).
             vectors = self.store.embeddings([c.id for c in kept])
             self.store.upsert(kept, [vectors[c.id] for c in kept])
-        self._embed_and_upsert(new, key)
+        over = self._embed_and_upsert(new, key)
         new_ids = {c.id for c in chunks}
         stale = sorted(old_ids - new_ids)
         self.store.delete(stale)
@@ -492,11 +526,17 @@ class _Run:
             record["reason"] = reason
         self.manifest["files"][key] = record
         write_manifest(self.settings.manifest_path, self.manifest)
-        return len(new)
+        return len(new), over
 
-    def _embed_and_upsert(self, chunks: list[Chunk], key: str) -> None:
+    def _embed_and_upsert(self, chunks: list[Chunk], key: str) -> int:
+        """Embed and write chunks; returns how many are longer than the embedder's window."""
         if not chunks:
-            return
+            return 0
+        over = 0
+        if isinstance(self.embedder, WindowedEmbedder):
+            window = self.embedder.max_seq_length
+            self.summary.window = window
+            over = sum(n > window for n in self.embedder.token_counts([c.text for c in chunks]))
         bar = tqdm(total=len(chunks), desc=f"embedding {Path(key).name}", unit="chunk",
                    leave=False, disable=not self.progress)
         with bar:
@@ -508,6 +548,7 @@ class _Run:
                 bar.update(len(batch))
                 if self.sleep:
                     time.sleep(self.sleep)
+        return over
 
     def _handle_gone(self, seen: set[str], prune: bool) -> None:
         gone = [

@@ -5,6 +5,7 @@ or without an engine it is reported as before; results are cached by page image.
 import pytesseract
 import pytest
 
+import ingest.ocr as ocr_module
 from ingest.cli import main
 from ingest.loaders import NO_TEXT_LAYER, NoTextError, load_file
 from ingest.ocr import MIN_CONFIDENCE, PageOcr, engine_problem
@@ -130,3 +131,12 @@ def test_the_real_imagemagick_scan_has_nothing_to_read():
     assert loaded.warnings == [
         f"page {n}: no text layer, and OCR could not read it: the page is 16x16 pixels at "
         "300 dpi, too small to hold text" for n in (4, 5)]
+
+
+def test_pdfs_with_a_text_layer_never_start_the_engine(router_pdf, ingest, monkeypatch):
+    def no_check(*args):
+        raise AssertionError("the OCR engine was checked for a PDF that needs no OCR")
+
+    monkeypatch.setattr(ocr_module, "engine_problem", no_check)
+    assert ingest([router_pdf]).files[0].status == "indexed"
+    assert ingest([router_pdf]).files[0].status == "unchanged"
