@@ -91,7 +91,8 @@ def measure(label: str, chunking: ChunkingConfig, embedder, base, questions) -> 
         "over_window": sum(n > base.max_seq_length for n in pieces),
         "pieces_p50": int(np.median(pieces)), "pieces_max": max(pieces),
         "ingest_s": round(ingest_s, 1),
-        "recall_at_5": round(both["recall_at_5"], 4), "recall_at_10": round(both["recall_at_10"], 4),
+        "recall_at_5": round(both["recall_at_5"], 4),
+        "recall_at_10": round(both["recall_at_10"], 4),
         "mrr": round(both["mrr"], 4),
         "dense_recall_at_5": round(dense["recall_at_5"], 4), "dense_mrr": round(dense["mrr"], 4),
     }

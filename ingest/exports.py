@@ -109,7 +109,8 @@ def resolve(messages: list[Message], status: object, ticket_id: str | None, fmt:
     return Ticket(question.strip(), answer.strip(), ticket_id, extra)
 
 
-def _id(value: object) -> str | None:
+def record_id(value: object) -> str | None:
+    """An id as text (`12.0` from a spreadsheet is `12`), or `None` when there is none."""
     if value is None or isinstance(value, bool) or str(value).strip() == "":
         return None
     if isinstance(value, float) and value.is_integer():
@@ -124,7 +125,7 @@ def _named(parse):
         try:
             return parse(obj)
         except SkipRecord as e:
-            ticket_id = _id(obj.get("id")) if isinstance(obj, dict) else None
+            ticket_id = record_id(obj.get("id")) if isinstance(obj, dict) else None
             raise SkipRecord(f"ticket {ticket_id}: {e}" if ticket_id else str(e)) from None
     return wrapper
 
@@ -170,7 +171,8 @@ def zendesk_ticket(obj: object) -> Ticket:
             raise SkipRecord(f"comment {n} has no text ('body' or 'plain_body'); ticket skipped")
         author = "customer" if comment.get("author_id") == requester else "agent"
         messages.append(Message(author, plain_text(text), comment.get("public", True) is not False))
-    return resolve(messages, obj.get("status"), _id(obj.get("id")), "zendesk", obj.get("subject"))
+    return resolve(messages, obj.get("status"), record_id(obj.get("id")), "zendesk",
+                   obj.get("subject"))
 
 
 
@@ -207,7 +209,7 @@ def freshdesk_tickets(rows: list[tuple[int, dict]]) -> list[tuple[int, Ticket | 
     grouped: dict[str, list[tuple[int, dict]]] = {}
     out: list[tuple[int, Ticket | SkipRecord]] = []
     for line, row in rows:
-        ticket_id = _id(row.get("ticket id"))
+        ticket_id = record_id(row.get("ticket id"))
         if ticket_id is None:
             out.append((line, SkipRecord("empty Ticket ID; row skipped")))
             continue
@@ -248,7 +250,8 @@ def conversation(obj: object) -> Ticket:
     """
     ticket_id = status = subject = None
     if isinstance(obj, dict):
-        ticket_id, status, subject = _id(obj.get("id")), obj.get("status"), obj.get("subject")
+        ticket_id, status = record_id(obj.get("id")), obj.get("status")
+        subject = obj.get("subject")
         obj = obj.get("messages")
     if not isinstance(obj, list):
         raise SkipRecord("'messages' is not a list; skipped")

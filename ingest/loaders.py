@@ -1,4 +1,4 @@
-"""Loaders: turn one file (PDF, ticket history, Markdown, text) into page- and section-tagged blocks.
+"""Loaders: one file (PDF, ticket history, Markdown, text) in, page/section-tagged blocks out.
 
 Also the readers every other package uses for these formats: `read_faq` (ticket histories: FAQ
 CSV/JSONL and help-desk exports, for ingest and `python -m finetune data`), `read_jsonl` (every
@@ -909,7 +909,8 @@ def _faq_row(path: Path, line: int, record: dict, problems: list[Problem],
         value = _scalar(value)
         if value not in (None, ""):
             extra[key] = value
-    return FaqRow(texts["question"], texts["answer"], line, exports._id(record.get("id")),
+    return FaqRow(texts["question"], texts["answer"], line,
+                  exports.record_id(record.get("id")),
                   section, page, extra)
 
 

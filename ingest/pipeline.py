@@ -4,7 +4,8 @@ Sources are recorded relative to the directory that holds the index home (absolu
 outside it), so runs from different working directories agree on a file's key.
 
 Incremental and idempotent: a file whose bytes hash like the manifest says is neither parsed
-nor embedded (and the embedding model is not loaded when nothing changed); a changed file embeds only chunks the index does not hold yet and then drops its stale ones;
+nor embedded (and the embedding model is not loaded when nothing changed); a changed file
+embeds only chunks the index does not hold yet and then drops its stale ones;
 `prune=True` removes the chunks of indexed files that no longer exist.
 
 Crash safety (SIGKILL anywhere leaves a state the next run repairs). Per file the writes go:
