@@ -28,8 +28,9 @@ def _data_parser(sub) -> None:
         description="Build retrieval-augmented chat examples (train.jsonl, eval.jsonl, "
         "stats.json) from an FAQ/ticket history and the document index.",
     )
-    p.add_argument("--faq", required=True, help="FAQ history: CSV (question,answer[,id,section,"
-                   "page]) or JSONL with the same fields")
+    p.add_argument("--faq", required=True, help="ticket history: CSV or JSONL (question,answer"
+                   "[,id,section,page]) or a help-desk export (Zendesk JSON, Freshdesk CSV, "
+                   "conversation JSONL), read by the reader `python -m ingest` uses")
     p.add_argument("--home", default=None, help="index home (default CASEWISE_HOME or ./.casewise)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--p-gold", type=float, default=d.p_gold,
@@ -50,7 +51,8 @@ def _data_parser(sub) -> None:
                    help="share of answer groups held out (default %(default)s)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--no-redact", action="store_true",
-                   help="keep emails, phone/card numbers and IBANs (redacted by default)")
+                   help="keep emails (also spelled out), phone/card numbers and IBANs "
+                   "(redacted by default, as `python -m ingest` does)")
     p.add_argument("--synthetic", type=int, default=0, metavar="N",
                    help="also write questions for N document chunks with --model (default off)")
     p.add_argument("--model", default="default",
