@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from finetune.data import DataConfig, build_dataset, dataset_stats, write_dataset
-from finetune.train import TrainConfigError, main, merge_adapter, parse, train
+from finetune.train import TrainConfigError, main, merge_adapter, parse
 from tests.finetune.conftest import KeywordSearcher, faq_rows_records, manual_chunks
 
 
@@ -234,11 +234,25 @@ def test_early_stopping_needs_best_model(tiny_model_dir, data_dir, tmp_path):
         main(argv)
 
 
-def test_shipped_configs_parse():
-    for name in ("configs/smollm2-cpu.yaml",):
-        data, sft, model_args, speed, _ = parse(["--config", name])
-        assert model_args.load_in_4bit and model_args.use_bnb_nested_quant
-        assert model_args.bnb_4bit_quant_type == "nf4"
-        assert sft.completion_only_loss and sft.load_best_model_at_end
-        assert data.early_stopping_patience > 0
-    assert callable(train)
+def test_shipped_cpu_config_trains_a_whole_epoch_densely():
+    data, sft, model_args, speed, _ = parse(["--config", "configs/smollm2-cpu.yaml"])
+    # Measured fastest on CPU (bench/finetune_cpu.py): dense bf16 LoRA, no dropout masks.
+    assert not model_args.load_in_4bit and model_args.dtype == "bfloat16"
+    assert model_args.lora_dropout == 0.0
+    # At least one epoch: no step cap below it, evaluated before training and to the end.
+    assert sft.num_train_epochs >= 1 and sft.max_steps == -1
+    assert sft.eval_on_start and sft.completion_only_loss and sft.load_best_model_at_end
+    assert data.early_stopping_patience > 0 and data.max_eval_examples == 0
+    # Trains on data built the way the agent prompts.
+    assert data.train_file == "runs/data/emanual/train.jsonl"
+
+
+@pytest.mark.parametrize("name", ["configs/smollm2-gpu.yaml", "configs/llama-3.1-8b-qlora.yaml"])
+def test_gpu_configs_keep_qlora(name):
+    import yaml
+
+    cfg = yaml.safe_load(open(name))
+    # QLoRA (NF4 + double quantisation) stays the default on GPUs, as the design card says.
+    assert cfg["load_in_4bit"] and cfg["use_bnb_nested_quant"] and cfg["bnb_4bit_quant_type"] == "nf4"
+    assert cfg["require_gpu"] and cfg["early_stopping_patience"] > 0
+    assert cfg["load_best_model_at_end"] and cfg["eval_strategy"] == "steps"
