@@ -80,6 +80,8 @@ class AlignArgs:
         faq: FAQ history to mine questions from (the one the SFT data was built from).
         home: Index home for retrieval (default `CASEWISE_HOME` or `./.casewise`).
         pairs_file: Use these pairs instead of mining (JSONL as written to `pairs.jsonl`).
+        prompts_file: Sample from these mined prompts (JSONL as written to `prompts.jsonl`)
+            instead of retrieving them: mining needs the index, sampling needs only the model.
         max_questions: Mine at most this many training-split questions (0: all).
         samples_per_prompt: Answers sampled from the SFT model per prompt.
         temperature: Sampling temperature.
@@ -90,7 +92,8 @@ class AlignArgs:
         k: Passages per prompt (as the agent shows them).
         max_passage_chars: Passage clip, 0 = whole (as the agent shows them).
         eval_fraction: Share of answer groups held out (same split as `finetune data`).
-        data_seed: Seed of the split and the passage order (same as `finetune data --seed`).
+        faq_seed: Seed of the split and the passage order (`finetune data --seed`; `--seed`
+            is the trainer's).
         cpu_threads: Torch threads on CPU (0: torch's default).
     """
 
@@ -99,6 +102,7 @@ class AlignArgs:
     faq: str | None = field(default=None, metadata={"help": "FAQ history (CSV/JSONL)."})
     home: str | None = field(default=None, metadata={"help": "Index home."})
     pairs_file: str | None = field(default=None, metadata={"help": "Ready-made pairs.jsonl."})
+    prompts_file: str | None = field(default=None, metadata={"help": "Mined prompts.jsonl."})
     max_questions: int = field(default=0, metadata={"help": "Questions to mine (0: all)."})
     samples_per_prompt: int = field(default=2, metadata={"help": "Samples per prompt."})
     temperature: float = field(default=0.9, metadata={"help": "Sampling temperature."})
@@ -109,7 +113,7 @@ class AlignArgs:
     k: int = field(default=3, metadata={"help": "Passages per prompt."})
     max_passage_chars: int = field(default=0, metadata={"help": "Passage clip (0: whole)."})
     eval_fraction: float = field(default=0.1, metadata={"help": "Held-out answer groups."})
-    data_seed: int = field(default=0, metadata={"help": "Split and passage-order seed."})
+    faq_seed: int = field(default=0, metadata={"help": "Split and passage-order seed."})
     cpu_threads: int = field(default=0, metadata={"help": "Torch threads on CPU."})
 
     def __post_init__(self) -> None:
@@ -158,7 +162,7 @@ def mine_prompts(
     passage order come from the same seed, so the eval split holds the same answer groups.
     """
     config = DataConfig(k=args.k, max_passage_chars=args.max_passage_chars, p_gold=1.0,
-                        eval_fraction=args.eval_fraction, seed=args.data_seed)
+                        eval_fraction=args.eval_fraction, seed=args.faq_seed)
     rows, _ = dedupe(rows)
     rows, _ = redact_rows(rows)
     eval_groups = split_groups([answer_group(r.answer) for r in rows], config.eval_fraction,
@@ -193,6 +197,43 @@ def mine_prompts(
             kind="safety", messages=messages[:-1], chosen=messages[-1]["content"],
             question=question, group=group,
             split="eval" if group in safety_groups else "train"))
+    return prompts
+
+
+def write_prompts(path: Path, prompts: Sequence[MinedPrompt]) -> None:
+    """Mined prompts as JSONL (passages with their text and citation), to sample elsewhere."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for p in prompts:
+            record = asdict(p)
+            record["passages"] = [{"id": c.id, "text": c.text, "source": c.source,
+                                   "page": c.page, "section": c.section} for c in p.passages]
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def read_prompts(path: str | Path) -> list[MinedPrompt]:
+    """Read `write_prompts` output.
+
+    Raises:
+        AlignConfigError: Missing file or a malformed line (with its number).
+    """
+    from ingest.loaders import read_jsonl
+
+    path = Path(path)
+    if not path.is_file():
+        raise AlignConfigError(f"prompts file {path} does not exist")
+    values, problems = read_jsonl(path)
+    if problems:
+        raise AlignConfigError(f"{problems[0]}; not a mined prompt")
+    prompts = []
+    for line_no, r in values:
+        try:
+            passages = [Chunk(id=c["id"], text=c["text"], source=c["source"], page=c["page"],
+                              section=c["section"], chunk_index=i, doc_hash="")
+                        for i, c in enumerate(r.get("passages", []))]
+            prompts.append(MinedPrompt(**{**r, "passages": passages}))
+        except (KeyError, TypeError, AttributeError) as e:
+            raise AlignConfigError(f"{path}:{line_no}: not a mined prompt ({e})") from e
     return prompts
 
 
@@ -356,27 +397,26 @@ def write_pairs(path: Path, pairs: Sequence[dict], stats: dict) -> None:
 
 
 def read_pairs(path: str | Path) -> list[dict]:
-    """Read pairs written by `write_pairs`.
+    """Read pairs written by `write_pairs` (through ingest's one JSON Lines reader).
 
     Raises:
         AlignConfigError: Missing file, a malformed line (with its number), or no pair.
     """
+    from ingest.loaders import read_jsonl
+
     path = Path(path)
     if not path.is_file():
         raise AlignConfigError(f"pairs file {path} does not exist")
+    values, problems = read_jsonl(path)
+    if problems:
+        raise AlignConfigError(f"{problems[0]}; not a preference pair")
     pairs = []
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                ok = all(record[k] for k in ("prompt", "chosen", "rejected"))
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise AlignConfigError(f"{path}:{line_no}: not a preference pair ({e})") from e
-            if not ok:
-                raise AlignConfigError(f"{path}:{line_no}: empty prompt, chosen or rejected")
-            pairs.append(record)
+    for line_no, record in values:
+        if not isinstance(record, dict) or not all(record.get(k) for k in
+                                                   ("prompt", "chosen", "rejected")):
+            raise AlignConfigError(f"{path}:{line_no}: not a preference pair (needs non-empty "
+                                   f"prompt, chosen and rejected)")
+        pairs.append(record)
     if not pairs:
         raise AlignConfigError(f"pairs file {path} holds no pair")
     return pairs
@@ -487,16 +527,21 @@ def align(args: AlignArgs, method_config, model_args, config_path: str = "",
                  if pairs_path.with_name("pairs_stats.json").is_file() else {"pairs": len(pairs)})
         print(f"using {len(pairs)} pairs from {pairs_path}", file=sys.stderr)
     else:
-        if not args.faq:
+        prompts_path = Path(args.prompts_file) if args.prompts_file else out / "prompts.jsonl"
+        if prompts_path.is_file():
+            prompts = read_prompts(prompts_path)
+        elif not args.faq:
             raise AlignConfigError("faq is not set: pass --faq <history> to mine pairs (or "
-                                   "--pairs_file)")
-        rows, _ = read_faq(args.faq)
-        if searcher is None:
-            from retrieval.search import open_searcher
-            from retrieval.settings import Settings
+                                   "--prompts_file / --pairs_file)")
+        else:
+            rows, _ = read_faq(args.faq)
+            if searcher is None:
+                from retrieval.search import open_searcher
+                from retrieval.settings import Settings
 
-            searcher = open_searcher(Settings.resolve(home=args.home))
-        prompts = mine_prompts(rows, searcher, args, args.max_questions)
+                searcher = open_searcher(Settings.resolve(home=args.home))
+            prompts = mine_prompts(rows, searcher, args, args.max_questions)
+            write_prompts(out / "prompts.jsonl", prompts)
         model.eval()
         sampler = (sampler_factory or (lambda m, t: ModelSampler(
             m, t, temperature=args.temperature, top_p=args.top_p,

@@ -104,8 +104,12 @@ class SweepConfig:
 
 
 def _read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip()]
+    from ingest.loaders import read_jsonl
+
+    values, problems = read_jsonl(path)
+    if problems:
+        raise UsageError(f"{problems[0]}: rebuild the data with `python -m finetune data`")
+    return [value for _, value in values]
 
 
 def subset_examples(examples: Sequence[dict], fraction: float, seed: int) -> list[dict]:

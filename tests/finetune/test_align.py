@@ -151,7 +151,7 @@ def test_read_pairs_reports_the_bad_line(tmp_path):
                                 "chosen": [{"role": "assistant", "content": "a"}],
                                 "rejected": [{"role": "assistant", "content": "b"}]})
                     + "\n{broken\n")
-    with pytest.raises(AlignConfigError, match=r"pairs.jsonl:2: not a preference pair"):
+    with pytest.raises(AlignConfigError, match=r"pairs.jsonl:2: .*not a preference pair"):
         read_pairs(path)
 
 
@@ -308,3 +308,16 @@ def test_align_bad_input_exits_2(argv, message, tmp_path, capsys):
     assert cli_main(["align", *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_mined_prompts_round_trip(prompts, tmp_path):
+    """Prompts mined where the index is can be sampled where only the model is."""
+    from finetune.align import read_prompts, write_prompts
+
+    path = tmp_path / "prompts.jsonl"
+    write_prompts(path, prompts)
+    back = read_prompts(path)
+    assert [(p.kind, p.split, p.chosen, p.messages) for p in back] == [
+        (p.kind, p.split, p.chosen, p.messages) for p in prompts]
+    assert [[(c.text, c.citation) for c in p.passages] for p in back] == [
+        [(c.text, c.citation) for c in p.passages] for p in prompts]
