@@ -200,6 +200,19 @@ def mine_prompts(
     return prompts
 
 
+def _jsonl_records(path: Path, what: str, record: str) -> list[tuple[int, object]]:
+    """`(line, value)` of a JSONL file this module wrote, through ingest's one JSONL reader; a
+    missing file or a broken line is an `AlignConfigError` naming the file and line."""
+    from ingest.loaders import read_jsonl
+
+    if not path.is_file():
+        raise AlignConfigError(f"{what} {path} does not exist")
+    values, problems = read_jsonl(path)
+    if problems:
+        raise AlignConfigError(f"{problems[0]}; not {record}")
+    return values
+
+
 def write_prompts(path: Path, prompts: Sequence[MinedPrompt]) -> None:
     """Mined prompts as JSONL (passages with their text and citation), to sample elsewhere."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -217,14 +230,8 @@ def read_prompts(path: str | Path) -> list[MinedPrompt]:
     Raises:
         AlignConfigError: Missing file or a malformed line (with its number).
     """
-    from ingest.loaders import read_jsonl
-
     path = Path(path)
-    if not path.is_file():
-        raise AlignConfigError(f"prompts file {path} does not exist")
-    values, problems = read_jsonl(path)
-    if problems:
-        raise AlignConfigError(f"{problems[0]}; not a mined prompt")
+    values = _jsonl_records(path, "prompts file", "a mined prompt")
     prompts = []
     for line_no, r in values:
         try:
@@ -402,14 +409,8 @@ def read_pairs(path: str | Path) -> list[dict]:
     Raises:
         AlignConfigError: Missing file, a malformed line (with its number), or no pair.
     """
-    from ingest.loaders import read_jsonl
-
     path = Path(path)
-    if not path.is_file():
-        raise AlignConfigError(f"pairs file {path} does not exist")
-    values, problems = read_jsonl(path)
-    if problems:
-        raise AlignConfigError(f"{problems[0]}; not a preference pair")
+    values = _jsonl_records(path, "pairs file", "a preference pair")
     pairs = []
     for line_no, record in values:
         if not isinstance(record, dict) or not all(record.get(k) for k in
