@@ -21,6 +21,7 @@ LoRA support), the tokenizer, `training_config.yaml` (every resolved setting), `
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -239,7 +240,6 @@ def configure_tracking(sft) -> dict:
             whose package is missing.
     """
     import importlib.util
-    import os
 
     wanted = [t for t in (sft.report_to or []) if t not in ("none", None)]
     unknown = [t for t in wanted if t not in TRACKERS]
@@ -499,10 +499,11 @@ def _load_model(base: str, model_args, on_gpu: bool):
     kwargs = {"dtype": dtype, "attn_implementation": model_args.attn_implementation}
     if quantization is not None:
         kwargs["quantization_config"] = quantization
-        if on_gpu:
+        if on_gpu and os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true":
             from accelerate import PartialState
 
-            # One full quantised copy per process (DDP under `accelerate launch`).
+            # One full quantised copy per process (DDP under `accelerate launch`); under FSDP
+            # the shards are placed by FSDP, so no device map.
             kwargs["device_map"] = {"": PartialState().local_process_index}
     model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
     if quantization is not None:
