@@ -571,7 +571,8 @@ def align(args: AlignArgs, method_config, model_args, config_path: str = "",
         model=model, args=method_config, processing_class=tokenizer,
         train_dataset=Dataset.from_list(to_method_records(train_pairs, args.method)), **kwargs)
     result = trainer.train()
-    trainer.save_model(str(out))
+    # Only the trained adapter: TRL's frozen reference copy ("ref") would be saved beside it.
+    trainer.model.save_pretrained(str(out), selected_adapters=["default"])
     tokenizer.save_pretrained(str(out))
     quantized = bool(model_args.load_in_4bit or model_args.load_in_8bit)
     write_adapter_metadata(out, requested, quantized, aligned_from=str(args.adapter),
