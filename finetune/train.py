@@ -241,7 +241,10 @@ def configure_tracking(sft) -> dict:
     """
     import importlib.util
 
-    wanted = [t for t in (sft.report_to or []) if t not in ("none", None)]
+    # The command line gives one string (`--report_to tensorboard,mlflow`), YAML may give a list.
+    wanted = [t.strip() for item in (sft.report_to or []) for t in str(item).split(",")
+              if t.strip() not in ("none", "")]
+    sft.report_to = wanted
     unknown = [t for t in wanted if t not in TRACKERS]
     if unknown:
         raise TrainConfigError(

@@ -19,8 +19,8 @@ def test_a_run_writes_its_scalars_to_tensorboard_and_mlflow(tiny_model_dir, data
     for var in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "TENSORBOARD_LOGGING_DIR"):
         monkeypatch.delenv(var, raising=False)
     out = tmp_path / "run"
-    assert main(train_argv(tiny_model_dir, data_dir, out, "--report_to", "tensorboard",
-                           "mlflow")) == 0
+    assert main(train_argv(tiny_model_dir, data_dir, out, "--report_to",
+                           "tensorboard,mlflow")) == 0
 
     event_files = list((out / "runs").rglob("events.out.tfevents.*"))
     assert event_files, "no TensorBoard event file under <output_dir>/runs"
