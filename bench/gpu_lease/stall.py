@@ -44,7 +44,9 @@ def main() -> int:
     p.add_argument("out")
     p.add_argument("--eval-examples", type=int, default=0)
     p.add_argument("--variants", nargs="+", default=list(VARIANTS))
-    args = p.parse_args()
+    p.add_argument("--config", default="configs/smollm2-gpu.yaml")
+    # Any other flag goes to every training (e.g. a tiny model for a CPU rehearsal).
+    args, extra = p.parse_known_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -52,10 +54,10 @@ def main() -> int:
         run_dir = Path("/tmp/stall") / name
         stacks = str(out / f"{name}.stacks.txt") if i == 0 else "-"
         cmd = [sys.executable, TRACED, stacks, "train", "--config",
-               "configs/smollm2-gpu.yaml", "--output_dir", str(run_dir), "--max_steps", "2",
+               args.config, "--output_dir", str(run_dir), "--max_steps", "2",
                "--eval_steps", "2", "--save_strategy", "no", "--load_best_model_at_end", "false",
                "--early_stopping_patience", "0", "--logging_steps", "1", "--disable_tqdm", "true",
-               "--max_eval_examples", str(args.eval_examples), *VARIANTS[name]]
+               "--max_eval_examples", str(args.eval_examples), *VARIANTS[name], *extra]
         env = {**os.environ, "TORCH_LOGS": "recompiles"}
         started = time.monotonic()
         with (out / f"{name}.log").open("w") as log:

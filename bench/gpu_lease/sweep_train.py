@@ -4,6 +4,7 @@ epoch count with a checkpoint per epoch, through `finetune.sweep.train_series` (
 sweep runs), then the eval-loss table and plot from its own functions."""
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from finetune.sweep import Series, SweepConfig, collect_rows, plot_metrics, run_
     train_series, write_table
 
 out = Path(sys.argv[1])
-cfg = SweepConfig(train_config="configs/smollm2-gpu.yaml", data="runs/data/emanual",
+cfg = SweepConfig(train_config=os.environ.get("SFT_CONFIG", "configs/smollm2-gpu.yaml"), data="runs/data/emanual",
                   out="/tmp/runs/sweep", fractions=[0.25, 0.5, 1.0], epochs=[1, 2, 3, 4],
                   questions=["configs/smollm2-gpu.yaml"], metrics=[],
                   train_args=["--eval_on_start", "false"] + sys.argv[2:])
