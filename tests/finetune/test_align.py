@@ -321,3 +321,13 @@ def test_mined_prompts_round_trip(prompts, tmp_path):
         (p.kind, p.split, p.chosen, p.messages) for p in prompts]
     assert [[(c.text, c.citation) for c in p.passages] for p in back] == [
         [(c.text, c.citation) for c in p.passages] for p in prompts]
+
+
+def test_coverage_check_rejects_invented_claims():
+    from finetune.align import coverage_check
+
+    passages = manual_chunks()[:3]
+    kept = passages[0].text.split(". ")[2]  # "Open Settings then General then Reset ..."
+    verdicts = coverage_check(f"{kept}. Then unplug the router and call the fire brigade.",
+                              "How do I reset?", passages)
+    assert [v.supported for v in verdicts] == [True, False]
