@@ -582,6 +582,12 @@ def train(data: DataArgs, sft, model_args, speed: SpeedArgs, config_path: str = 
 
     model = _load_model(base, model_args, on_gpu)
     model = prepare_model(model, speed, on_gpu)
+    if on_gpu and speed.use_padding_free and model.config._attn_implementation == "flex_attention":
+        # Measured on an H200: the first flex-attention call took 236 s (cold torch.compile), every
+        # later one a fraction of a second; say so before a user thinks the run hung.
+        print("note: padding-free packing uses flex attention, compiled on its first call: the "
+              "first evaluation or step can take several minutes (--no_use_padding_free avoids "
+              "it)", file=sys.stderr)
     strip = lambda recs: [{"prompt": r["prompt"], "completion": r["completion"]}  # noqa: E731
                           for r in recs]
     callbacks = [_last_step_callback()] if eval_records else []
