@@ -270,11 +270,11 @@ def coverage_check(answer: str, question: str, passages: Sequence[Chunk]) -> lis
     """A stand-in for `retrieval.grounding.verify` with its signature, used only until that
     module is on this branch: each sentence of the answer is a claim, supported when one passage
     holds `MIN_COVERAGE` of its content words (no anchors, no subject check)."""
-    from finetune.data import answer_overlap, sentences
+    from retrieval.text import overlap, sentences
 
     verdicts = []
     for claim in sentences(answer):
-        best = max((answer_overlap(claim, p.text) for p in passages), default=0.0)
+        best = max((overlap(claim, p.text) for p in passages), default=0.0)
         verdicts.append(CoverageVerdict(claim, best >= MIN_COVERAGE, best))
     return verdicts
 

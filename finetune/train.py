@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from finetune.format import FORMAT_VERSION
 from finetune.model import load_tokenizer, resolve_base_model
 from finetune.speed import SpeedArgs, configure_sft_config, prepare_model
 from ingest.loaders import read_jsonl
@@ -388,7 +389,7 @@ def write_report(log_history: list[dict], out: Path, extra: dict) -> dict:
 def write_adapter_metadata(out: Path, requested: str, quantized: bool, **extra) -> None:
     """`casewise.json`: the base model as requested (e.g. `default`), quantisation, the prompt
     format the adapter was trained on, and `extra` (e.g. what an aligned adapter came from)."""
-    meta = {"base_model": requested, "quantized": quantized, "format": "finetune.format v1",
+    meta = {"base_model": requested, "quantized": quantized, "format_version": FORMAT_VERSION,
             **extra}
     (out / "casewise.json").write_text(json.dumps(meta, indent=2) + "\n")
 
