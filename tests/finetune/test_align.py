@@ -65,7 +65,10 @@ def test_mined_prompts_withhold_the_gold_passage(prompts):
         answer_steps = next(r["answer"] for r in faq_rows_records() if r["question"] ==
                             p.question).rstrip(".")
         assert answer_steps not in user
-        assert all(c.text.strip()[:30] in user for c in p.passages)
+        # Every passage shown is one of the prompt's passages (format v2 numbers its sentences).
+        from retrieval.text import sentences
+
+        assert all(sentences(c.text)[0][:20] in user for c in p.passages)
     for p in kinds["grounded"]:
         answer_steps = next(r["answer"] for r in faq_rows_records() if r["question"] ==
                             p.question).rstrip(".")
