@@ -258,7 +258,7 @@ def test_align_reuses_its_pairs(tiny_model_dir, sft_adapter, faq_csv, tmp_path, 
     assert (out / "pairs.jsonl").read_text() == first
 
 
-@pytest.mark.integration  # about a minute on 2 idle cores: real sampling and DPO on SmolLM2
+@pytest.mark.slow  # 6.5 min on the shared 2 cores: real sampling and DPO on SmolLM2 (make test-all)
 def test_align_on_the_embedded_model(embedded_model_path, tmp_path, faq_csv):
     """Real sampling from the embedded model with a fresh adapter, the real claim check when it
     is there, two DPO steps, and the adapter reloading through `load_causal_lm`."""
