@@ -36,6 +36,7 @@ _CHECKPOINT_TYPES = [
     ("retrieval.types", "Hit"),
     ("retrieval.types", "Citation"),
     ("agent.state", "FaqMatch"),
+    ("agent.state", "Claim"),
 ]
 
 
@@ -102,6 +103,7 @@ class Assistant:
 
         searcher = open_searcher(settings)
         threshold = DEFAULT_FAQ_THRESHOLD if faq_threshold is None else faq_threshold
+        context.setdefault("embedder", searcher.embedder)  # ranks sentences for quotes
         return cls(
             searcher, llm, memory_path=settings.memory_path,
             faq=FaqMatcher(searcher, threshold=threshold), top_k=top_k, **context,
