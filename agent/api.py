@@ -3,9 +3,9 @@
     assistant = Assistant.from_settings(Settings.resolve(), LocalChatModel())
     result = assistant.ask("How do I reset the router?", thread_id="ticket-42")
 
-`ask` runs the graph to the end and returns an `AgentAnswer`; `stream` yields the model's tokens
-as they come and returns the `AgentAnswer` (as the generator's return value, also kept in
-`last_answer`). Conversation memory is LangGraph's SQLite checkpointer at
+`ask` runs the graph to the end and returns an `AgentAnswer`; `stream` yields the final answer's
+text once it is verified (never the model's unchecked tokens) and returns the `AgentAnswer` (as
+the generator's return value, also kept in `last_answer`). Conversation memory is LangGraph's SQLite checkpointer at
 `settings.memory_path`, keyed by `thread_id`; a `thread_id` of `None` is a one-off question with
 no memory (what eval wants).
 """
@@ -141,10 +141,12 @@ class Assistant:
                 return done.value
 
     def stream(self, question: str, thread_id: str | None = None) -> Generator[str, None, AgentAnswer]:
-        """Yield the model's tokens as generated; return the `AgentAnswer`.
+        """Yield the final answer's text, a sentence at a time, once verified; return the
+        `AgentAnswer`.
 
-        Refusals and abstentions decided before generation yield nothing; read the returned
-        answer (or `last_answer`) for the final text and citations.
+        Every final answer (generated, quoted, abstained, refused) is yielded; what the model
+        writes before verification never is. Read the returned answer (or `last_answer`) for
+        the mode, claims and citations.
 
         Raises:
             UsageError: The question is empty.
