@@ -29,9 +29,11 @@
   marked as a quote with their page: those the model selected by number when they reach the
   relevance bar, else the ranker's (`retrieval.grounding.choose_quote`). Below the bar: abstain.
 
-Streaming: nothing the model writes is streamed. The final nodes write the verified answer (or
-the quote, the abstain or the refusal text) to `stream_mode="custom"` listeners, so a user never
-sees a sentence that verification rejects.
+Streaming (`stream_mode="custom"`): the model's tokens go out as `("draft", token)` and the
+final nodes write the verified answer (or the quote, the abstain or the refusal text) as
+`("answer", text)`. `Assistant.stream` passes on only the answers unless asked for drafts, so
+the chat CLI never shows a sentence that verification rejects; the REST service shows drafts
+labelled as such (`token` events, `reasoning_content`) and replaces them with the answer.
 """
 
 from __future__ import annotations
@@ -98,7 +100,7 @@ def _first_line(text: str) -> str:
 def _emit(runtime: Runtime[Context], text: str) -> None:
     """Stream a final (verified) answer to listeners, a sentence at a time."""
     for piece in re.findall(r"\S.*?(?:[.!?]\s+|$)", text, re.DOTALL) or [text]:
-        runtime.stream_writer(piece)
+        runtime.stream_writer(("answer", piece))
 
 
 def _prompt(state: State, ctx: Context) -> list[dict]:
@@ -209,11 +211,14 @@ def reason(state: State, runtime: Runtime[Context]) -> dict:
     pieces: list[str] = []
     first_token = None
     stream = ctx.llm.stream(messages, max_new_tokens=budget)
+    if prefix:
+        runtime.stream_writer(("draft", prefix))
     try:
         for piece in stream:
             if first_token is None:
                 first_token = time.perf_counter() - start
             pieces.append(piece)
+            runtime.stream_writer(("draft", piece))
             if stop_at_answer and _ANSWER_LABEL.search("".join(pieces)):
                 break
     finally:
@@ -260,7 +265,9 @@ def answer(state: State, runtime: Runtime[Context]) -> dict:
         messages = _prompt(state, ctx)
         continued = f"{raw.rstrip()}\nAnswer:"
         messages.append({"role": "assistant", "content": continued})
-        raw = continued + ctx.llm.complete(messages, max_new_tokens=ctx.max_new_tokens)
+        reply = ctx.llm.complete(messages, max_new_tokens=ctx.max_new_tokens)
+        runtime.stream_writer(("draft", "\nAnswer:" + reply))
+        raw = continued + reply
         result = {"raw": raw, "timings": _timed(state, "generate", start)}
     parsed = parse_answer(raw)
     text = parsed.answer.strip()
