@@ -123,6 +123,8 @@ class Assistant:
         searcher = open_searcher(settings)
         threshold = DEFAULT_FAQ_THRESHOLD if faq_threshold is None else faq_threshold
         context.setdefault("embedder", searcher.embedder)  # ranks sentences for quotes
+        # IDF weights of the answer relevance bar, from the keyword index search already built.
+        context.setdefault("term_weight", lambda word: searcher.keyword_index().idf(word))
         return cls(
             searcher, llm, memory_path=settings.memory_path,
             faq=FaqMatcher(searcher, threshold=threshold), top_k=top_k, **context,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -49,6 +50,8 @@ class Context:
             remote model); off, one generation serves both (cheaper with a small local model).
         embedder: The retrieval embedder, reused to rank passage sentences for a quote (`None`:
             word overlap alone).
+        term_weight: A content word's weight in the answer relevance bar, the index's IDF
+            (`retrieval.grounding.relevance`; `None`: every word counts the same).
     """
 
     searcher: Searcher
@@ -67,6 +70,7 @@ class Context:
     answer_mode: Literal["generate", "extract"] = "generate"
     separate_answer_call: bool = False
     embedder: Embedder | None = None
+    term_weight: Callable[[str], float] | None = None
 
     def __post_init__(self) -> None:
         if self.top_k < 1:

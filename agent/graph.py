@@ -24,6 +24,8 @@
 - **verify** checks every sentence of the draft against every passage
   (`retrieval.grounding.verify`): unsupported sentences are removed and reported, citations are
   recomputed from the passages that support the kept ones (the model's labels only break ties).
+  Kept sentences that together do not answer the question (`answer_relevance`: the subject
+  named, enough of the question's IDF-weighted words) are removed too.
 - **quote**: when no sentence survives (or the model abstained, or `Context.answer_mode` is
   `"extract"`), the answer is the passage sentences that best answer the question, verbatim and
   marked as a quote with their page: those the model selected by number when they reach the
@@ -40,6 +42,7 @@ from __future__ import annotations
 
 import re
 import time
+from dataclasses import replace
 from pathlib import PurePath
 from typing import Literal
 
@@ -57,7 +60,13 @@ from agent.prompts import (
 )
 from agent.state import Claim, InputState, State
 from finetune.format import ABSTAIN_ANSWER, REFUSAL_ANSWER, build_messages, parse_answer
-from retrieval.grounding import ClaimCheck, Quote, choose_quote, verify as verify_claims
+from retrieval.grounding import (
+    ClaimCheck,
+    Quote,
+    answer_relevance,
+    choose_quote,
+    verify as verify_claims,
+)
 from retrieval.text import overlap
 from retrieval.types import Citation, Hit
 
@@ -302,6 +311,16 @@ def verify(state: State, runtime: Runtime[Context]) -> dict:
     claims = [_claim(c, contexts) for c in checks]
     kept = [c for c in claims if c.supported]
     removed = [c for c in claims if not c.supported]
+    off_topic = kept and answer_relevance(state["standalone"], contexts,
+                                          # a "Yes." is read with the sentence it rests on
+                                          [(c.passage, f"{c.text} {c.evidence}") for c in kept],
+                                          runtime.context.term_weight)
+    if off_topic:
+        # Supported by a passage, but not an answer to this question: nothing is kept.
+        removed += [replace(c, supported=False, citation=None, passage=None,
+                            reason=f"supported, but does not answer the question: {off_topic}")
+                    for c in kept]
+        kept = []
     timings = _timed(state, "verify", start)
     if not kept:
         return {"claims": [], "removed_claims": removed, "timings": timings}
@@ -326,7 +345,7 @@ def quote(state: State, runtime: Runtime[Context]) -> dict:
     """Quote the passage sentences that best answer the question, or say why none qualifies."""
     contexts = state["contexts"]
     quotes, why = choose_quote(state["standalone"], contexts, state["selection"],
-                               runtime.context.embedder)
+                               runtime.context.embedder, runtime.context.term_weight)
     if not quotes:
         return {"abstain_reason": f"no passage sentence answers the question well enough: {why}"}
     claims = [Claim(text=t, supported=True, citation=contexts[q.passage - 1].citation,

@@ -24,8 +24,9 @@ previous instructions") is rejected with that reason.
 `choose_quote` picks what to show when no claim survives: the sentences the model selected by
 number (format v2's `Quote`), else the best-ranked sentence (embedding similarity with the
 question plus word overlap) and the sentences that follow it, up to `QUOTE_MAX_SENTENCES` and
-`QUOTE_MAX_WORDS`; `quote_relevance` is the bar a quote must reach to be shown rather than
-abstaining.
+`QUOTE_MAX_WORDS`. `answer_relevance` is the bar any answer, quoted or generated, must reach to
+be shown rather than abstaining: a sentence can be supported by a passage and still not answer
+the question.
 
 This module is a leaf (it imports only `retrieval`), so fine-tuning can use it to reject
 training answers without importing the agent.
@@ -34,7 +35,7 @@ training answers without importing the agent.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from retrieval.text import (
@@ -63,9 +64,15 @@ QUOTE_MAX_SENTENCES = 3
 QUOTE_MAX_WORDS = 60
 # Sentences a model may select for a quote (format v2 targets list up to 8).
 QUOTE_MAX_SELECTED = 8
-# Relevance bar of a quote: its sentences plus the passage heading must hold this share of the
-# question's distinct content words (besides naming the question's subject).
-QUOTE_MIN_OVERLAP = 0.5
+# Relevance bar of an answer (quoted or generated): its sentences plus their passages' headings
+# must hold this share of the question's distinct content words, each weighted by its IDF in the
+# index (`relevance`), besides naming the question's subject. Weighting matters: "How much does
+# the TV weigh?" answered with a sentence about the TV stand holds half of the plain words but
+# not the rare one. Calibrated (bench/quote_bar.py) on faq_history's 354 answerable questions
+# and the calibration part of eval's in-domain unanswerable set: the lowest value that lets at
+# most 10% of the unanswerable ones through (0.4: 8% of them, 85% of the answerable).
+RELEVANCE_MIN = 0.4
+TermWeight = Callable[[str], float]
 
 _INJECTION = re.compile(
     r"\b(?:ignore|disregard|forget|override)\b.{0,40}\b(?:instructions?|prompts?|rules?|"
@@ -315,25 +322,63 @@ class Quote:
         return " ".join(self.texts)
 
 
-def quote_relevance(question: str, passages: Sequence[PassageLike], quote: Quote) -> str | None:
-    """Why `quote` does not answer `question` well enough to be shown, or `None` when it does.
+def relevance(question: str, text: str, weight: TermWeight | None = None) -> float:
+    """Share of the question's distinct content words found in `text`, each weighted by
+    `weight(word)` (the index's IDF; `None`: all words count the same). 0.0 for a question
+    without content words."""
+    words = set(content_words(question))
+    found = set(content_words(text))
+    weights = {w: weight(w) if weight else 1.0 for w in words}
+    total = sum(weights.values())
+    return sum(v for w, v in weights.items() if w in found) / total if total else 0.0
 
-    The bar: the quote's passage is not instruction-like and names the question's subject
-    (`question_subjects`), and the quoted sentences plus the passage heading hold at least
-    `QUOTE_MIN_OVERLAP` of the question's distinct content words.
-    """
-    passage = passages[quote.passage - 1]
-    if looks_like_injection(passage.text):
-        return f"passage [{quote.passage}] is instruction-like"
-    whole = normalise(passage.text + " " + (passage.citation.section or ""))
-    missing = next((s for s in question_subjects(question) if not _has(whole, s)), None)
+
+def unusable_passages(question: str, passages: Sequence[PassageLike],
+                      numbers: Sequence[int]) -> str | None:
+    """Why the passages `numbers` (1-based) cannot carry an answer to `question` (one is
+    instruction-like, or none names a subject of the question), or `None`."""
+    for p in numbers:
+        if looks_like_injection(passages[p - 1].text):
+            return f"passage [{p}] is instruction-like"
+    wholes = " ".join(normalise(passages[p - 1].text + " " + (passages[p - 1].citation.section
+                                                              or "")) for p in numbers)
+    missing = next((s for s in question_subjects(question) if not _has(wholes, s)), None)
     if missing:
-        return f'passage [{quote.passage}] does not name "{missing}" (the question\'s subject)'
-    share = overlap(question, quote.text + " " + (passage.citation.section or ""))
-    if share < QUOTE_MIN_OVERLAP:
-        return (f"the best sentences hold {share:.0%} of the question's content words (needs "
-                f"{QUOTE_MIN_OVERLAP:.0%})")
+        return f'no passage it comes from names "{missing}" (the question\'s subject)'
     return None
+
+
+def answer_relevance(
+    question: str,
+    passages: Sequence[PassageLike],
+    shown: Sequence[tuple[int, str]],
+    weight: TermWeight | None = None,
+) -> str | None:
+    """Why the sentences `shown` (`(passage number, text)` pairs) do not answer `question` well
+    enough to be shown, or `None` when they do.
+
+    The bar: no sentence comes from an instruction-like passage, every question subject
+    (`question_subjects`) is named by one of their passages, and the sentences plus their
+    passages' headings reach `RELEVANCE_MIN` (`relevance`).
+    """
+    numbers = list(dict.fromkeys(p for p, _ in shown))
+    why = unusable_passages(question, passages, numbers)
+    if why:
+        return why
+    headings = " ".join(passages[p - 1].citation.section or "" for p in numbers)
+    share = relevance(question, " ".join(t for _, t in shown) + " " + headings, weight)
+    if share < RELEVANCE_MIN:
+        return (f"it holds {share:.0%} of the question's (IDF-weighted) content words (needs "
+                f"{RELEVANCE_MIN:.0%})")
+    return None
+
+
+def quote_relevance(
+    question: str, passages: Sequence[PassageLike], quote: Quote, weight: TermWeight | None = None
+) -> str | None:
+    """Why `quote` does not answer `question` well enough to be shown (`answer_relevance`), or
+    `None` when it does."""
+    return answer_relevance(question, passages, [(quote.passage, t) for t in quote.texts], weight)
 
 
 def selected_quotes(selection: Sequence[tuple[int, int]],
@@ -406,6 +451,7 @@ def choose_quote(
     passages: Sequence[PassageLike],
     selection: Sequence[tuple[int, int]] = (),
     embedder: Embedder | None = None,
+    weight: TermWeight | None = None,
 ) -> tuple[list[Quote], str]:
     """What to quote when no generated claim survives, and why not when nothing qualifies.
 
@@ -417,11 +463,11 @@ def choose_quote(
         empty, why.
     """
     chosen = [q for q in selected_quotes(selection, passages)
-              if quote_relevance(question, passages, q) is None]
+              if quote_relevance(question, passages, q, weight) is None]
     if chosen:
         return chosen, ""
     ranked = ranked_quote(question, passages, embedder)
     if ranked is None:
         return [], "no usable passage"
-    why = quote_relevance(question, passages, ranked)
+    why = quote_relevance(question, passages, ranked, weight)
     return ([], why) if why else ([ranked], "")

@@ -218,6 +218,18 @@ def test_yes_is_a_claim_about_the_question_and_needs_a_passage_that_says_so():
     assert result.citations == [updates.citation]
 
 
+def test_a_supported_sentence_that_does_not_answer_the_question_is_not_shown(searcher):
+    # Copied from the reset passage, so supported; but the question asks for the weight.
+    answer = "Answer: Press and hold the Reset button on the back for 10 seconds."
+    idf = {"router": 0.2, "weigh": 4.0}.get
+    assistant, _ = make(searcher, answer, min_similarity=0.0, overlap_floor=0.0,
+                        term_weight=lambda w: idf(w, 1.0))
+    result = assistant.ask("How much does the router weigh?")
+    [removed] = result.removed_claims
+    assert removed.reason.startswith("supported, but does not answer the question")
+    assert result.mode == "abstained" and result.answer == ABSTAIN_ANSWER
+
+
 # --- instructions planted in documents --------------------------------------------------------
 
 INJECTION = make_chunk(

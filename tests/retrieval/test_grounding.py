@@ -5,11 +5,13 @@ import pytest
 from retrieval.grounding import (
     MIN_COVERAGE,
     Quote,
+    answer_relevance,
     check_claim,
     choose_quote,
     looks_like_injection,
     quote_relevance,
     ranked_quote,
+    relevance,
     selected_quotes,
     verify,
 )
@@ -158,3 +160,19 @@ def test_choose_quote_prefers_a_relevant_model_selection():
     assert [(q.passage, q.selected_by) for q in quotes] == [(2, "ranker")]
     quotes, why = choose_quote("Does the router support Dolby Atmos?", [RESET])
     assert quotes == [] and "dolby atmos" in why
+
+
+def test_relevance_weights_rare_question_words():
+    idf = {"tv": 0.1, "weigh": 5.0}.get
+    stand = "Remove the base stand from the TV."
+    assert relevance("How much does the TV weigh?", stand) == 0.5
+    assert relevance("How much does the TV weigh?", stand, idf) == pytest.approx(0.1 / 5.1)
+    assert relevance("How much does the TV weigh?", "The TV weighs 9 kg.", idf) == 1.0
+    assert relevance("the of", "anything") == 0.0
+
+
+def test_a_supported_sentence_that_does_not_answer_is_not_relevant():
+    stand = passage("Remove the base stand from the TV and reassemble it.", section="Stand")
+    why = answer_relevance("How much does the TV weigh?", [stand], [(1, stand.text)],
+                           {"tv": 0.1, "weigh": 5.0, "much": 1.0}.get)
+    assert why and "IDF-weighted" in why
