@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import PurePath
 from typing import Literal
@@ -110,6 +111,12 @@ def _emit(runtime: Runtime[Context], text: str) -> None:
     """Stream a final (verified) answer to listeners, a sentence at a time."""
     for piece in re.findall(r"\S.*?(?:[.!?]\s+|$)", text, re.DOTALL) or [text]:
         runtime.stream_writer(("answer", piece))
+
+
+def _read(llm, messages: list[dict], max_new_tokens: int) -> Iterator[str]:
+    """The backend's reply stream as a generator: closing it closes the backend's stream too
+    (`yield from` passes `close()` on), whatever iterator the backend returns."""
+    yield from llm.stream(messages, max_new_tokens=max_new_tokens)
 
 
 def _prompt(state: State, ctx: Context) -> list[dict]:
@@ -219,7 +226,7 @@ def reason(state: State, runtime: Runtime[Context]) -> dict:
         else ctx.max_new_tokens
     pieces: list[str] = []
     first_token = None
-    stream = ctx.llm.stream(messages, max_new_tokens=budget)
+    stream = _read(ctx.llm, messages, budget)
     if prefix:
         runtime.stream_writer(("draft", prefix))
     try:
@@ -231,7 +238,7 @@ def reason(state: State, runtime: Runtime[Context]) -> dict:
             if stop_at_answer and _ANSWER_LABEL.search("".join(pieces)):
                 break
     finally:
-        stream.close()  # stops local generation early (the backend's stopping criterion)
+        stream.close()  # stops a local generation early (through `yield from`, see _read)
     raw = "".join(pieces)
     if prefix and not _SECTION_START.match(raw):
         raw = prefix + raw

@@ -407,3 +407,12 @@ def test_empty_question_is_rejected(searcher):
     assistant, _ = make(searcher)
     with pytest.raises(UsageError, match="empty"):
         assistant.ask("   ")
+
+
+def test_a_backend_stream_that_is_a_plain_iterator_works_in_extract_mode(searcher):
+    class ListModel(ScriptedChatModel):
+        def stream(self, messages, *, max_new_tokens=256):
+            return iter(["Reasoning: x\nQuote: 1.1\n", "Answer: y"])
+
+    assistant = Assistant(searcher, ListModel(), answer_mode="extract", **THRESHOLDS)
+    assert assistant.ask(QUESTION).mode == "quoted"
