@@ -242,7 +242,7 @@ def clip_passage(text: str, max_chars: int, keep: str | None = None) -> str:
 
 @dataclass(frozen=True)
 class _Passage:
-    """A passage as shown in a prompt (possibly clipped); satisfies `format.PassageLike`."""
+    """A passage as shown in a prompt (possibly clipped); satisfies `retrieval.types.PassageLike`."""
 
     chunk: Chunk
     text: str
