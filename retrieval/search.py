@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from pathlib import Path
 
 from retrieval import manifest as manifest_io
@@ -41,13 +42,20 @@ DEFAULT_K_RRF = 10.0
 DEFAULT_DENSE_WEIGHT = 1.0
 DEFAULT_KEYWORD_WEIGHT = 1.5
 
+# Counting a Chroma collection scans it: 11-13 ms at 100,000 chunks, as much as the rest of a
+# search together (docs/speed.md). A change by another process that leaves the manifest alone is
+# therefore looked for at most once a second; writes through this store object (its version)
+# and a rewritten manifest (every ingest run) are still seen at once.
+COUNT_INTERVAL_S = 1.0
+
 
 class HybridSearcher:
     """Dense top-N and BM25 top-N, fused by weighted reciprocal rank fusion.
 
     A chunk's fused score is `sum(weight / (k_rrf + rank))` over the lists it appears in. The
     BM25 index is built from `store.all_chunks()` on the first search and rebuilt when the
-    collection changes (its count, a write through this store object, or the manifest file).
+    collection changes (a write through this store object, the manifest file, or its count,
+    which is checked at most once every `COUNT_INTERVAL_S` seconds).
 
     Attributes:
         store: The chunk store.
@@ -101,6 +109,8 @@ class HybridSearcher:
         self.manifest_path = manifest_path
         self._bm25: BM25Index | None = None
         self._bm25_key: tuple | None = None
+        self._count: int | None = None  # the collection's size when last counted, and when
+        self._counted_at = 0.0
         # Graph nodes may search from several threads; build the keyword index once, not per call.
         self._bm25_lock = threading.Lock()
         # The agent searches one question twice in a row (past tickets, then all chunks): keep
@@ -111,7 +121,10 @@ class HybridSearcher:
         mtime = None
         if self.manifest_path is not None and self.manifest_path.exists():
             mtime = self.manifest_path.stat().st_mtime_ns
-        return (self.store.count(), self.store.version, mtime)
+        now = time.monotonic()
+        if self._count is None or now - self._counted_at >= COUNT_INTERVAL_S:
+            self._count, self._counted_at = self.store.count(), now
+        return (self._count, self.store.version, mtime)
 
     def _embed_query(self, query: str) -> list[float]:
         last = self._last_query

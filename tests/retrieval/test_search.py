@@ -102,6 +102,29 @@ def test_keyword_cache_follows_writes_to_the_collection(store, hash_embedder):
     assert [h.chunk.id for h in searcher.search("octopus", k=3)] == ["y"]
 
 
+def test_another_writer_is_noticed_by_the_count_at_most_once_a_second(
+        store, settings, hash_embedder, monkeypatch):
+    import retrieval.search as search
+    from retrieval.store import ChunkStore
+
+    clock = [1000.0]
+    monkeypatch.setattr(search.time, "monotonic", lambda: clock[0])
+    counts = []
+    real_count = store.count
+    monkeypatch.setattr(store, "count", lambda: counts.append(1) or real_count())
+    searcher = HybridSearcher(store, hash_embedder, dense_weight=0.0)
+    for _ in range(5):
+        assert searcher.search("zebrafish", k=3) == []
+    assert len(counts) == 1  # counting scans the collection: not once per search
+    new = Chunk(id="z", text="zebrafish mode", source="new.pdf", page=1, section=None,
+                chunk_index=0, doc_hash="h")
+    ChunkStore(settings, hash_embedder.name).upsert([new], hash_embedder.embed_documents(
+        [new.text]))  # another process: neither this store's version nor a manifest changes
+    clock[0] += search.COUNT_INTERVAL_S
+    assert [h.chunk.id for h in searcher.search("zebrafish", k=3)] == ["z"]
+    assert len(counts) == 2
+
+
 def test_bad_arguments_are_rejected(store, hash_embedder):
     with pytest.raises(ValueError, match="k_rrf"):
         HybridSearcher(store, hash_embedder, k_rrf=0)
