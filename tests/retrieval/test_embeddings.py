@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from retrieval.embeddings import bundled_model_path, load_embedder
-from retrieval.errors import ModelNotFoundError
+from retrieval.embeddings import OnnxEmbedder, bundled_model_path, load_embedder
+from retrieval.errors import ModelNotFoundError, UsageError
 
 
 def test_bundled_model_is_located_through_package_metadata():
@@ -35,7 +35,7 @@ def test_hub_id_is_not_downloaded():
 
 @pytest.fixture(scope="module")
 def minilm():
-    return load_embedder("default")
+    return load_embedder("default", runtime="torch")
 
 
 @pytest.mark.integration
@@ -84,3 +84,48 @@ def test_passages_in_bfloat16_stay_within_rounding_of_float32(minilm):
         minilm._bf16_documents = native
     assert np.allclose(np.linalg.norm(half, axis=1), 1.0, atol=1e-6)
     assert (full * half).sum(axis=1).min() > 0.999
+
+
+def test_an_unknown_runtime_is_a_usage_error(monkeypatch):
+    monkeypatch.setenv("CASEWISE_EMBEDDER_RUNTIME", "tensorflow")
+    with pytest.raises(UsageError, match="CASEWISE_EMBEDDER_RUNTIME='tensorflow'"):
+        load_embedder("default")
+
+
+@pytest.fixture(scope="module")
+def onnx_minilm():
+    return load_embedder("default", runtime="onnx")
+
+
+@pytest.mark.integration
+def test_onnx_runtime_gives_the_sentence_transformers_vectors(onnx_minilm, minilm):
+    assert isinstance(onnx_minilm, OnnxEmbedder) and onnx_minilm.name == minilm.name
+    assert (onnx_minilm.dim, onnx_minilm.max_seq_length) == (minilm.dim, minilm.max_seq_length)
+    long = " ".join(["Press the Home button, then open Settings and choose Picture Mode."] * 40)
+    texts = ["Open Settings > General > Reset and enter the PIN.", "Bananas are yellow.", long]
+    native = minilm._bf16_documents
+    try:
+        minilm._bf16_documents = False
+        reference = np.array(minilm.embed_documents(texts))
+    finally:
+        minilm._bf16_documents = native
+    vectors = np.array(onnx_minilm.embed_documents(texts))
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    # The long text is truncated at 256 word pieces by both, so its vectors agree too.
+    assert (vectors * reference).sum(axis=1).min() > 0.9999
+    query = "How do I pair the remote control with the TV?"
+    assert float(np.dot(onnx_minilm.embed_query(query), minilm.embed_query(query))) > 0.9999
+    assert onnx_minilm.token_counts(texts) == minilm.token_counts(texts)
+    assert onnx_minilm.token_counts(texts)[2] > 256
+
+
+@pytest.mark.integration
+def test_onnx_queries_come_from_the_cache(onnx_minilm, monkeypatch):
+    question = "Where is the Reset button on the router?"
+    first = onnx_minilm.embed_query(question)
+    calls = []
+    real = onnx_minilm._forward
+    monkeypatch.setattr(onnx_minilm, "_forward", lambda texts: calls.append(1) or real(texts))
+    assert onnx_minilm.embed_query(question) == first and calls == []
+    onnx_minilm.embed_query("A question never asked before either")
+    assert calls == [1]
