@@ -126,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print only the result object")
     parser.add_argument("--synthetic", type=int, default=100_000, metavar="N",
                         help="synthetic chunks added for the large-index latency (default 100000)")
+    parser.add_argument("--runtime", choices=["auto", "onnx", "torch"], default="auto",
+                        help="embedder runtime of the bundled model (default auto: onnx where "
+                        "onnxruntime is installed)")
     parser.add_argument("--keep", type=Path, metavar="DIR",
                         help="build the scratch indexes under DIR and keep them")
     args = parser.parse_args(argv)
@@ -142,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings(home=root / "manual")
         log("ingest: loading the embedder and indexing the manual ...")
         start = time.perf_counter()
-        embedder = load_embedder("default")
+        embedder = load_embedder("default", runtime=args.runtime)
         load_s = time.perf_counter() - start
         first = run([manual], settings, embedder=embedder, progress=not args.json, rebuild=True)
         ingest_s = time.perf_counter() - start
@@ -161,16 +164,25 @@ def main(argv: list[str] | None = None) -> int:
 
         big_settings = Settings(home=root / "large")
         store = ChunkStore(big_settings, embedder.name)
-        store.reset()
         manual_chunks = searcher.store.all_chunks()
         vectors = searcher.store.embeddings([c.id for c in manual_chunks])
+        # With --keep, a large index left by an earlier (possibly interrupted) run is resumed:
+        # the synthetic batches are deterministic, so the ones already stored are skipped.
+        done = store.count() - len(manual_chunks) if args.keep else -1
+        if done < 0 or done > args.synthetic:
+            store.reset()
+            done = 0
         store.upsert(manual_chunks, [vectors[c.id] for c in manual_chunks])
         vocabulary = sorted({w for c in manual_chunks for w in c.text.split() if w.isalpha()})
         dim = len(next(iter(vectors.values())))
-        log(f"large index: inserting {args.synthetic} synthetic chunks ...")
+        log(f"large index: inserting {args.synthetic - done} synthetic chunks "
+            f"({done} already there) ...")
         start = time.perf_counter()
         for chunks, vecs in synthetic_chunks(args.synthetic, dim, vocabulary):
+            if int(chunks[-1].id.rsplit("-", 1)[1]) < done:
+                continue
             store.upsert(chunks, vecs.tolist())
+            log(f"  {chunks[-1].id} ({time.perf_counter() - start:.0f} s)")
         insert_s = time.perf_counter() - start
         big = HybridSearcher(store, embedder, **FUSION)
         start = time.perf_counter()
