@@ -114,6 +114,7 @@ def run_config(home: Path, n: int, adapter: str | None, max_new_tokens: int,
     return {
         "backend": backend,
         "backend_name": llm.name,
+        "llama_weights": getattr(llm, "weights", None),  # CASEWISE_LLAMA_WEIGHTS: bf16 / q4_1
         "adapter": adapter,
         "questions": len(rows),
         "model_load_s": round(load_s, 2),
@@ -214,8 +215,9 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                     "torch_threads": args.threads or torch.get_num_threads(),
                     "load_average": os.getloadavg()},
-        "model": "SmolLM2-135M-Instruct (embedded: Q4_1 GGUF in llama.cpp, dequantised float32 "
-                 "in transformers), CPU",
+        "model": "SmolLM2-135M-Instruct (embedded; llama.cpp: bfloat16 GGUF with the adapter "
+                 "merged, or with CASEWISE_LLAMA_WEIGHTS=q4_1 the shipped Q4_1 GGUF with the "
+                 "adapter as GGUF LoRA; transformers: dequantised float32), CPU",
         "max_new_tokens": args.max_new_tokens,
         "backends": backends,
         "configs": results,

@@ -5,7 +5,7 @@
     python -m finetune align --config configs/align-cpu.yaml --adapter runs/smollm2-cpu --faq ...
     python -m finetune sweep --train-config configs/smollm2-gpu.yaml --data runs/data/emanual ...
     python -m finetune merge --adapter runs/smollm2-faq --out runs/smollm2-faq-merged
-    python -m finetune export --gguf out/casewise.gguf [--adapter DIR] [--quant q4_k_m|q8_0|f16]
+    python -m finetune export --gguf out/casewise.gguf [--adapter DIR] [--quant q4_k_m|q8_0|bf16|f16]
 
 Expected errors print one line to stderr; exit codes follow `retrieval.errors`: 2 for bad
 usage or input (a flag, the config, the FAQ file, a model path), 1 for a failed run.
@@ -103,7 +103,8 @@ def _export_parser(sub) -> None:
                    help="base model (default: the one recorded in the adapter, else the "
                    "embedded SmolLM2)")
     p.add_argument("--quant", default=DEFAULT_QUANT, choices=QUANTS,
-                   help="q4_k_m (smallest, default), q8_0, or f16 (no llama.cpp needed)")
+                   help="q4_k_m (smallest, default), q8_0, bf16 (fastest prompt processing on CPUs "
+                   "with AVX-512 BF16), or f16 (no llama.cpp needed)")
 
 
 def build_parser() -> argparse.ArgumentParser:

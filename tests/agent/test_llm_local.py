@@ -1,8 +1,9 @@
 """The local backends: which one `local_backend` picks, its fallback, and that both agree.
 
-Agreement (integration): llama.cpp runs the embedded Q4_1 GGUF with the adapter as GGUF LoRA;
-transformers runs the same weights dequantised to float32 with the PEFT adapter. llama.cpp
-rounds activations to 8 bits inside its quantised matrix products, so the two are not bit-equal.
+Agreement (integration), for both llama.cpp weights: `q4_1` runs the embedded Q4_1 GGUF with the
+adapter as GGUF LoRA, `bf16` the same weights in bfloat16 with the adapter merged; transformers
+runs them dequantised to float32 with the PEFT adapter. llama.cpp rounds activations to 8 bits
+inside its Q4_1 matrix products and to bfloat16 in its BF16 ones, so none are bit-equal.
 The stated tolerance: after the prompt, the log-probabilities of transformers' ten most likely
 next tokens differ by less than 0.25 nats; and where two greedy replies part, the token
 llama.cpp chose scores within 0.5 nats of transformers' own choice under transformers (the
@@ -21,6 +22,7 @@ import pytest
 import agent.llm as llm_module
 from agent.llm import (
     ENV_BACKEND,
+    ENV_LLAMA_WEIGHTS,
     LlamaCppChatModel,
     LocalChatModel,
     chat_prompt,
@@ -80,6 +82,36 @@ def test_explicit_choices_and_the_environment_setting(with_llama_cpp, monkeypatc
     monkeypatch.setenv(ENV_BACKEND, "vllm")
     with pytest.raises(UsageError, match=f"{ENV_BACKEND} 'vllm'"):
         local_backend("default")
+
+
+def test_llama_cpp_weights_follow_the_cpu_and_the_environment(monkeypatch):
+    monkeypatch.setattr(llm_module, "cpu_has_bf16", lambda: True)
+    assert LlamaCppChatModel("default").weights == "bf16"
+    monkeypatch.setattr(llm_module, "cpu_has_bf16", lambda: False)
+    assert LlamaCppChatModel("default").weights == "q4_1"  # emulated bfloat16 would be slower
+    monkeypatch.setenv(ENV_LLAMA_WEIGHTS, "bf16")
+    assert LlamaCppChatModel("default").weights == "bf16"
+    assert LlamaCppChatModel("out/casewise.gguf").weights == "gguf"  # a file runs as it is
+    monkeypatch.setenv(ENV_LLAMA_WEIGHTS, "q2")
+    with pytest.raises(UsageError, match=f"{ENV_LLAMA_WEIGHTS} 'q2'"):
+        LlamaCppChatModel("default")
+
+
+def test_the_merged_gguf_is_cached_per_adapter_content_and_quant(tmp_path, monkeypatch):
+    from finetune.export import cached_dense_gguf
+
+    monkeypatch.setenv("CASEWISE_CACHE", str(tmp_path / "cache"))
+    adapter = tmp_path / "a"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    (adapter / "adapter_model.safetensors").write_bytes(b"one")
+    first = cached_dense_gguf(adapter, build=False)
+    assert first.parent == tmp_path / "cache" / "gguf" and not first.exists()
+    assert cached_dense_gguf(adapter, build=False) == first
+    assert cached_dense_gguf(adapter, "q8_0", build=False) != first
+    assert cached_dense_gguf(None, build=False) != first
+    (adapter / "adapter_model.safetensors").write_bytes(b"two")  # retrained: merged again
+    assert cached_dense_gguf(adapter, build=False) != first
 
 
 def test_explicit_llama_cpp_that_cannot_run_is_a_usage_error(without_llama_cpp, tmp_path):
@@ -159,13 +191,15 @@ def _penalised_logprobs(model, ids):
 
 
 @pytest.mark.integration
-def test_llama_cpp_and_transformers_agree_on_greedy_replies(random_adapter):
+@pytest.mark.parametrize("weights", ["bf16", "q4_1"])
+def test_llama_cpp_and_transformers_agree_on_greedy_replies(random_adapter, weights):
     pytest.importorskip("llama_cpp")
     import llama_cpp
     import numpy as np
     import torch
 
-    fast = LlamaCppChatModel("default", adapter=random_adapter, max_new_tokens=24)
+    fast = LlamaCppChatModel("default", adapter=random_adapter, max_new_tokens=24,
+                             weights=weights)
     slow = LocalChatModel("default", adapter=random_adapter, max_new_tokens=24)
     fast.load()
     slow.load()
