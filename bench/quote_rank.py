@@ -16,6 +16,7 @@ and quote lengths (sentences / words beyond the first).
 Examples:
     python bench/quote_rank.py                  # all 354 questions (about 2 minutes)
     python bench/quote_rank.py --limit 50 --json
+    python bench/quote_rank.py --max-contexts 5        # rank over more graded passages
 """
 
 from __future__ import annotations
@@ -100,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="the first N questions only")
     parser.add_argument("--home", type=Path, default=REPO / "runs" / "bench" / "emanual-pdf",
                         help="index of smart_tv_manual.pdf (built when missing)")
+    parser.add_argument("--max-contexts", type=int, default=None, metavar="N",
+                        help="passages kept after grading (default: the agent's, "
+                        "Context.max_contexts)")
     parser.add_argument("--json", action="store_true", help="print the result JSON only")
     args = parser.parse_args(argv)
     return run_cli(lambda: _main(args))
@@ -122,10 +126,16 @@ def _main(args: argparse.Namespace) -> int:
 
     build_index(args.home)
     searcher = open_searcher(Settings.resolve(home=args.home))
-    result = study(rows, searcher, Context(searcher=searcher, llm=None))
+    context = Context(searcher=searcher, llm=None)
+    if args.max_contexts:
+        context = Context(searcher=searcher, llm=None, max_contexts=args.max_contexts,
+                          top_k=max(context.top_k, args.max_contexts))
+    result = study(rows, searcher, context)
+    result["max_contexts"] = context.max_contexts
     result["load_average"] = os.getloadavg()
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "quote_rank.json").write_text(json.dumps(result, indent=1) + "\n")
+    out = f"quote_rank_{args.max_contexts}.json" if args.max_contexts else "quote_rank.json"
+    (RESULTS / out).write_text(json.dumps(result, indent=1) + "\n")
     if args.json:
         print(json.dumps(result, indent=1))
         return 0
@@ -134,7 +144,7 @@ def _main(args: argparse.Namespace) -> int:
     print(f"{'variant':22s} citation  ROUGE-L")
     for name, v in result["variants"].items():
         print(f"{name:22s} {v['citation_accuracy']:8.1%}  {v['rouge_l']:.3f}")
-    print(f"wrote bench/results/quote_rank.json (load average {os.getloadavg()[0]:.2f})")
+    print(f"wrote bench/results/{out} (load average {os.getloadavg()[0]:.2f})")
     return 0
 
 
