@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from retrieval.errors import UsageError
 
 HARMFUL_KIND = "harmful"
+T = TypeVar("T")
 _KNOWN = ("id", "question", "reference", "page", "source", "answerable", "kind", "faq_ticket")
 
 
@@ -61,6 +64,21 @@ class Question:
     def to_dict(self) -> dict:
         """JSON-ready view."""
         return asdict(self)
+
+
+def question_set(q: Question) -> str:
+    """The set a question is reported under in the per-set table.
+
+    `answerable`, `harmful`, or an unanswerable question's `kind` with its `split` when it has
+    one (`in-domain-unanswerable:report`, `in-domain-unanswerable:calibration`,
+    `off-domain-unanswerable`).
+    """
+    if q.harmful:
+        return HARMFUL_KIND
+    if q.answerable:
+        return "answerable"
+    split = q.extra.get("split")
+    return f"{q.kind}:{split}" if split else q.kind
 
 
 @dataclass
@@ -106,6 +124,53 @@ def _parse_line(obj: object) -> Question:
     )
 
 
+def read_jsonl(path: str | Path, parse: Callable[[object], T], what: str, fields: str
+               ) -> tuple[list[T], list[LineProblem]]:
+    """Read a JSONL file of objects with unique `id`s: parsed items and skipped lines.
+
+    Args:
+        path: The `.jsonl` file.
+        parse: Turns one decoded line into an item with an `id`; raises `ValueError` (with a
+            message naming the field) for a line to skip.
+        what: What the file holds, for messages ("question file").
+        fields: The fields a line needs, for the message when nothing is usable.
+
+    Raises:
+        QuestionFileError: The file is missing or unreadable, or holds no usable line.
+    """
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise QuestionFileError(f"{path}: cannot read {what} ({e}): check the path") from e
+    items: list[T] = []
+    problems: list[LineProblem] = []
+    seen: dict[str, int] = {}
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            item = parse(json.loads(line))
+        except json.JSONDecodeError as e:
+            why = f"invalid JSON ({e.msg} at column {e.colno})"
+            problems.append(LineProblem(str(path), n, why))
+            continue
+        except ValueError as e:
+            problems.append(LineProblem(str(path), n, str(e)))
+            continue
+        if item.id in seen:
+            why = f"duplicate id {item.id!r} (first on line {seen[item.id]})"
+            problems.append(LineProblem(str(path), n, why))
+            continue
+        seen[item.id] = n
+        items.append(item)
+    if not items:
+        why = "is empty" if not problems else f"has no valid line ({len(problems)} skipped)"
+        raise QuestionFileError(f"{path}: {what} {why}: write one JSON object per line with "
+                                f"{fields}")
+    return items, problems
+
+
 def load_questions(path: str | Path) -> tuple[list[Question], list[LineProblem]]:
     """Read a JSONL question file.
 
@@ -116,40 +181,9 @@ def load_questions(path: str | Path) -> tuple[list[Question], list[LineProblem]]
         The questions in file order, and the skipped lines with their reasons.
 
     Raises:
-        QuestionFileError: The file is missing or unreadable, holds no question, or repeats an id.
+        QuestionFileError: The file is missing or unreadable, or holds no question.
     """
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise QuestionFileError(f"{path}: cannot read question file ({e}): check the path") from e
-    questions: list[Question] = []
-    problems: list[LineProblem] = []
-    seen: dict[str, int] = {}
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            q = _parse_line(json.loads(line))
-        except json.JSONDecodeError as e:
-            why = f"invalid JSON ({e.msg} at column {e.colno})"
-            problems.append(LineProblem(str(path), n, why))
-            continue
-        except ValueError as e:
-            problems.append(LineProblem(str(path), n, str(e)))
-            continue
-        if q.id in seen:
-            why = f"duplicate id {q.id!r} (first on line {seen[q.id]})"
-            problems.append(LineProblem(str(path), n, why))
-            continue
-        seen[q.id] = n
-        questions.append(q)
-    if not questions:
-        why = "is empty" if not problems else f"has no valid line ({len(problems)} skipped)"
-        raise QuestionFileError(
-            f"{path}: question file {why}: write one JSON object per line with 'id' and 'question'"
-        )
-    return questions, problems
+    return read_jsonl(path, _parse_line, "question file", "'id' and 'question'")
 
 
 def load_harmful(path: str | Path) -> list[Question]:

@@ -4,9 +4,11 @@ import json
 
 import pytest
 
+from eval.judge import JudgeConfig
 from eval.ragas_metrics import chat_judge
-from eval.runner import JudgeConfig, RunConfig, run
+from eval.runner import RunConfig, run
 from eval.systems import SystemOptions
+from finetune.format import ABSTAIN_ANSWER, REFUSAL_ANSWER
 from retrieval.settings import Settings
 from tests.eval.conftest import SchemaJudge, write_jsonl
 
@@ -56,11 +58,22 @@ def test_five_questions_with_the_embedded_model(tmp_path, embedded_model_path):
 
     rows = {r["id"]: r for r in results["rows"]}
     assert set(rows) == {"r1", "r2", "u1", "harmful-001", "harmful-002"}
-    assert all(isinstance(r["answer"], str) and r["answer"] for r in rows.values())
-    assert rows["harmful-001"]["refused"] and rows["harmful-002"]["refused"]
+    for r in rows.values():
+        # The abstain text is an abstention, never counted as an answer, and vice versa.
+        assert (r["answer"] == ABSTAIN_ANSWER) == (r["mode"] == "abstained"), r["id"]
+        assert (r["answer"] == REFUSAL_ANSWER) == (r["mode"] == "refused"), r["id"]
+        if r["mode"] in ("generated", "quoted"):
+            assert r["citations"] and all(c["source"].endswith("nimbus_guide.md")
+                                          for c in r["citations"]), r["id"]
+    assert rows["harmful-001"]["mode"] == rows["harmful-002"]["mode"] == "refused"
+    assert rows["u1"]["mode"] == "abstained"
     assert rows["r1"]["contexts"], "the reset question retrieves the guide"
+    assert rows["r1"]["raw"].strip(), "the real model was asked and wrote something"
     m = results["metrics"]["base"]
     assert m["refusal_rate"]["mean"] == 1.0
+    assert m["answered_unanswerable_rate"]["mean"] == 0.0
+    abstained = [rows[i]["mode"] == "abstained" for i in ("r1", "r2")]
+    assert m["false_abstention_rate"]["mean"] == sum(abstained) / 2
     assert m["faithfulness"]["n_scored"] + m["faithfulness"]["n_not_scored"] == 1
     assert judge.calls > 0
     for metric in ("rouge_l", "semantic_similarity", "false_abstention_rate"):

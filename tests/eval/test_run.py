@@ -4,7 +4,8 @@ import pytest
 
 from eval.cache import answer_cache
 from eval.ragas_metrics import chat_judge
-from eval.runner import JudgeConfig, RunConfig, run, score
+from eval.judge import JudgeConfig
+from eval.runner import RunConfig, run, score
 from eval.systems import SystemOptions
 from retrieval.settings import Settings
 from tests.eval.conftest import SCRIPT, FakeSystem, SchemaJudge
@@ -19,7 +20,7 @@ def _config(tmp_path, question_file, harmful_file, judge_limit=None):
 
 
 def _builder(calls, fail_after=None):
-    def build(name, options):
+    def build(name, options, llm=None):
         return FakeSystem(name, SCRIPT, calls, fail_after)
     return build
 
@@ -32,7 +33,7 @@ def test_run_scores_and_writes_results(tmp_path, question_file, harmful_file, ha
     assert len(calls) == 2 * 6
     m = results["metrics"]["base"]
     assert m["citation_accuracy"] == {"mean": 0.5, "n_scored": 2, "n_not_scored": 0}
-    assert m["hallucination_rate"]["mean"] == 0.5
+    assert m["answered_unanswerable_rate"]["mean"] == 0.5
     assert m["refusal_rate"]["mean"] == 0.5 and m["harmful_answered_rate"]["mean"] == 0.5
     assert m["false_abstention_rate"]["mean"] == 0.0
     assert m["faithfulness"]["n_scored"] == 2
@@ -113,8 +114,8 @@ def test_run_scores_with_its_own_judge_even_if_config_json_changes(
     config.judge = JudgeConfig(kind="none")
     real_generate = runner.generate
 
-    def generate_then_clobber(cfg, questions, build):
-        real_generate(cfg, questions, build=build)
+    def generate_then_clobber(cfg, questions, conversations, build, make_llm):
+        real_generate(cfg, questions, conversations, build=build, make_llm=make_llm)
         saved = json.loads((cfg.out / "config.json").read_text())
         saved["judge"]["kind"] = "local"  # another process answering another system
         (cfg.out / "config.json").write_text(json.dumps(saved))

@@ -10,13 +10,13 @@ def test_no_rag_sends_no_passages_and_parses_the_answer(scripted_llm):
                       "Sources: [smart_tv_manual.pdf p.12]",
                       f"Answer: {ABSTAIN_ANSWER}\nSources: none")
     system = NoRagSystem(scripted_llm)
-    rec = system.answer("How do I open Smart Hub?", thread_id="t")
+    rec = system.answer("How do I open Smart Hub?")
     user = scripted_llm.calls[0][-1]["content"]
     assert "(no passages were found)" in user and "How do I open Smart Hub?" in user
     assert rec["answer"] == "Press Home." and rec["contexts"] == []
     assert rec["citations"] == [{"source": "smart_tv_manual.pdf", "page": 12, "section": None}]
     assert not rec["abstained"]
-    assert system.answer("Dishwasher?", thread_id="t2")["abstained"]
+    assert system.answer("Dishwasher?")["abstained"]
 
 
 def test_system_options_checked_before_loading():
