@@ -135,9 +135,10 @@ class BatchingBackend:
                     self._cond.notify_all()
 
     def _take(self, waiting: list[_Request]) -> list[_Request]:
-        # One generation budget per call: the oldest request's, and whoever shares it.
-        budget = waiting[0].max_new_tokens
-        batch = [r for r in waiting if r.max_new_tokens == budget][: self.max_batch]
+        # One call per kind of request: the oldest request's generation budget and whether it
+        # continues a prefilled assistant turn, and whoever shares both.
+        kind = _kind(waiting[0])
+        batch = [r for r in waiting if _kind(r) == kind][: self.max_batch]
         for r in batch:
             r.taken = True
         return batch
@@ -158,6 +159,11 @@ class BatchingBackend:
                 r.error = e
         for r in batch:
             r.done = True
+
+
+def _kind(req: _Request) -> tuple:
+    prefilled = bool(req.messages) and req.messages[-1]["role"] == "assistant"
+    return req.max_new_tokens, prefilled
 
 
 def run_parallel(items: list, work: Callable, *, workers: int,

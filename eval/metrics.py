@@ -43,6 +43,11 @@ CONVERSATION_METRICS = (
     "turn_false_abstention_rate", "turn_over_refusal_rate", "follow_up_resolved_rate",
     "conversation_success_rate",
 )
+# Metrics whose rows weigh their number of units, and what a unit is (the mean is over units).
+POOLED_UNITS = {
+    "unsupported_claim_rate": "claims", **{m: "turns" for m in CONVERSATION_METRICS
+                                           if m != "conversation_success_rate"},
+}
 # Metrics where a higher value is worse (for "worst answers", chart labels and comparisons).
 LOWER_IS_BETTER = frozenset(
     {"answered_unanswerable_rate", "false_abstention_rate", "harmful_answered_rate",
@@ -189,20 +194,32 @@ class Aggregate:
         mean: Mean of the scored values, `None` when nothing was scored.
         n_scored: Rows with a value.
         n_not_scored: Rows the metric applied to but could not score (see their reasons).
+        n_units: For a pooled metric (`POOLED_UNITS`), what the mean is over: turns or claims
+            of the scored rows; `None` otherwise.
     """
 
     mean: float | None
     n_scored: int
     n_not_scored: int
+    n_units: int | None = None
 
     def to_dict(self) -> dict:
-        """JSON-ready view."""
-        return {"mean": self.mean, "n_scored": self.n_scored, "n_not_scored": self.n_not_scored}
+        """JSON-ready view (`n_units` only for pooled metrics)."""
+        d = {"mean": self.mean, "n_scored": self.n_scored, "n_not_scored": self.n_not_scored}
+        if self.n_units is not None:
+            d["n_units"] = self.n_units
+        return d
 
 
-def aggregate(scores: list[Score]) -> Aggregate:
-    """Weighted mean over scored rows; not-scored rows are counted, never averaged in as 0."""
+def aggregate(scores: list[Score], pooled: bool = False) -> Aggregate:
+    """Weighted mean over scored rows; not-scored rows are counted, never averaged in as 0.
+
+    Args:
+        scores: One per row.
+        pooled: The weights count units (turns, claims): report their total as `n_units`.
+    """
     scored = [s for s in scores if s.value is not None and not math.isnan(s.value)]
     total = sum(s.weight for s in scored)
     mean = sum(s.value * s.weight for s in scored) / total if total else None
-    return Aggregate(mean, len(scored), len(scores) - len(scored))
+    return Aggregate(mean, len(scored), len(scores) - len(scored),
+                     round(total) if pooled else None)

@@ -20,6 +20,7 @@ from eval.judge import EMBEDDED_JUDGE_WARNING
 from eval.metrics import (
     CONVERSATION_METRICS,
     LOWER_IS_BETTER,
+    POOLED_UNITS,
     PROJECT_METRICS,
     SELF_CHECK_METRICS,
 )
@@ -46,10 +47,11 @@ def metric_label(m: str) -> str:
     return label
 
 
-def _cell(a: dict | None) -> str:
+def _cell(a: dict | None, metric: str = "") -> str:
     if a is None:
         return "-"
-    return f"{_fmt(a['mean'])} ({a['n_scored']}/{a['n_scored'] + a['n_not_scored']})"
+    units = f", {a['n_units']} {POOLED_UNITS[metric]}" if a.get("n_units") is not None else ""
+    return f"{_fmt(a['mean'])} ({a['n_scored']}/{a['n_scored'] + a['n_not_scored']}{units})"
 
 
 def summary_table(results: dict) -> str:
@@ -57,7 +59,7 @@ def summary_table(results: dict) -> str:
     systems = results["systems"]
     lines = ["| metric | " + " | ".join(systems) + " |", "|---" * (len(systems) + 1) + "|"]
     for m in metric_names(results):
-        cells = [_cell(results["metrics"].get(s, {}).get(m)) for s in systems]
+        cells = [_cell(results["metrics"].get(s, {}).get(m), m) for s in systems]
         lines.append(f"| {metric_label(m)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -94,7 +96,7 @@ def set_rows(results: dict) -> list[tuple[str, str, list[str]]]:
         label = f"{name} ({note})" if note else name
         for m in heads:
             if any(m in per.get(s, {}) for s in systems):
-                rows.append((label, metric_label(m), [_cell(per.get(s, {}).get(m))
+                rows.append((label, metric_label(m), [_cell(per.get(s, {}).get(m), m)
                                                       for s in systems]))
     return rows
 
@@ -225,7 +227,8 @@ def write_markdown(run_dir: Path, results: dict) -> str:
         out += [f"Only the {results['n_questions']} of {results['n_questions_in_run']} questions "
                 "answered by every system (per question group) are scored (`--common`).", ""]
     out += ["## By question set", "",
-            "Each cell: mean over scored rows (scored / rows the metric applies to). Each "
+            "Each cell: mean over scored rows (scored / rows the metric applies to; for "
+            "per-turn and per-claim rates, the turns or claims the mean is over). Each "
             "unanswerable set is reported on its own: off-domain questions (other products and "
             "topics) are easy to abstain on; in-domain ones (about the TV, but not in its "
             "manual) are what support agents get wrong.", "",
@@ -293,8 +296,10 @@ def _table_html(results: dict) -> str:
             if a is None:
                 cells.append("<td>-</td>")
             else:
+                units = (f", {a['n_units']} {POOLED_UNITS[m]}" if a.get("n_units") is not None
+                         else "")
                 cells.append(f"<td><b>{_fmt(a['mean'])}</b><br><small>scored {a['n_scored']}, "
-                             f"not scored {a['n_not_scored']}</small></td>")
+                             f"not scored {a['n_not_scored']}{units}</small></td>")
         arrow = " ↓" if m in LOWER_IS_BETTER else ""
         judged = " (LLM judge)" if m in LLM_METRICS else ""
         judged += " (self-check, not an independent judge)" if m in SELF_CHECK_METRICS else ""

@@ -34,7 +34,13 @@ from eval.conversations import (
     load_conversations,
 )
 from eval.judge import JudgeConfig, judge_is_weak, make_judge
-from eval.metrics import CONVERSATION_METRICS, PROJECT_METRICS, aggregate, project_scores
+from eval.metrics import (
+    CONVERSATION_METRICS,
+    POOLED_UNITS,
+    PROJECT_METRICS,
+    aggregate,
+    project_scores,
+)
 from eval.questions import (
     Question,
     QuestionFileError,
@@ -428,7 +434,7 @@ def summarize(rows: list[dict], systems: list[str]) -> dict:
                 for metric, s in row["scores"].items():
                     per.setdefault(metric, []).append(Score.from_dict(s))
         order = [m for m in PROJECT_METRICS + CONVERSATION_METRICS + RAGAS_METRICS if m in per]
-        out[system] = {m: aggregate(per[m]).to_dict() for m in order}
+        out[system] = {m: aggregate(per[m], pooled=m in POOLED_UNITS).to_dict() for m in order}
     return out
 
 

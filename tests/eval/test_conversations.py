@@ -117,3 +117,21 @@ def test_conversation_ids_must_not_repeat_question_ids(tmp_path, capsys):
 def test_users_in_order():
     assert Conversation(id="c", turns=conversation_from_dict(CONV).turns).users[0] == (
         "How do I connect to Wi-Fi?")
+
+
+def test_turn_rates_pool_over_turns_and_say_so():
+    from eval.metrics import Score
+    from eval.report import summary_table
+    from eval.runner import summarize
+
+    rows = [{"system": "s", "scores": {"turn_correct_rate": Score(1.0, "", 1.0).to_dict(),
+                                       "conversation_success_rate": Score(1.0).to_dict()}},
+            {"system": "s", "scores": {"turn_correct_rate": Score(0.0, "", 3.0).to_dict(),
+                                       "conversation_success_rate": Score(0.0).to_dict()}}]
+    metrics = summarize(rows, ["s"])
+    turn = metrics["s"]["turn_correct_rate"]
+    assert turn["mean"] == 0.25 and turn["n_scored"] == 2 and turn["n_units"] == 4
+    assert metrics["s"]["conversation_success_rate"] == {"mean": 0.5, "n_scored": 2,
+                                                         "n_not_scored": 0}
+    table = summary_table({"systems": ["s"], "metrics": metrics})
+    assert "| turn_correct_rate | 0.250 (2/2, 4 turns) |" in table

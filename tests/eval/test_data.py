@@ -89,3 +89,12 @@ def test_off_domain_set_keeps_its_kind():
                                   "conversations.jsonl"])
 def test_provenance_describes_every_file(name):
     assert f"`{name}`" in (DATA / "PROVENANCE.md").read_text()
+
+
+def test_checker_help_and_bad_input(tmp_path, capsys):
+    check = _checker()
+    with pytest.raises(SystemExit) as e:
+        check.main(["--help"])
+    assert e.value.code == 0 and "examples:" in capsys.readouterr().out
+    assert check.main([str(tmp_path / "missing.jsonl"), "--no-retrieval"]) == 2
+    assert "missing.jsonl: cannot read the question file" in capsys.readouterr().err
