@@ -2,6 +2,8 @@
 
     python -m agent [--session ID] [--adapter PATH | --llm-url URL --llm-model NAME]
     python -m agent ask "How do I reset the router?" [--json]
+    python -m agent serve [--host 127.0.0.1] [--port 8080] [--api-keys FILE]   (agent/serve.py)
+    python -m agent feedback export FILE.jsonl
 
 Expected errors print one line to stderr; exit codes follow `retrieval.errors`: 2 for bad usage
 or input (empty question, no index, wrong model or adapter path), 1 for a failed run (model
@@ -19,7 +21,7 @@ import textwrap
 import uuid
 from pathlib import Path
 
-from agent.api import Assistant
+from agent.api import Assistant, reset_memory
 from agent.faq import DEFAULT_FAQ_THRESHOLD
 from agent.llm import ChatBackend, LocalChatModel, OpenAIChatModel
 from agent.state import AgentAnswer
@@ -61,6 +63,9 @@ def _add_common(parser: argparse.ArgumentParser, suppress: bool) -> None:
     g.add_argument("--faq-threshold", type=float, default=d(None), metavar="SCORE",
                    help="minimum match score to show a similar past ticket (default "
                    f"{DEFAULT_FAQ_THRESHOLD}; lower shows more matches)")
+    g.add_argument("--reset-memory", action="store_true", default=d(False),
+                   help="move the conversation memory (<home>/memory.sqlite) aside, kept as "
+                   "memory.sqlite.<time>.bak, and start a fresh one (e.g. when it is damaged)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_common(parser, suppress=False)
-    sub = parser.add_subparsers(dest="command", metavar="{chat,ask}")
+    sub = parser.add_subparsers(dest="command", metavar="{chat,ask,serve,feedback}")
     chat = sub.add_parser("chat", help="interactive chat (the default)", epilog=HELP,
                           formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_common(chat, suppress=True)
@@ -82,7 +87,88 @@ def build_parser() -> argparse.ArgumentParser:
                      help="print one JSON object: answer, reasoning, citations, abstained, "
                      "refused, faq_match, timings (and question, contexts)")
     _add_common(ask, suppress=True)
+    _add_serve_parsers(sub)
     return parser
+
+
+SERVE_EXAMPLES = """\
+examples:
+  python -m agent serve                                  # http://127.0.0.1:8080, docs at /docs
+  python -m agent serve --api-keys keys.txt --new-key zendesk   # print a new key, store its hash
+  python -m agent serve --host 0.0.0.0 --api-keys keys.txt --adapter runs/smollm2-faq
+  CASEWISE_API_KEYS=secret python -m agent serve --host 0.0.0.0 --workers 2
+  curl -s localhost:8080/v1/ask -H 'Content-Type: application/json' \\
+       -d '{"question": "How do I reset the router?", "session_id": "ticket-42"}'
+
+Without API keys the server listens on loopback addresses only. docs/serve.md: every endpoint."""
+
+FEEDBACK_EXAMPLES = """\
+examples:
+  python -m agent feedback export feedback.jsonl
+  python -m finetune data --faq feedback.jsonl --out data/feedback     # train on corrections
+  python -m eval run --questions feedback.jsonl --systems base --out reports/feedback
+
+Corrected answers (any rating) and answers rated up become rows; answers rated down without a
+correction, and approved abstentions or refusals, are counted and left out."""
+
+
+def _add_serve_parsers(sub) -> None:
+    """The `serve` and `feedback export` subcommands (implemented in agent/serve.py and
+    agent/feedback.py)."""
+    fmt = argparse.RawDescriptionHelpFormatter
+    serve = sub.add_parser("serve", help="run the REST service for help desks and CRMs",
+                           description="Serve ask, streamed ask, sessions, feedback and an "
+                           "OpenAI-compatible endpoint over HTTP (FastAPI on uvicorn).",
+                           epilog=SERVE_EXAMPLES, formatter_class=fmt)
+    s = serve.add_argument_group("server")
+    s.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1; others need API keys)")
+    s.add_argument("--port", type=int, default=8080, help="TCP port (default 8080)")
+    s.add_argument("--workers", type=int, default=1,
+                   help="worker processes, each loading its own model (default 1)")
+    s.add_argument("--api-keys", metavar="FILE", default=None,
+                   help="file of API key hashes ('NAME sha256:HEX' lines); keys may also come "
+                   "from CASEWISE_API_KEYS (comma-separated)")
+    s.add_argument("--new-key", metavar="NAME", default=None,
+                   help="create an API key named NAME, append its hash to --api-keys FILE, "
+                   "print the key once and exit")
+    s.add_argument("--rate-limit", type=int, default=120, metavar="N",
+                   help="requests per minute per API key (default 120; 0: no limit)")
+    s.add_argument("--max-body-bytes", type=int, default=64 * 1024, metavar="N",
+                   help="largest request body (default 65536)")
+    s.add_argument("--max-question-chars", type=int, default=4000, metavar="N",
+                   help="longest question or corrected answer (default 4000)")
+    s.add_argument("--max-pending", type=int, default=32, metavar="N",
+                   help="questions in flight before new ones get 503 (default 32)")
+    _add_common(serve, suppress=True)
+
+    feedback = sub.add_parser("feedback", help="export the feedback given through the server")
+    actions = feedback.add_subparsers(dest="feedback_command", metavar="{export}", required=True)
+    export = actions.add_parser(
+        "export", help="write the feedback as FAQ-history JSONL (for finetune data and eval)",
+        description="Write ratings and corrected answers stored by `python -m agent serve` "
+        "(<home>/feedback.sqlite) as FAQ-history JSONL.", epilog=FEEDBACK_EXAMPLES,
+        formatter_class=fmt)
+    export.add_argument("file", metavar="FILE.jsonl", help="the JSONL file to write")
+    export.add_argument("--home", default=argparse.SUPPRESS,
+                        help="index directory (default: CASEWISE_HOME or ./.casewise)")
+
+
+def run_feedback_export(args: argparse.Namespace) -> int:
+    """`python -m agent feedback export FILE.jsonl`: write the stored feedback, print a summary."""
+    from agent.feedback import FEEDBACK_FILE, FeedbackStore
+
+    path = Settings.resolve(home=args.home).home / FEEDBACK_FILE
+    if not path.is_file():
+        raise UsageError(f"no feedback store at {path}: feedback is stored by `python -m agent "
+                         f"serve` (POST /v1/feedback); check --home")
+    store = FeedbackStore(path)
+    try:
+        summary = store.export(Path(args.file))
+    finally:
+        store.close()
+    print(summary)
+    return 0
 
 
 def make_llm(args: argparse.Namespace) -> ChatBackend:
@@ -111,14 +197,31 @@ def make_llm(args: argparse.Namespace) -> ChatBackend:
     return LocalChatModel(args.model, adapter=args.adapter, max_new_tokens=args.max_new_tokens)
 
 
-def build_assistant(args: argparse.Namespace) -> Assistant:
+def apply_reset_memory(args: argparse.Namespace, settings: Settings) -> None:
+    """`--reset-memory`: move the memory file aside (once: the flag is cleared) and say where."""
+    if args.reset_memory:
+        kept = reset_memory(settings.memory_path)
+        if kept:
+            print(f"casewise: conversation memory moved aside to {kept}; starting a fresh one",
+                  file=sys.stderr)
+        args.reset_memory = False
+
+
+def build_assistant(args: argparse.Namespace, llm: ChatBackend | None = None) -> Assistant:
     """Open the index, prepare the model (loading a local one now) and build the assistant.
 
+    Args:
+        args: Parsed flags.
+        llm: The chat backend to use instead of the one the flags describe (the server wraps
+            it for concurrent requests).
+
     Raises:
-        CasewiseError: No index, wrong model/adapter path, contradictory flags.
+        CasewiseError: No index, wrong model/adapter path, contradictory flags, a damaged
+            memory file (without `--reset-memory`).
     """
-    llm = make_llm(args)
+    llm = llm or make_llm(args)
     settings = Settings.resolve(home=args.home)
+    apply_reset_memory(args, settings)
     assistant = Assistant.from_settings(settings, llm, top_k=args.top_k,
                                         faq_threshold=args.faq_threshold,
                                         max_new_tokens=args.max_new_tokens)
@@ -278,8 +381,17 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     quiet_libraries()
     # No subcommand means chat; top-level flags may come before a subcommand.
-    if not any(a in ("ask", "chat") for a in argv) and argv[:1] not in (["-h"], ["--help"]):
+    if not any(a in ("ask", "chat", "serve", "feedback") for a in argv) and \
+            argv[:1] not in (["-h"], ["--help"]):
         argv = ["chat", *argv]
     parser = build_parser()
     args = parser.parse_args(argv)
-    return run_cli(lambda: run_ask(args) if args.command == "ask" else run_chat(args))
+
+    def run_serve(args: argparse.Namespace) -> int:
+        from agent.serve import run_serve as serve  # imports FastAPI: only when serving
+
+        return serve(args)
+
+    commands = {"ask": run_ask, "chat": run_chat, "serve": run_serve,
+                "feedback": run_feedback_export}
+    return run_cli(lambda: commands[args.command](args))

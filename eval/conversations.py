@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from eval.metrics import Score, answer_mode, answered, cited_pages, near_page
-from eval.questions import LineProblem, read_jsonl
+from eval.questions import read_items
 
 CONVERSATION_SET = "conversations"
 _TURN_KNOWN = ("user", "page", "source", "answerable", "follow_up", "correction", "kind")
@@ -157,7 +157,7 @@ def conversation_from_dict(obj) -> Conversation:
     )
 
 
-def load_conversations(path: str | Path) -> tuple[list[Conversation], list[LineProblem]]:
+def load_conversations(path: str | Path) -> tuple[list[Conversation], list[Problem]]:
     """Read a JSONL conversation file.
 
     Returns:
@@ -166,7 +166,7 @@ def load_conversations(path: str | Path) -> tuple[list[Conversation], list[LineP
     Raises:
         QuestionFileError: The file is missing or unreadable, or holds no usable conversation.
     """
-    return read_jsonl(path, conversation_from_dict, "conversation file",
+    return read_items(path, conversation_from_dict, "conversation file",
                       "'id' and 'turns' (each turn with 'user')")
 
 

@@ -13,12 +13,12 @@ question of kind `harmful` that the assistant should refuse.
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from ingest.loaders import Problem, UnreadableFileError, read_jsonl
 from retrieval.errors import UsageError
 
 HARMFUL_KIND = "harmful"
@@ -81,18 +81,6 @@ def question_set(q: Question) -> str:
     return f"{q.kind}:{split}" if split else q.kind
 
 
-@dataclass
-class LineProblem:
-    """A skipped line of a question file."""
-
-    path: str
-    line: int
-    reason: str
-
-    def __str__(self) -> str:
-        return f"{self.path}:{self.line}: skipped: {self.reason}"
-
-
 def _parse_line(obj: object) -> Question:
     if not isinstance(obj, dict):
         raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
@@ -124,9 +112,10 @@ def _parse_line(obj: object) -> Question:
     )
 
 
-def read_jsonl(path: str | Path, parse: Callable[[object], T], what: str, fields: str
-               ) -> tuple[list[T], list[LineProblem]]:
-    """Read a JSONL file of objects with unique `id`s: parsed items and skipped lines.
+def read_items(path: str | Path, parse: Callable[[object], T], what: str, fields: str
+               ) -> tuple[list[T], list[Problem]]:
+    """Objects with unique `id`s from a JSONL file (through `ingest.loaders.read_jsonl`, the one
+    JSONL reader), and the skipped lines.
 
     Args:
         path: The `.jsonl` file.
@@ -140,30 +129,25 @@ def read_jsonl(path: str | Path, parse: Callable[[object], T], what: str, fields
     """
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise QuestionFileError(f"{path}: cannot read {what} ({e}): check the path") from e
+        values, problems = read_jsonl(path)
+    except UnreadableFileError as e:
+        raise QuestionFileError(f"{path}: cannot read {what} ({e.reason}): check the path") from e
     items: list[T] = []
-    problems: list[LineProblem] = []
     seen: dict[str, int] = {}
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
+    for n, value in values:
         try:
-            item = parse(json.loads(line))
-        except json.JSONDecodeError as e:
-            why = f"invalid JSON ({e.msg} at column {e.colno})"
-            problems.append(LineProblem(str(path), n, why))
-            continue
+            item = parse(value)
         except ValueError as e:
-            problems.append(LineProblem(str(path), n, str(e)))
+            problems.append(Problem(str(path), n, f"{e}; line skipped"))
             continue
         if item.id in seen:
-            why = f"duplicate id {item.id!r} (first on line {seen[item.id]})"
-            problems.append(LineProblem(str(path), n, why))
+            problems.append(Problem(
+                str(path), n, f"duplicate id {item.id!r} (first on line {seen[item.id]}); "
+                              "line skipped"))
             continue
         seen[item.id] = n
         items.append(item)
+    problems.sort(key=lambda p: p.line)
     if not items:
         why = "is empty" if not problems else f"has no valid line ({len(problems)} skipped)"
         raise QuestionFileError(f"{path}: {what} {why}: write one JSON object per line with "
@@ -171,7 +155,7 @@ def read_jsonl(path: str | Path, parse: Callable[[object], T], what: str, fields
     return items, problems
 
 
-def load_questions(path: str | Path) -> tuple[list[Question], list[LineProblem]]:
+def load_questions(path: str | Path) -> tuple[list[Question], list[Problem]]:
     """Read a JSONL question file.
 
     Args:
@@ -183,7 +167,7 @@ def load_questions(path: str | Path) -> tuple[list[Question], list[LineProblem]]
     Raises:
         QuestionFileError: The file is missing or unreadable, or holds no question.
     """
-    return read_jsonl(path, _parse_line, "question file", "'id' and 'question'")
+    return read_items(path, _parse_line, "question file", "'id' and 'question'")
 
 
 def load_harmful(path: str | Path) -> list[Question]:

@@ -51,6 +51,7 @@ from eval.questions import (
 from eval.ragas_metrics import RAGAS_METRICS, RagasScorer
 from eval.report import write_report
 from eval.systems import SystemOptions, build_llm, build_system, check_systems
+from ingest.loaders import read_jsonl
 from retrieval.errors import UsageError
 
 DEFAULT_BATCH_SIZE = 16
@@ -318,15 +319,20 @@ def load_run(run_dir: Path) -> tuple[dict, list[Question], list[Conversation]]:
             f"run `python -m eval run ... --out {run_dir}` first"
         )
     config = json.loads(cfg_path.read_text(encoding="utf-8"))
-    questions = [Question(**json.loads(line))
-                 for line in q_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    questions = [Question(**value) for _, value in _saved(q_path, run_dir)]
     c_path = run_dir / "conversations.jsonl"
-    conversations = [
-        conversation_from_dict(json.loads(line))
-        for line in (c_path.read_text(encoding="utf-8").splitlines() if c_path.is_file() else [])
-        if line.strip()
-    ]
+    conversations = ([conversation_from_dict(value) for _, value in _saved(c_path, run_dir)]
+                     if c_path.is_file() else [])
     return config, questions, conversations
+
+
+def _saved(path: Path, run_dir: Path) -> list[tuple[int, object]]:
+    """The values of a JSONL file the run wrote itself; damage is an error, not a skip."""
+    values, problems = read_jsonl(path)
+    if problems:
+        raise RunDirError(f"{problems[0]}: the run's saved {path.stem} are damaged; run "
+                          f"`python -m eval run ... --out {run_dir}` again")
+    return values
 
 
 def judged_ids(questions: list[Question], limit: int | None) -> set[str]:

@@ -21,13 +21,13 @@ the question's nearest document chunks that are neither on the gold page nor cov
 Also here: refusal examples for harmful requests from templates written for this project (never
 from the safety evaluation set), optional synthetic questions written by a model for document
 chunks (marked `synthetic`, filtered for quality), redaction of personal identifiers (on by
-default), validation with file and line numbers, de-duplication, a train/eval split that keeps
-paraphrases (same answer text) in one split, and statistics.
+default; `ingest.redact`), de-duplication, a train/eval split that keeps paraphrases (same
+answer text) in one split, and statistics. The history itself is read, with file and line
+numbers for every bad record, by `ingest.loaders.read_faq`, the reader `python -m ingest` uses.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import random
 import re
@@ -44,7 +44,10 @@ from finetune.format import (
     format_answer,
     format_refusal,
 )
-from finetune.redact import redact
+# The FAQ/ticket reader is ingest's (one reader for ingest and training data); FaqRow, Problem
+# and read_faq are re-exported here because the dataset builders below speak in them.
+from ingest.loaders import FaqRow, Problem, read_faq  # noqa: F401
+from ingest.redact import redact
 from retrieval.errors import UsageError
 from retrieval.types import Chunk, Searcher
 
@@ -118,30 +121,6 @@ class DataConfig:
             raise DataError(f"refusal_share ({self.refusal_share}) must not be negative")
 
 
-@dataclass(frozen=True)
-class FaqRow:
-    """One answered question from the history, with where it came from."""
-
-    question: str
-    answer: str
-    line: int
-    id: str | None = None
-    section: str | None = None
-    page: int | None = None
-
-
-@dataclass
-class Problem:
-    """A malformed or skipped row, reported as `file:line: reason`."""
-
-    file: str
-    line: int
-    reason: str
-
-    def __str__(self) -> str:
-        return f"{self.file}:{self.line}: {self.reason}"
-
-
 @dataclass
 class Example:
     """One chat example plus what the statistics and the split need."""
@@ -158,96 +137,6 @@ class Example:
 
 
 # --------------------------------------------------------------------------- reading and checks
-
-
-def _parse_page(value, file: str, line: int, problems: list[Problem]) -> int | None:
-    if value is None or str(value).strip() == "":
-        return None
-    try:
-        page = int(str(value).strip())
-    except ValueError:
-        problems.append(Problem(file, line, f"page {value!r} is not a whole number; page ignored"))
-        return None
-    if page < 1:
-        problems.append(Problem(file, line, f"page {page} is not a 1-based page; page ignored"))
-        return None
-    return page
-
-
-def _row(record: dict, file: str, line: int, problems: list[Problem]) -> FaqRow | None:
-    question = str(record.get("question") or "").strip()
-    answer = str(record.get("answer") or "").strip()
-    if not question or not answer:
-        missing = "question" if not question else "answer"
-        problems.append(Problem(file, line, f"empty {missing}; row skipped"))
-        return None
-    section = str(record.get("section") or "").strip() or None
-    row_id = str(record.get("id")).strip() if record.get("id") not in (None, "") else None
-    page = _parse_page(record.get("page"), file, line, problems)
-    return FaqRow(question, answer, line, row_id, section, page)
-
-
-def read_faq(path: str | Path) -> tuple[list[FaqRow], list[Problem]]:
-    """Read an FAQ/ticket history (CSV with a header, or JSONL).
-
-    Required fields: `question`, `answer`; optional: `id`, `section`, `page`. Malformed rows
-    (broken JSON, empty question or answer, a non-numeric page) are reported with their line
-    number and skipped; the rest are returned.
-
-    Raises:
-        DataError: The file is missing, has no `question`/`answer` columns, or no valid row.
-    """
-    path = Path(path)
-    name = str(path)
-    if not path.is_file():
-        raise DataError(f"FAQ file {name} does not exist: pass a CSV or JSONL file with --faq")
-    rows: list[FaqRow] = []
-    problems: list[Problem] = []
-    if path.suffix.lower() in (".jsonl", ".json", ".ndjson"):
-        with path.open(encoding="utf-8") as f:
-            for line_no, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as e:
-                    problems.append(Problem(name, line_no, f"not valid JSON ({e.msg}); skipped"))
-                    continue
-                if not isinstance(record, dict):
-                    problems.append(Problem(name, line_no, "not a JSON object; skipped"))
-                    continue
-                row = _row(record, name, line_no, problems)
-                if row:
-                    rows.append(row)
-    else:
-        with path.open(encoding="utf-8-sig", newline="") as f:
-            reader = csv.DictReader(f)
-            fields = {c.strip().lower() for c in reader.fieldnames or []}
-            missing = {"question", "answer"} - fields
-            if missing:
-                raise DataError(
-                    f"FAQ file {name} has no {' or '.join(sorted(missing))} column (header: "
-                    f"{', '.join(reader.fieldnames or []) or 'none'}): the first line must name "
-                    f"the columns question,answer[,id,section,page]"
-                )
-            start = 2
-            for raw in reader:
-                if None in raw:
-                    problems.append(Problem(name, start, "more fields than the header; skipped"))
-                elif None in raw.values():
-                    problems.append(Problem(name, start, "fewer fields than the header; skipped"))
-                else:
-                    record = {k.strip().lower(): v for k, v in raw.items()}
-                    row = _row(record, name, start, problems)
-                    if row:
-                        rows.append(row)
-                start = reader.line_num + 1
-    if not rows:
-        raise DataError(
-            f"FAQ file {name} has no valid row ({len(problems)} malformed): each row needs a "
-            f"question and an answer"
-        )
-    return rows, problems
 
 
 def _norm(text: str) -> str:

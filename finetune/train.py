@@ -29,6 +29,7 @@ from pathlib import Path
 
 from finetune.model import load_tokenizer, resolve_base_model
 from finetune.speed import SpeedArgs, configure_sft_config, prepare_model
+from ingest.loaders import read_jsonl
 from retrieval.errors import UsageError
 
 CPU_CONFIG = "configs/smollm2-cpu.yaml"
@@ -89,26 +90,25 @@ def read_examples(path: str | Path, limit: int = 0) -> list[dict]:
             f"data file {path} does not exist: build it with `python -m finetune data --out DIR` "
             f"and set train_file (or --train_file)"
         )
+    values, problems = read_jsonl(path)
+    if problems:  # written by `finetune data`: a broken line means a damaged file, not a typo
+        raise TrainConfigError(f"{problems[0]}; rebuild the file with `python -m finetune data`")
     records = []
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                messages = json.loads(line)["messages"]
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise TrainConfigError(
-                    f"{path}:{line_no}: not a JSON object with 'messages' ({e}); rebuild the file "
-                    f"with `python -m finetune data`"
-                ) from e
-            if not messages or messages[-1].get("role") != "assistant" or len(messages) < 2:
-                raise TrainConfigError(
-                    f"{path}:{line_no}: the last message must be the assistant's answer after at "
-                    f"least one prompt message"
-                )
-            records.append({"prompt": messages[:-1], "completion": messages[-1:], "line": line_no})
-            if limit and len(records) >= limit:
-                break
+    for line_no, value in values:
+        messages = value.get("messages") if isinstance(value, dict) else None
+        if not isinstance(messages, list):
+            raise TrainConfigError(
+                f"{path}:{line_no}: not a JSON object with 'messages'; rebuild the file "
+                f"with `python -m finetune data`"
+            )
+        if not messages or messages[-1].get("role") != "assistant" or len(messages) < 2:
+            raise TrainConfigError(
+                f"{path}:{line_no}: the last message must be the assistant's answer after at "
+                f"least one prompt message"
+            )
+        records.append({"prompt": messages[:-1], "completion": messages[-1:], "line": line_no})
+        if limit and len(records) >= limit:
+            break
     if not records:
         raise TrainConfigError(
             f"data file {path} has no examples: the FAQ history produced nothing; check the "

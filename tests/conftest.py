@@ -143,6 +143,38 @@ def embedded_model_path(model_cache) -> str:
     return resolve_base_model("default")
 
 
+class PassageQuotingModel:
+    """A fast, deterministic stand-in for the local model that answers any number of questions.
+
+    It replies in the shared format with the first sentence of passage [1] as its answer and
+    that passage's label as its source: a verbatim quote, so verification keeps it. No model,
+    no queue: the REST service tests and `bench/serve.py` run it behind a real server
+    (`CASEWISE_SERVE_TEST_LLM=tests.conftest:PassageQuotingModel`).
+    """
+
+    name = "passage-quoting (test backend)"
+    _FIRST = re.compile(r"^\[1\] \[(?P<label>[^\]]+)\][^\n]*\n(?P<text>.+?)(?=\n\[2\] |\n\n|\Z)",
+                        re.MULTILINE | re.DOTALL)
+
+    def complete(self, messages: list[dict], *, max_new_tokens: int = 256) -> str:
+        from finetune.format import ABSTAIN_ANSWER
+
+        user = next(m["content"] for m in reversed(messages) if m["role"] == "user")
+        found = self._FIRST.search(user)
+        if found is None:
+            return f"Reasoning: No passage is given.\nAnswer: {ABSTAIN_ANSWER}"
+        text = " ".join(found["text"].split())
+        sentence = re.split(r"(?<=[.!?])\s+", text)[0]
+        reply = (f'Reasoning: Passage [1] says "{sentence}"\nAnswer: {sentence}\n'
+                 f"Sources: [{found['label']}]")
+        prefix = messages[-1]["content"] if messages[-1]["role"] == "assistant" else ""
+        # A final assistant message is a prefix the reply continues (agent.llm.ChatBackend).
+        return reply[len(prefix):] if prefix and reply.startswith(prefix) else reply
+
+    def stream(self, messages: list[dict], *, max_new_tokens: int = 256) -> Iterator[str]:
+        yield from re.findall(r"\S+\s*", self.complete(messages, max_new_tokens=max_new_tokens))
+
+
 def send_chat_completion(handler, model: str, content: str) -> None:
     """Answer an OpenAI-compatible `/v1/chat/completions` request (non-streamed) from a fake
     server's `BaseHTTPRequestHandler`, with `content` as the assistant's reply."""

@@ -107,11 +107,15 @@ def passage_ref(hit) -> dict:
 
 
 def _load(path: Path) -> list[dict]:
+    from ingest.loaders import UnreadableFileError, read_jsonl
+
     try:
-        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()
-                if line.strip()]
-    except (OSError, json.JSONDecodeError) as e:
-        raise UsageError(f"{path}: cannot read the question file ({e})") from e
+        values, problems = read_jsonl(path)
+    except UnreadableFileError as e:
+        raise UsageError(f"{path}: cannot read the question file ({e.reason})") from e
+    if problems:
+        raise UsageError(f"{problems[0]}: fix the question file")
+    return [value for _, value in values]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -111,15 +111,16 @@ SCRIPT = {
 
 
 class PassageEchoLLM:
-    """A deterministic chat backend that can batch: it answers with the first sentence of the
-    first passage in the prompt and cites it, or abstains when the prompt has no passage.
-
-    Records every `complete_many` batch size, and the questions it was asked, in order.
-    """
+    """`tests.conftest.PassageQuotingModel` (quotes passage [1], or abstains) that can batch:
+    records every `complete_many` batch size and the questions it was asked, in order, and
+    fails on prompts containing `fail_on`."""
 
     name = "passage-echo"
 
     def __init__(self, fail_on=None):
+        from tests.conftest import PassageQuotingModel
+
+        self.model = PassageQuotingModel()
         self.batches = []
         self.questions = []
         self.fail_on = fail_on
@@ -129,11 +130,7 @@ class PassageEchoLLM:
         self.questions.append(user.rsplit("Question:", 1)[-1].strip())
         if self.fail_on and self.fail_on in user:
             raise RuntimeError("scripted model failure")
-        m = re.search(r"\[1\] \[([^\]]+)\][^\n]*\n([^\n]+)", user)
-        if not m:
-            return f"Reasoning: No passage.\nAnswer: {ABSTAIN_ANSWER}\nSources: none"
-        sentence = m.group(2).split(". ")[0].rstrip(".") + "."
-        return f'Reasoning: Passage [1] says "{sentence}"\nAnswer: {sentence}\nSources: [{m.group(1)}]'
+        return self.model.complete(messages, max_new_tokens=max_new_tokens)
 
     def complete_many(self, batch, *, max_new_tokens=256):
         self.batches.append(len(batch))

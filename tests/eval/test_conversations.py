@@ -78,7 +78,7 @@ def test_wrong_turns_are_counted_per_turn():
     ('{"id": "x", "turns": [{"user": "a", "answerable": "no"}]}', "turn 1: field 'answerable'"),
     ('{"id": "x", "turns": [{"user": "a", "answerable": false, "page": 3}]}', "no gold 'page'"),
     ('{"id": "x", "turns": [{"user": "a"}], "behaviours": "angry"}', "'behaviours' must be a"),
-    ("not json", "invalid JSON"),
+    ("not json", "malformed JSON"),
 ])
 def test_bad_lines_are_skipped_with_the_reason(tmp_path, line, why):
     p = tmp_path / "c.jsonl"
@@ -86,7 +86,7 @@ def test_bad_lines_are_skipped_with_the_reason(tmp_path, line, why):
     convs, problems = load_conversations(p)
     assert [c.id for c in convs] == ["ok"]
     assert len(problems) == 1 and why in str(problems[0]) and str(problems[0]).startswith(
-        f"{p}:1: skipped:")
+        f"{p}:1: ") and str(problems[0]).endswith("line skipped")
 
 
 def test_unusable_files_are_errors(tmp_path):
