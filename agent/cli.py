@@ -23,7 +23,15 @@ from pathlib import Path
 
 from agent.api import Assistant, reset_memory
 from agent.faq import DEFAULT_FAQ_THRESHOLD
-from agent.llm import ChatBackend, LocalChatModel, OpenAIChatModel
+from agent.llm import (
+    BACKENDS,
+    ENV_BACKEND,
+    ChatBackend,
+    LlamaCppChatModel,
+    LocalChatModel,
+    OpenAIChatModel,
+    local_backend,
+)
 from agent.state import AgentAnswer
 from retrieval.errors import CasewiseError, ModelNotFoundError, UsageError, run_cli
 from retrieval.settings import Settings
@@ -49,6 +57,9 @@ def _add_common(parser: argparse.ArgumentParser, suppress: bool) -> None:
                    "(embedded SmolLM2-135M-Instruct), a model directory or a hub id")
     g.add_argument("--adapter", default=d(None), metavar="PATH",
                    help="LoRA adapter directory (from `python -m finetune train`)")
+    g.add_argument("--backend", default=d(None), choices=BACKENDS,
+                   help="local inference engine: 'auto' (default; llama.cpp when installed, "
+                   f"else transformers), 'llama.cpp' or 'transformers'; also {ENV_BACKEND}")
     g.add_argument("--llm-url", default=d(None), metavar="URL", help="OpenAI-compatible server "
                    "(vLLM, llama.cpp, Ollama), e.g. http://localhost:8000/v1; replaces the "
                    "local model")
@@ -184,6 +195,9 @@ def make_llm(args: argparse.Namespace) -> ChatBackend:
             raise UsageError("--adapter applies to the local model; with --llm-url load the "
                              "adapter on the server (e.g. vLLM --lora-modules) and pass its name "
                              "as --llm-model")
+        if args.backend:
+            raise UsageError("--backend chooses the local inference engine; with --llm-url the "
+                             "server does the inference")
         if not args.llm_model:
             raise UsageError("--llm-url needs --llm-model NAME (the model name the server serves)")
         return OpenAIChatModel(args.llm_url, args.llm_model)
@@ -194,7 +208,8 @@ def make_llm(args: argparse.Namespace) -> ChatBackend:
             f"adapter path {args.adapter} does not exist or is not a directory: pass the output "
             f"directory of `python -m finetune train` (it holds adapter_config.json)"
         )
-    return LocalChatModel(args.model, adapter=args.adapter, max_new_tokens=args.max_new_tokens)
+    return local_backend(args.model, adapter=args.adapter, max_new_tokens=args.max_new_tokens,
+                         backend=args.backend)
 
 
 def apply_reset_memory(args: argparse.Namespace, settings: Settings) -> None:
@@ -225,7 +240,7 @@ def build_assistant(args: argparse.Namespace, llm: ChatBackend | None = None) ->
     assistant = Assistant.from_settings(settings, llm, top_k=args.top_k,
                                         faq_threshold=args.faq_threshold,
                                         max_new_tokens=args.max_new_tokens)
-    if isinstance(llm, LocalChatModel):
+    if isinstance(llm, (LocalChatModel, LlamaCppChatModel)):
         # Load now so that a wrong model or adapter path fails before the first question.
         llm.load()
     return assistant

@@ -40,15 +40,14 @@ from agent.guards import classify_request
 from agent.prompts import (
     CONTEXTUALIZE_PROMPT,
     REWRITE_QUERY_PROMPT,
-    content_words,
     contextualize as keyword_contextualize,
     is_follow_up,
     keyword_query,
-    lexical_overlap,
     looks_like_injection,
 )
 from agent.state import InputState, State
 from finetune.format import ABSTAIN_ANSWER, REFUSAL_ANSWER, build_messages, parse_answer
+from retrieval.text import content_words, overlap as lexical_overlap
 from retrieval.types import Citation, Hit
 
 # Fraction of the answer's content words a passage must hold to be its fallback source.

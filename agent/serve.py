@@ -71,7 +71,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from agent.api import Assistant
 from agent.cli import apply_reset_memory, build_assistant, make_llm
 from agent.feedback import FEEDBACK_FILE, FeedbackStore, UnknownAnswerError
-from agent.llm import ChatBackend, LocalChatModel, OpenAIChatModel
+from agent.llm import ChatBackend, LlamaCppChatModel, LocalChatModel, OpenAIChatModel
 from agent.state import MODES
 from retrieval.errors import CasewiseError, UsageError
 from retrieval.settings import Settings
@@ -945,7 +945,7 @@ def build_service(args: argparse.Namespace, keys: KeyRing, config: ServeConfig) 
         CasewiseError: No index, a wrong model path, a damaged database, contradictory flags.
     """
     llm = _test_backend() or make_llm(args)
-    if isinstance(llm, LocalChatModel):
+    if isinstance(llm, (LocalChatModel, LlamaCppChatModel)):
         llm.load()  # a wrong model or adapter path fails before the server listens
     served = llm if isinstance(llm, OpenAIChatModel) else _OneAtATime(llm)
     assistant = build_assistant(args, llm=served)

@@ -1,8 +1,9 @@
-"""python -m finetune {data,train,merge}: the command-line edge of the fine-tuning package.
+"""python -m finetune {data,train,merge,export}: the command-line edge of the fine-tuning package.
 
     python -m finetune data --faq history.csv --home .casewise --out data/faq [--p-gold 0.8] [--k 3]
     python -m finetune train --config configs/smollm2-cpu.yaml [--num_train_epochs 2 ...]
     python -m finetune merge --adapter runs/smollm2-faq --out runs/smollm2-faq-merged
+    python -m finetune export --gguf out/casewise.gguf [--adapter DIR] [--quant q4_k_m|q8_0|f16]
 
 Expected errors print one line to stderr; exit codes follow `retrieval.errors`: 2 for bad
 usage or input (a flag, the config, the FAQ file, a model path), 1 for a failed run.
@@ -70,6 +71,36 @@ def _merge_parser(sub) -> None:
                    help="base model (default: the one recorded in the adapter)")
 
 
+EXPORT_EXAMPLES = """\
+examples:
+  python -m finetune export --gguf out/casewise.gguf --adapter runs/smollm2-faq
+  python -m finetune export --gguf out/base-q8.gguf --quant q8_0
+  ollama create casewise -f out/Modelfile      # then: ollama run casewise
+  llama-server -m out/casewise.gguf            # OpenAI-compatible: --llm-url http://localhost:8080
+"""
+
+
+def _export_parser(sub) -> None:
+    from finetune.export import DEFAULT_QUANT, QUANTS
+
+    p = sub.add_parser(
+        "export",
+        help="write base model (+ adapter, merged) as GGUF for llama.cpp and Ollama",
+        description="Merge a LoRA adapter into its base model and write one GGUF file that "
+        "llama.cpp and Ollama load, with an Ollama Modelfile (chat template, stop tokens) "
+        "beside it.",
+        epilog=EXPORT_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--gguf", required=True, metavar="OUT.gguf", help="the GGUF file to write")
+    p.add_argument("--adapter", default=None, metavar="DIR",
+                   help="adapter directory (output of train); without it the base model alone")
+    p.add_argument("--base", default=None,
+                   help="base model (default: the one recorded in the adapter, else the "
+                   "embedded SmolLM2)")
+    p.add_argument("--quant", default=DEFAULT_QUANT, choices=QUANTS,
+                   help="q4_k_m (smallest, default), q8_0, or f16 (no llama.cpp needed)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `python -m finetune` parser (the `train` subcommand has its own TRL parser)."""
     parser = argparse.ArgumentParser(prog="python -m finetune", description=__doc__.split("\n")[0])
@@ -78,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("train", help="fine-tune with QLoRA/LoRA (python -m finetune train --help)",
                    add_help=False)
     _merge_parser(sub)
+    _export_parser(sub)
     return parser
 
 
@@ -166,6 +198,17 @@ def run_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_export(args: argparse.Namespace) -> int:
+    """`python -m finetune export`: merged GGUF file plus Ollama Modelfile."""
+    from finetune.export import export_gguf
+
+    result = export_gguf(args.gguf, adapter=args.adapter, base=args.base, quant=args.quant)
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"wrote {result.gguf} ({result.quant}, {result.size_mb} MiB) and {result.modelfile}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `python -m finetune`; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -174,4 +217,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run_cli(lambda: train_main(argv[1:]))
     args = build_parser().parse_args(argv)
-    return run_cli(lambda: {"data": run_data, "merge": run_merge}[args.command](args))
+    return run_cli(lambda: {"data": run_data, "merge": run_merge,
+                            "export": run_export}[args.command](args))

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from finetune.format import FORMAT_VERSION
 from finetune.model import load_tokenizer, resolve_base_model
 from finetune.speed import SpeedArgs, configure_sft_config, prepare_model
 from ingest.loaders import read_jsonl
@@ -492,7 +493,7 @@ def train(data: DataArgs, sft, model_args, speed: SpeedArgs, config_path: str = 
     quantized = bool(model_args.load_in_4bit or model_args.load_in_8bit)
     (out / "casewise.json").write_text(json.dumps(
         {"base_model": requested, "resolved_base_model": base, "quantized": quantized,
-         "format": "finetune.format v1"}, indent=2) + "\n")
+         "format_version": FORMAT_VERSION}, indent=2) + "\n")
     resolved = {"data": asdict(data), "model": asdict(model_args), "speed": asdict(speed),
                 "sft": sft.to_dict(), "config_file": config_path}
     import yaml

@@ -66,7 +66,7 @@ def test_rewrites_the_query_once_then_answers():
     assistant, llm = make(searcher, GOOD)
     result = assistant.ask("Could you please tell me how the factory reset works?")
     assert searcher.queries == ["Could you please tell me how the factory reset works?",
-                                "factory reset work"]
+                                "factory reset works"]
     assert result.citations == [RESET.citation] and not result.abstained
 
 

@@ -16,11 +16,13 @@ from finetune.data import (
     build_dataset,
     clip_passage,
     dataset_stats,
+    quote_sentences,
     synthetic_question_ok,
     synthetic_rows,
     write_dataset,
 )
 from finetune.format import ABSTAIN_ANSWER, REFUSAL_ANSWER, parse_answer
+from retrieval.text import overlap
 from tests.finetune.conftest import TOPICS
 
 PASSAGE_HEAD = re.compile(r"^\[(\d+)\] (\[[^\]]+\])", re.MULTILINE)
@@ -64,11 +66,24 @@ def test_gold_target_quotes_the_gold_passage(searcher):
                                                           eval_fraction=0))
     for e in ds.train:
         target = e.messages[-1]["content"]
-        quote = re.search(r'says "(.+?)" ', target).group(1)
-        idx = int(re.search(r"Passage \[(\d+)\]", target).group(1))
+        parsed = parse_answer(target)
+        idx = int(re.search(r"Passage \[(\d+)\]", parsed.reasoning).group(1))
         blocks = re.split(r"\n\n(?=\[\d+\] )", e.messages[-2]["content"].split("\n\nQuestion:")[0])
-        assert quote in blocks[idx - 1]
         assert e.meta["gold"] in blocks[idx - 1]
+        # The quoted sentence numbers point into the gold passage, at sentences the answer repeats.
+        assert parsed.quote and {p for p, _ in parsed.quote} == {idx}
+        for p, s in parsed.quote:
+            line = next(x for x in blocks[idx - 1].splitlines() if x.startswith(f"({p}.{s}) "))
+            assert overlap(line.split(") ", 1)[1], parsed.answer) >= 0.75
+
+
+def test_quote_sentences_are_the_ones_the_answer_repeats():
+    passage = ("Intro text here. Press the Power button for five seconds. The light blinks. "
+               "Unrelated warranty words.")
+    assert quote_sentences(passage, "Press the Power button for five seconds. The light blinks.") \
+        == [2, 3]
+    # a paraphrase that repeats no sentence well enough still points at the closest one
+    assert quote_sentences(passage, "Hold Power for 5 s") == [2]
 
 
 def test_faq_chunks_are_never_passages(searcher):

@@ -1,16 +1,8 @@
 import pytest
 
-from retrieval.bm25 import BM25Index, stem, tokenize
+from retrieval.bm25 import BM25Index
 
 from .conftest import make_chunks
-
-
-def test_tokenize_lowercases_drops_stop_words_and_stems():
-    assert tokenize("How do I RESET the Routers?") == ["reset", "router"]
-    assert stem("resetting") == stem("resets") == stem("reset") == "reset"
-    assert stem("configured") == stem("configuring") == stem("configure")
-    assert stem("batteries") == "battery"
-    assert tokenize("XJ42 2.4GHz") == ["xj42", "2", "4ghz"]
 
 
 def test_keyword_only_match_ranks_the_chunk_with_the_rare_term_first():
