@@ -11,12 +11,10 @@ of `../shared/data/emanual/qa_dev.jsonl`, with the embedded SmolLM2-135M on CPU:
   many replies equal the batch-size-1 replies (padding changes float rounding, so greedy
   decoding may drift on near-ties).
 
-Batch size 1 is what `LocalChatModel.complete` does today. With `--eval-out DIR`, also runs
-`python -m eval run` on a sample (`--eval-limit` questions per set, evenly spread, and as many
-conversations; systems no-rag and base) through `BatchedModel`, a stand-in backend with this
-`complete_many`, to time the real evaluation pipeline batched (`--batch-size`). Results go to
-stdout and `bench/results/eval_speed.json`; run under `flock /tmp/casewise-cpu.lock` and note
-`uptime`.
+Batch size 1 is what `LocalChatModel.complete` does. (To time the whole evaluation pipeline
+batched, run `python -m eval run ... --backend transformers --batch-size N`: the transformers
+backend's `complete_many` does this left-padded batching.) Results go to stdout and
+`bench/results/eval_speed.json`; run under `flock /tmp/casewise-cpu.lock` and note `uptime`.
 """
 
 from __future__ import annotations
@@ -104,56 +102,6 @@ def measure(prompts, batch_sizes: list[int], max_new_tokens: int) -> dict:
     return results
 
 
-class BatchedModel:
-    """A stand-in chat backend with `complete_many` (the embedded model, the agent's settings).
-
-    Only for this bench: it shows what a backend exposing `complete_many` gives `eval run`.
-    """
-
-    def __init__(self, adapter: str | None = None, max_new_tokens: int = 256) -> None:
-        from finetune.model import load_causal_lm
-
-        self.model, self.tokenizer = load_causal_lm("default", adapter=adapter)
-        self.tokenizer.padding_side = "left"
-        self.max_new_tokens = max_new_tokens
-        self.name = "default (bench BatchedModel)" + (f"+{adapter}" if adapter else "")
-
-    def complete_many(self, batch, *, max_new_tokens=None):
-        """Greedy replies to every prompt of `batch`, in one `generate` call."""
-        return generate(self.model, self.tokenizer, batch,
-                        max_new_tokens or self.max_new_tokens)[0]
-
-    def complete(self, messages, *, max_new_tokens=None):
-        """One reply (a batch of one)."""
-        return self.complete_many([messages], max_new_tokens=max_new_tokens)[0]
-
-    def stream(self, messages, *, max_new_tokens=None):
-        """The whole reply as one piece."""
-        yield self.complete(messages, max_new_tokens=max_new_tokens)
-
-
-def eval_sample(home: Path, out: Path, limit: int, batch_size: int) -> dict:
-    """`eval run` on a sample of every set through `BatchedModel`; its generation times."""
-    from eval.judge import JudgeConfig
-    from eval.runner import RunConfig, run
-    from eval.systems import SystemOptions
-    from retrieval.settings import Settings
-
-    config = RunConfig(
-        questions=[str(DATA / "qa_dev.jsonl"), str(REPO / "eval/data/unanswerable.jsonl"),
-                   str(REPO / "eval/data/unanswerable_in_domain.jsonl")],
-        conversations=[str(REPO / "eval/data/conversations.jsonl")],
-        harmful=str(REPO.parent / "shared/data/safety/advbench_dev.csv"),
-        systems=["no-rag", "base"], out=out, limit=limit, spread=True, batch_size=batch_size,
-        options=SystemOptions(settings=Settings.resolve(home=home)),
-        judge=JudgeConfig(kind="none"))
-    start = time.perf_counter()
-    results = run(config, make_llm=lambda name, options: BatchedModel(
-        adapter=options.adapter if name == "finetuned" else None))
-    return {"seconds": round(time.perf_counter() - start, 1), "limit": limit,
-            "batch_size": batch_size, "generation": results["generation"]}
-
-
 def main(argv: list[str] | None = None) -> int:
     """Measure and write `bench/results/eval_speed.json`."""
     parser = argparse.ArgumentParser(
@@ -166,10 +114,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--home", type=Path, default=REPO / "runs" / "tv-home")
-    parser.add_argument("--eval-out", type=Path, help="also time `eval run` batched on a "
-                                                      "sample, into this run directory")
-    parser.add_argument("--eval-limit", type=int, default=3, help="questions per set")
-    parser.add_argument("--batch-size", type=int, default=8, help="for --eval-out")
     parser.add_argument("--json", action="store_true", help="print the JSON result")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -179,16 +123,11 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     sizes = [int(s) for s in args.batch_sizes.split(",") if s.strip()]
     load = os.getloadavg()
-    result = {"max_new_tokens": args.max_new_tokens, "cpus": os.cpu_count(),
-              "load_average_before": [round(x, 2) for x in load]}
-    if sizes:
-        prompts = agent_prompts(args.home, args.n)
-        result.update(n=len(prompts), batches=measure(prompts, sizes, args.max_new_tokens))
-    if args.eval_out:
-        result["eval_sample"] = eval_sample(args.home, args.eval_out, args.eval_limit,
-                                            args.batch_size)
-        print(f"eval run sample: {json.dumps(result['eval_sample'])}")
-    result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+    prompts = agent_prompts(args.home, args.n)
+    result = {"n": len(prompts), "max_new_tokens": args.max_new_tokens, "cpus": os.cpu_count(),
+              "load_average_before": [round(x, 2) for x in load],
+              "batches": measure(prompts, sizes, args.max_new_tokens),
+              "load_average_after": [round(x, 2) for x in os.getloadavg()]}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "eval_speed.json").write_text(json.dumps(result, indent=2))
     if args.json:

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from agent.llm import BACKENDS
 from retrieval.errors import UsageError, run_cli
 
 RUN_EXAMPLES = """examples:
@@ -82,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--harmful", metavar="FILE.csv", help="harmful requests (column 'goal')")
     run.add_argument("--adapter", help="LoRA adapter directory for the finetuned system")
     run.add_argument("--model", default="default", help="base model (default: embedded)")
+    run.add_argument("--backend", choices=BACKENDS,
+                     help="local inference engine (default: CASEWISE_LLM_BACKEND, else auto: "
+                          "llama.cpp where it can run the model)")
     run.add_argument("--llm-url", help="OpenAI-compatible base URL for the remote system")
     run.add_argument("--llm-model", help="model name for the remote system")
     run.add_argument("--home", help="index home (default: CASEWISE_HOME or ./.casewise)")
@@ -164,6 +168,7 @@ def _run(args) -> int:
     options = SystemOptions(
         settings=settings, model=args.model, adapter=args.adapter, llm_url=args.llm_url,
         llm_model=args.llm_model, top_k=args.top_k, max_new_tokens=args.max_new_tokens,
+        backend=args.backend,
     )
     config = RunConfig(
         questions=args.questions, systems=[s.strip() for s in args.systems.split(",") if s.strip()],

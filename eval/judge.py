@@ -61,24 +61,29 @@ class JudgeConfig:
         return dict(self.__dict__)
 
 
-def make_judge(judge: JudgeConfig, model: str = "default"):
+def make_judge(judge: JudgeConfig, model: str = "default", backend: str | None = None):
     """The ragas judge for `judge` (`None` for `none`).
 
     Args:
         judge: The judge settings.
         model: The run's base model, the local judge when `judge.model` is unset.
+        backend: The local engine (`agent.llm.local_backend`; `None`: `CASEWISE_LLM_BACKEND`,
+            else auto), the run's `--backend`.
     """
     if judge.kind == "none":
         return None
     if judge.kind == "remote":
         from agent.llm import OpenAIChatModel
 
-        backend = OpenAIChatModel(judge.url, judge.model)
+        chat = OpenAIChatModel(judge.url, judge.model)
     else:
-        from agent.llm import LocalChatModel
+        # The agent's engine choice, as the systems get: llama.cpp decodes the embedded judge
+        # about 4x faster, and the judge's short prompts make its first-token cost small.
+        from agent.llm import local_backend
 
-        backend = LocalChatModel(model=judge.model or model, max_new_tokens=judge.max_new_tokens)
-    llm = chat_judge(backend, max_new_tokens=judge.max_new_tokens)
+        chat = local_backend(judge.model or model, max_new_tokens=judge.max_new_tokens,
+                             backend=backend)
+    llm = chat_judge(chat, max_new_tokens=judge.max_new_tokens)
     if judge.kind == "local" and (judge.model or model) == "default":
         llm.name = f"{EMBEDDED_NAME} (embedded, local)"
     return llm

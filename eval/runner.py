@@ -377,7 +377,8 @@ def score(run_dir: Path, *, judge: JudgeConfig | None = None, embedder=None,
 
         embedder = load_embedder(config["options"]["settings"]["embedder"])
     if judge_llm is None:
-        judge_llm = make_judge(judge, config["options"]["model"])
+        judge_llm = make_judge(judge, config["options"]["model"],
+                               config["options"].get("backend"))
     scorer = RagasScorer(embedder, judge_llm, timeout=judge.timeout)
     answers, scores = answer_cache(run_dir), score_cache(run_dir)
     systems = config["systems"]

@@ -59,6 +59,8 @@ class SystemOptions:
         llm_model: Model name on that server.
         top_k: Passages retrieved per question.
         max_new_tokens: Generation budget per answer.
+        backend: Local inference engine (`agent.llm.local_backend`: `auto`, `llama.cpp`,
+            `transformers`; `None`: `CASEWISE_LLM_BACKEND`, else auto).
     """
 
     settings: Settings
@@ -68,13 +70,14 @@ class SystemOptions:
     llm_model: str | None = None
     top_k: int = 5
     max_new_tokens: int = 256
+    backend: str | None = None
 
     def to_dict(self) -> dict:
         """JSON-ready view."""
         return {
             "settings": self.settings.to_dict(), "model": self.model, "adapter": self.adapter,
             "llm_url": self.llm_url, "llm_model": self.llm_model, "top_k": self.top_k,
-            "max_new_tokens": self.max_new_tokens,
+            "max_new_tokens": self.max_new_tokens, "backend": self.backend,
         }
 
 
@@ -160,11 +163,11 @@ class AgentSystem:
 
 
 def _local_llm(options: SystemOptions, adapter: str | None):
-    from agent.llm import LocalChatModel
+    # The agent's own choice of engine (llama.cpp where it can run the model, else transformers).
+    from agent.llm import local_backend
 
-    return LocalChatModel(
-        model=options.model, adapter=adapter, max_new_tokens=options.max_new_tokens
-    )
+    return local_backend(options.model, adapter=adapter, max_new_tokens=options.max_new_tokens,
+                         backend=options.backend)
 
 
 def _remote_llm(options: SystemOptions):

@@ -3,7 +3,7 @@
 Every question of `eval/data/unanswerable_in_domain.jsonl` lists `checked_terms`: the words
 and phrases an answer in the manual would have to use (a TV's weight: "weigh", "weight", "kg",
 "lbs", ...). This script reads the manual's text with the project's PDF reader, searches every
-page for every term (case-insensitive, whole words, line breaks folded), and retrieves the
+page for every term (whole words; case, punctuation and line breaks aside), and retrieves the
 question's top passages from an index of the manual. It writes, per question, which terms
 occur on which pages (none, for a question that passes) and the top passages' pages, sections
 and similarities to `eval/data/unanswerable_in_domain.check.jsonl` (the record of why each
@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import re
 import sys
 import tempfile
 from datetime import date
@@ -36,6 +35,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from retrieval.errors import CasewiseError, UsageError, run_cli  # noqa: E402
+from retrieval.text import normalise  # noqa: E402
 
 DATA = Path(__file__).resolve().parent
 DEFAULT_QUESTIONS = DATA / "unanswerable_in_domain.jsonl"
@@ -48,7 +48,7 @@ class AnsweredByManualError(CasewiseError):
 
 
 def manual_pages(pdf: Path) -> dict[int, str]:
-    """Page number -> the page's text, lower-cased with whitespace folded, read by ingest's loader.
+    """Page number -> the page's words (`retrieval.text.normalise`), read by ingest's loader.
 
     Raises:
         UsageError: The manual cannot be read.
@@ -62,14 +62,13 @@ def manual_pages(pdf: Path) -> dict[int, str]:
     pages: dict[int, list[str]] = {}
     for block in loaded.blocks:
         pages.setdefault(block.page or 0, []).append(block.text)
-    return {p: " ".join(" ".join(texts).lower().split()) for p, texts in pages.items()}
+    return {p: f" {normalise(' '.join(texts))} " for p, texts in pages.items()}
 
 
 def term_pages(term: str, pages: dict[int, str]) -> list[int]:
-    """Pages on which `term` occurs as whole words (case-insensitive)."""
-    phrase = re.escape(" ".join(term.lower().split()))
-    pattern = re.compile(rf"(?<![a-z0-9]){phrase}(?![a-z0-9])")
-    return sorted(p for p, text in pages.items() if pattern.search(text))
+    """Pages on which `term` occurs as whole words (case and punctuation aside)."""
+    phrase = f" {normalise(term)} "
+    return sorted(p for p, text in pages.items() if phrase in text)
 
 
 def check_terms(question: dict, pages: dict[int, str]) -> dict:
