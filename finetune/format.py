@@ -37,10 +37,9 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
-from typing import Protocol
 
 from retrieval.text import normalise, sentences
-from retrieval.types import Citation
+from retrieval.types import Citation, PassageLike
 
 FORMAT_VERSION = 2
 
@@ -70,16 +69,6 @@ _SECTION_RE = re.compile(r"^\s*(reasoning|quote|answer|sources?)\s*:\s*",
 _SENTENCE_ID_RE = re.compile(r"(\d+)\.(\d+)(?:\s*[-–]\s*(?:(\d+)\.)?(\d+))?")
 # A range longer than this is not a selection the model meant.
 MAX_RANGE = 12
-
-
-class PassageLike(Protocol):
-    """Anything with passage text and a citation (retrieval's `Hit` and `Chunk` both are)."""
-
-    @property
-    def text(self) -> str: ...  # noqa: D102
-
-    @property
-    def citation(self) -> Citation: ...  # noqa: D102
 
 
 def citation_label(citation: Citation) -> str:

@@ -26,6 +26,7 @@ line numbers and problem reports) and raise `SkipRecord` with the reason a recor
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
@@ -108,12 +109,25 @@ def resolve(messages: list[Message], status: object, ticket_id: str | None, fmt:
     return Ticket(question.strip(), answer.strip(), ticket_id, extra)
 
 
-def _id(value: object) -> str | None:
+def record_id(value: object) -> str | None:
+    """An id as text (`12.0` from a spreadsheet is `12`), or `None` when there is none."""
     if value is None or isinstance(value, bool) or str(value).strip() == "":
         return None
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     return str(value).strip()
+
+
+def _named(parse):
+    """Prefix a record's skip reason with its ticket id, when it has one."""
+    @functools.wraps(parse)
+    def wrapper(obj: object) -> Ticket:
+        try:
+            return parse(obj)
+        except SkipRecord as e:
+            ticket_id = record_id(obj.get("id")) if isinstance(obj, dict) else None
+            raise SkipRecord(f"ticket {ticket_id}: {e}" if ticket_id else str(e)) from None
+    return wrapper
 
 
 # --- Zendesk -------------------------------------------------------------------------------------
@@ -133,6 +147,7 @@ def zendesk_tickets(document: object) -> list[object] | None:
     return None
 
 
+@_named
 def zendesk_ticket(obj: object) -> Ticket:
     """One Zendesk ticket: comments by the requester are the customer's, public others the agents'.
 
@@ -156,7 +171,9 @@ def zendesk_ticket(obj: object) -> Ticket:
             raise SkipRecord(f"comment {n} has no text ('body' or 'plain_body'); ticket skipped")
         author = "customer" if comment.get("author_id") == requester else "agent"
         messages.append(Message(author, plain_text(text), comment.get("public", True) is not False))
-    return resolve(messages, obj.get("status"), _id(obj.get("id")), "zendesk", obj.get("subject"))
+    return resolve(messages, obj.get("status"), record_id(obj.get("id")), "zendesk",
+                   obj.get("subject"))
+
 
 
 # --- Freshdesk -----------------------------------------------------------------------------------
@@ -192,7 +209,7 @@ def freshdesk_tickets(rows: list[tuple[int, dict]]) -> list[tuple[int, Ticket | 
     grouped: dict[str, list[tuple[int, dict]]] = {}
     out: list[tuple[int, Ticket | SkipRecord]] = []
     for line, row in rows:
-        ticket_id = _id(row.get("ticket id"))
+        ticket_id = record_id(row.get("ticket id"))
         if ticket_id is None:
             out.append((line, SkipRecord("empty Ticket ID; row skipped")))
             continue
@@ -223,6 +240,7 @@ def is_conversation(obj: object) -> bool:
     return isinstance(obj, list) or (isinstance(obj, dict) and "messages" in obj)
 
 
+@_named
 def conversation(obj: object) -> Ticket:
     """One conversation record: `[{role, text}]` or `{id, status, subject, messages}`.
 
@@ -232,7 +250,8 @@ def conversation(obj: object) -> Ticket:
     """
     ticket_id = status = subject = None
     if isinstance(obj, dict):
-        ticket_id, status, subject = _id(obj.get("id")), obj.get("status"), obj.get("subject")
+        ticket_id, status = record_id(obj.get("id")), obj.get("status")
+        subject = obj.get("subject")
         obj = obj.get("messages")
     if not isinstance(obj, list):
         raise SkipRecord("'messages' is not a list; skipped")
@@ -252,6 +271,7 @@ def conversation(obj: object) -> Ticket:
         messages.append(Message("customer" if role in CUSTOMER_ROLES else "agent",
                                 plain_text(text)))
     return resolve(messages, status, ticket_id, "conversation", subject)
+
 
 
 # --- text ----------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Loaders: turn one file (PDF, ticket history, Markdown, text) into page- and section-tagged blocks.
+"""Loaders: one file (PDF, ticket history, Markdown, text) in, page/section-tagged blocks out.
 
 Also the readers every other package uses for these formats: `read_faq` (ticket histories: FAQ
 CSV/JSONL and help-desk exports, for ingest and `python -m finetune data`), `read_jsonl` (every
@@ -20,14 +20,16 @@ import json
 import logging
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pypdf
 from pypdf.errors import DependencyError, PyPdfError
 
 from ingest import exports
+from ingest.ocr import INSTALL_HINT, MIN_CONFIDENCE, ON_MIN_WORDS, PageOcr, PageText
 from ingest.redact import redact
+from ingest.tables import read_tables, tabular_pages
 from retrieval.errors import UsageError
 from retrieval.types import ChunkType
 
@@ -87,6 +89,10 @@ class LoadedFile:
         warnings: Problems that did not stop the file (pages without text, bad rows).
         pages: Number of PDF pages, else `None`.
         redactions: Identifiers replaced in a ticket history, by kind (`ingest.redact`).
+        ocr_pages: 1-based pages whose text OCR read.
+        ocr_cached: How many of those came from the OCR cache.
+        ocr_candidates: Pages with (almost) no text layer, which an OCR setting would change.
+        tables: Ruled tables found, whose rows are kept together (`ingest.tables`).
     """
 
     path: Path
@@ -95,9 +101,23 @@ class LoadedFile:
     warnings: list[str] = field(default_factory=list)
     pages: int | None = None
     redactions: dict[str, int] = field(default_factory=dict)
+    ocr_pages: list[int] = field(default_factory=list)
+    ocr_cached: int = 0
+    ocr_candidates: int = 0
+    tables: int = 0
 
 
-def load_file(path: Path, data: bytes | None = None, *, redact: bool | None = None) -> LoadedFile:
+def redacts(path: Path, redact: bool | None) -> bool:
+    """Whether `path` is redacted: `redact` when given, else only ticket histories and exports.
+
+    Manuals are off by default: they hold no customer's data, and their support phone numbers
+    or example addresses are content.
+    """
+    return redact if redact is not None else path.suffix.lower() in FAQ_SUFFIXES
+
+
+def load_file(path: Path, data: bytes | None = None, *, redact: bool | None = None,
+              ocr: PageOcr | None = None) -> LoadedFile:
     """Load one file by its suffix.
 
     Args:
@@ -105,6 +125,7 @@ def load_file(path: Path, data: bytes | None = None, *, redact: bool | None = No
         data: The file's bytes when already read (the pipeline hashes them first).
         redact: Redact customers' identifiers (`ingest.redact`); `None` redacts ticket
             histories and help-desk exports and leaves manuals as they are.
+        ocr: Reads PDF pages without a text layer (`ingest.ocr.PageOcr`); `None` reads none.
 
     Returns:
         The blocks and warnings of the file.
@@ -124,15 +145,20 @@ def load_file(path: Path, data: bytes | None = None, *, redact: bool | None = No
     if not data.strip():
         raise UnreadableFileError(path, "empty file")
     if suffix in FAQ_SUFFIXES:
-        return load_faq(path, data, redact=bool(redact))
+        return load_faq(path, data, redact=redacts(path, redact))
     if suffix in PDF_SUFFIXES:
-        return load_pdf(path, data)
-    text, note = decode_text(path, data)
-    sections = (markdown_sections(text) if suffix in {".md", ".markdown"}
-                else heading_sections(text.splitlines()))
-    loaded = _text_file(path, sections)
-    if note:
-        loaded.warnings.insert(0, note.brief)
+        loaded = load_pdf(path, data, ocr)
+    else:
+        text, note = decode_text(path, data)
+        sections = (markdown_sections(text) if suffix in {".md", ".markdown"}
+                    else heading_sections(text.splitlines()))
+        loaded = _text_file(path, sections)
+        if note:
+            loaded.warnings.insert(0, note.brief)
+    if redacts(path, redact):
+        counts: Counter[str] = Counter()
+        loaded.blocks = [replace(b, text=redact_text(b.text, counts)) for b in loaded.blocks]
+        loaded.redactions = dict(counts)
     return loaded
 
 
@@ -145,13 +171,18 @@ def _text_file(path: Path, sections: list[tuple[str | None, str]]) -> LoadedFile
 
 # --- PDF ---------------------------------------------------------------------------------------
 
-def load_pdf(path: Path, data: bytes) -> LoadedFile:
+def load_pdf(path: Path, data: bytes, ocr: PageOcr | None = None) -> LoadedFile:
     """Read a PDF page by page with sections from its outline, else from heading-like lines.
+
+    Args:
+        path: The file, for messages.
+        data: Its bytes.
+        ocr: Reads pages without a text layer (`ingest.ocr`); `None` reads none.
 
     Raises:
         UnreadableFileError: Encrypted (and the empty password does not open it), damaged, or
             not a PDF at all.
-        NoTextError: No page has a text layer.
+        NoTextError: No page has a text layer (and OCR, if any, read none).
     """
     head = data[:1024]
     if b"%PDF-" not in head:
@@ -182,11 +213,14 @@ def load_pdf(path: Path, data: bytes) -> LoadedFile:
         except (PyPdfError, ValueError, KeyError, TypeError, AttributeError) as e:
             warnings.append(f"page {number}: text extraction failed ({e})")
             text = ""
-        if not text.strip():
-            warnings.append(f"page {number}: {NO_TEXT_LAYER}")
         texts.append(text)
+    tables = read_tables(data, tabular_pages(pages))
+    for index, (text, _) in tables.items():
+        texts[index] = text
+    candidates = sum(len(t.split()) < ON_MIN_WORDS for t in texts)
+    texts, ocr_pages, ocr_cached, no_text = _ocr_pages(data, texts, ocr, warnings)
     if not any(t.strip() for t in texts):
-        raise NoTextError(path, NO_TEXT_LAYER)
+        raise NoTextError(path, no_text)
     texts = clean_pages(texts)
 
     entries, outline_warnings = _outline_entries(reader)
@@ -203,15 +237,62 @@ def load_pdf(path: Path, data: bytes) -> LoadedFile:
             page_sections.append(sections)
             if sections:
                 carry = sections[-1][0]
+    def page_metadata(number: int) -> dict:
+        metadata: dict = {"ocr": True} if number in ocr_pages else {}
+        if number - 1 in tables:
+            metadata["tables"] = tables[number - 1][1]
+        return metadata
+
     blocks = [
-        Block(text, number, section)
+        Block(text, number, section, page_metadata(number))
         for number, sections in enumerate(page_sections, start=1)
         for section, text in sections
         if text.strip()
     ]
     if not blocks:
-        raise NoTextError(path, NO_TEXT_LAYER)
-    return LoadedFile(path, "doc", blocks, warnings, pages=len(pages))
+        raise NoTextError(path, no_text)
+    loaded = LoadedFile(path, "doc", blocks, warnings, pages=len(pages))
+    loaded.ocr_pages, loaded.ocr_cached = ocr_pages, ocr_cached
+    loaded.tables = sum(n for _, n in tables.values())
+    loaded.ocr_candidates = candidates
+    return loaded
+
+
+def _ocr_pages(data: bytes, texts: list[str], ocr: PageOcr | None, warnings: list[str],
+               ) -> tuple[list[str], list[int], int, str]:
+    """Read the pages OCR wants; warn per page without text, or read with low confidence.
+
+    Returns:
+        The page texts, the 1-based pages read by OCR, how many of them came from the cache,
+        and the reason a page without a text layer has no text (for a file with no text).
+    """
+    wanted = [i for i, text in enumerate(texts) if ocr is not None and ocr.wanted(text)]
+    if ocr is None or ocr.mode == "off" or all(t.strip() for t in texts):
+        no_text = NO_TEXT_LAYER
+    elif ocr.problem:
+        no_text = f"no text layer (scanned image? OCR is not available: {ocr.problem}; " \
+                  f"{INSTALL_HINT})"
+    else:
+        no_text = "no text layer, and OCR found no text"
+    read = ocr.read(data, wanted) if wanted else {}
+    texts = list(texts)
+    ocr_pages: list[int] = []
+    cached = 0
+    for index, text in enumerate(texts):
+        number, result = index + 1, read.get(index)
+        if isinstance(result, PageText) and len(result.text.split()) > len(text.split()):
+            texts[index] = result.text
+            ocr_pages.append(number)
+            cached += result.cached
+            if result.confidence is not None and result.confidence < MIN_CONFIDENCE:
+                warnings.append(f"page {number}: read by OCR with confidence "
+                                f"{result.confidence:.0f} (below {MIN_CONFIDENCE:.0f}): the "
+                                "text may be misread; check the scan")
+        elif not text.strip():
+            why = f"no text layer, and OCR could not read it: {result}" \
+                if isinstance(result, str) else no_text
+            warnings.append(f"page {number}: {why}")
+    return texts, ocr_pages, cached, no_text
 
 
 _PAGE_NUMBER = re.compile(
@@ -828,7 +909,8 @@ def _faq_row(path: Path, line: int, record: dict, problems: list[Problem],
         value = _scalar(value)
         if value not in (None, ""):
             extra[key] = value
-    return FaqRow(texts["question"], texts["answer"], line, exports._id(record.get("id")),
+    return FaqRow(texts["question"], texts["answer"], line,
+                  exports.record_id(record.get("id")),
                   section, page, extra)
 
 

@@ -65,9 +65,17 @@ class BM25Index:
         n = max(len(self.chunks), 1)
         avgdl = float(lengths.mean()) if len(self.chunks) and lengths.mean() > 0 else 1.0
         idf = np.log1p((n - df + 0.5) / (df + 0.5))  # Lucene's non-negative idf
+        self._idf = idf
+        self._idf_unseen = float(np.log1p((n + 0.5) / 0.5))
         norm = k1 * (1.0 - b + b * lengths[self._docs] / avgdl)
         term_of_posting = terms[order]
         self._weights = (idf[term_of_posting] * tf * (k1 + 1.0) / (tf + norm)).astype(np.float32)
+
+    def idf(self, term: str) -> float:
+        """Inverse document frequency of a content word (`retrieval.text.content_words`) in the
+        indexed chunks; a word no chunk holds gets the highest value."""
+        t = self._vocab.get(term)
+        return self._idf_unseen if t is None else float(self._idf[t])
 
     def __len__(self) -> int:
         return len(self.chunks)

@@ -143,6 +143,19 @@ class SentenceTransformerEmbedder:
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         return vectors.tolist()
 
+    def token_counts(self, texts: list[str]) -> list[int]:
+        """Word pieces of each text, special tokens included, counted without truncation.
+
+        A text longer than `max_seq_length` is truncated by the model: its vector sees only
+        its beginning. Ingest uses this to report such chunks.
+        """
+        if not texts:
+            return []
+        # verbose=False: counting long texts is the point, not a mistake to warn about.
+        encoded = self._model.tokenizer(list(texts), add_special_tokens=True, truncation=False,
+                                        verbose=False)
+        return [len(ids) for ids in encoded["input_ids"]]
+
     def embed_query(self, text: str) -> list[float]:
         """Embed a search query (cached: the last `QUERY_CACHE_SIZE` queries).
 

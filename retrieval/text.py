@@ -239,6 +239,7 @@ def quoted(text: str) -> list[str]:
 # A menu path: two or more labels joined by ">" (the manuals write "Settings >General> Network").
 _MENU_LABEL = r"[\w'’+&/-]+(?:[ \t]+[\w'’+&/-]+){0,4}"
 _MENU_PATH = re.compile(rf"{_MENU_LABEL}(?:[ \t]*>[ \t]*{_MENU_LABEL})+")
+_PATH_VERBS = frozenset("open go select choose navigate press tap click visit find then".split())
 
 
 def menu_paths(text: str) -> list[list[str]]:
@@ -258,6 +259,8 @@ def menu_paths(text: str) -> list[list[str]]:
             if not (token[:1].isupper() or token[:1].isdigit()):
                 break
             keep.insert(0, token)
+        while len(keep) > 1 and keep[0].lower() in _PATH_VERBS:
+            keep.pop(0)  # "Open Wireless > Security": the verb is not a menu label
         labels[0] = " ".join(keep) or head[-1]
         # Later labels end at the first stop word: "Basic Settings and click Save" -> "Basic
         # Settings".
@@ -285,11 +288,12 @@ def urls(text: str) -> list[str]:
     return [u.lower().rstrip(".,;:!?") for u in _URL.findall(text)]
 
 
-# Nouns that complete a name: "Universal remote" is the Universal Remote, not any remote.
+# Nouns that complete a name: "Universal remote" is the Universal Remote, not any remote, and a
+# passage about the Universal Guide must not pass for it. Descriptive nouns ("mode", "option",
+# "feature", "setting", "screen") are left out: "Dynamic mode" is named "Dynamic" in a manual.
 UI_NOUNS = frozenset(
-    "remote guide mode button menu app apps settings setting hub account service function "
-    "feature screen key control controller port cable option list bar panel tab page icon "
-    "network display sensor light switch timer assistant".split()
+    "remote guide hub app apps account button key port cable menu bar panel tab icon sensor "
+    "light switch timer assistant controller".split()
 )
 _TOKEN = re.compile(r"[^\W_][\w+'’-]*")
 

@@ -146,8 +146,8 @@ def embedded_model_path(model_cache) -> str:
 class PassageQuotingModel:
     """A fast, deterministic stand-in for the local model that answers any number of questions.
 
-    It replies in the shared format with the first sentence of passage [1] as its answer and
-    that passage's label as its source: a verbatim quote, so verification keeps it. No model,
+    It replies in the shared format (v2) with the first sentence of passage [1] as its quote
+    and its answer, and that passage's label as its source: verbatim, so verification keeps it. No model,
     no queue: the REST service tests and `bench/serve.py` run it behind a real server
     (`CASEWISE_SERVE_TEST_LLM=tests.conftest:PassageQuotingModel`).
     """
@@ -163,10 +163,10 @@ class PassageQuotingModel:
         found = self._FIRST.search(user)
         if found is None:
             return f"Reasoning: No passage is given.\nAnswer: {ABSTAIN_ANSWER}"
-        text = " ".join(found["text"].split())
-        sentence = re.split(r"(?<=[.!?])\s+", text)[0]
-        reply = (f'Reasoning: Passage [1] says "{sentence}"\nAnswer: {sentence}\n'
-                 f"Sources: [{found['label']}]")
+        # Format v2 numbers each sentence on its own line: "(1.1) To reset the router ...".
+        sentence = re.sub(r"^\(1\.1\)\s*", "", found["text"].strip().splitlines()[0]).strip()
+        reply = (f"Reasoning: Passage [1] answers the question.\nQuote: 1.1\n"
+                 f"Answer: {sentence}\nSources: [{found['label']}]")
         prefix = messages[-1]["content"] if messages[-1]["role"] == "assistant" else ""
         # A final assistant message is a prefix the reply continues (agent.llm.ChatBackend).
         return reply[len(prefix):] if prefix and reply.startswith(prefix) else reply

@@ -47,3 +47,9 @@ def test_top_n_is_respected_and_deterministic():
 def test_bad_parameters_are_rejected():
     with pytest.raises(ValueError, match="b"):
         BM25Index([], b=2.0)
+
+
+def test_idf_is_higher_for_rarer_terms_and_highest_for_unseen_ones():
+    index = BM25Index(make_chunks())
+    assert index.idf("xj42") > index.idf("reset") > 0
+    assert index.idf("never-indexed") > index.idf("xj42")

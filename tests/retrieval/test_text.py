@@ -72,6 +72,7 @@ def test_menu_paths_as_label_lists():
         ["settings", "general", "network", "open network settings", "wireless"]]
     assert menu_paths("In the admin console open Wireless > Basic Settings and click Save.") \
         == [["wireless", "basic settings"]]
+    assert menu_paths("Open Wireless > Security.") == [["wireless", "security"]]
     assert menu_paths("No path here.") == []
 
 
