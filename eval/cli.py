@@ -21,6 +21,8 @@ RUN_EXAMPLES = """examples:
   # a quick look: 10 questions per file, evenly spread
   python -m eval run --questions eval/data/unanswerable_in_domain.jsonl --limit 10 --spread \\
       --systems base --home runs/tv-home --judge none --out runs/quick
+  # the same in chunks of the shared CPU lock: repeat until it prints the report
+  flock /tmp/casewise-cpu.lock python -m eval run ... --max-minutes 9
 Killed or interrupted? Run the same command again: it resumes from the cache."""
 
 REPORT_EXAMPLES = """examples:
@@ -104,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--batch-size", type=int, default=16,
                      help="questions answered at once when the model backend can batch "
                           "(complete_many); otherwise one at a time")
+    run.add_argument("--max-minutes", type=float, default=None,
+                     help="start no new answer after M minutes (answers are cached; run the "
+                          "same command again to continue: one CPU-lock chunk at a time)")
     run.add_argument("--out", required=True, type=Path, help="run directory (cache + report)")
     _add_judge_args(run, "local")
 
@@ -174,9 +179,11 @@ def _run(args) -> int:
         questions=args.questions, systems=[s.strip() for s in args.systems.split(",") if s.strip()],
         out=args.out, options=options, harmful=args.harmful, conversations=args.conversations,
         limit=args.limit, spread=args.spread, judge=_judge_config(args),
-        batch_size=args.batch_size,
+        batch_size=args.batch_size, max_minutes=args.max_minutes,
     )
     results = run(config, answer=not args.score_only, common=args.common)
+    if results is None:  # the time budget ran out; the answers so far are cached
+        return 0
     _print_summary(results, args.out)
     return 0
 

@@ -55,6 +55,7 @@ from ingest.loaders import read_jsonl
 from retrieval.errors import UsageError
 
 DEFAULT_BATCH_SIZE = 16
+_clock = time.monotonic  # the time budget's clock (tests advance a fake one)
 
 
 class RunDirError(UsageError):
@@ -76,6 +77,9 @@ class RunConfig:
         spread: With `limit`, take evenly spaced ones.
         judge: The LLM judge.
         batch_size: Questions answered at once by a backend with `complete_many`.
+        max_minutes: Start no new answer after this many minutes of generation (`None`: no
+            limit); what is left is answered by running the same command again (a chunk of
+            the shared CPU lock at a time).
     """
 
     questions: list[str]
@@ -88,12 +92,15 @@ class RunConfig:
     spread: bool = False
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     batch_size: int = DEFAULT_BATCH_SIZE
+    max_minutes: float | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise UsageError(f"--batch-size ({self.batch_size}) must be at least 1")
         if self.limit is not None and self.limit < 1:
             raise UsageError(f"--limit ({self.limit}) must be at least 1")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise UsageError(f"--max-minutes ({self.max_minutes}) must be positive")
 
     def to_dict(self) -> dict:
         """JSON-ready view."""
@@ -213,7 +220,10 @@ def common_questions(items: list, systems: list[str], answers) -> list:
             if all((s, q.id) in answers for s in systems if (s, question_group(q)) in active)]
 
 
-def _answer_one(system, item) -> dict:
+def _answer_one(system, item, deadline: float | None = None) -> dict | None:
+    """The item's record, or `None` (not answered) when `deadline` has passed."""
+    if deadline is not None and _clock() >= deadline:
+        return None
     start = time.perf_counter()
     if isinstance(item, Conversation):
         record = {"question": " / ".join(item.users), "turns": system.converse(item.users)}
@@ -225,12 +235,16 @@ def _answer_one(system, item) -> dict:
 
 def generate(config: RunConfig, questions: list[Question],
              conversations: list[Conversation] = (), *,
-             build: Callable = build_system, make_llm: Callable = build_llm) -> None:
+             build: Callable = build_system, make_llm: Callable = build_llm) -> int:
     """Answer every (system, question) and (system, conversation) pair not yet cached.
 
     Systems are loaded only when they have work left, so a resumed or finished run loads no
-    model. One progress bar covers the work left (with its rate and ETA). `build` and
+    model. One progress bar covers the work left (with its rate and ETA). After
+    `config.max_minutes` no new answer is started (those in flight finish). `build` and
     `make_llm` are injectable for tests.
+
+    Returns:
+        How many pairs are still unanswered (0 unless the time budget ran out).
     """
     cache = answer_cache(config.out)
     items = list(questions) + list(conversations)
@@ -239,9 +253,11 @@ def generate(config: RunConfig, questions: list[Question],
     left = sum(len(t) for t in todo.values())
     cached = len(config.systems) * len(items) - left
     desc = f"answering ({cached} cached)" if cached else "answering"
+    deadline = (_clock() + 60 * config.max_minutes
+                if config.max_minutes is not None else None)
     with tqdm(total=left, desc=desc, unit="q", dynamic_ncols=True) as bar:
         for name in config.systems:
-            if not todo[name]:
+            if not todo[name] or (deadline is not None and _clock() >= deadline):
                 continue
             bar.set_postfix_str(f"loading {name}")
             llm = make_llm(name, config.options)
@@ -254,8 +270,10 @@ def generate(config: RunConfig, questions: list[Question],
                                         if batcher else ""))
             try:
                 for _, record in run_parallel(
-                        todo[name], lambda item, s=system: _answer_one(s, item),
+                        todo[name], lambda item, s=system: _answer_one(s, item, deadline),
                         workers=config.batch_size if batcher else 1, batcher=batcher):
+                    if record is None:
+                        continue
                     record["system"] = name
                     cache.put(record)
                     done += 1
@@ -263,7 +281,9 @@ def generate(config: RunConfig, questions: list[Question],
             finally:
                 _log_generation(config.out, name, llm, done, time.perf_counter() - start,
                                 batcher)
+            left -= done
             del system, batcher, llm
+    return left
 
 
 def _log_generation(out: Path, name: str, llm, done: int, seconds: float, batcher) -> None:
@@ -284,11 +304,13 @@ def run(config: RunConfig, *, build: Callable = build_system, make_llm: Callable
     """`python -m eval run`: generate what is missing, then score and report.
 
     With `answer=False` (`--score-only`) nothing is generated: the cached answers are scored and
-    the pairs without one are reported as missing (used after per-system processes).
+    the pairs without one are reported as missing (used after per-system processes). When
+    `config.max_minutes` runs out first, nothing is scored and `None` is returned: run again.
     `build`, `make_llm`, `embedder` and `judge_llm` are injectable for tests.
 
     Returns:
-        The results dictionary also written to `DIR/results.json`.
+        The results dictionary also written to `DIR/results.json`, or `None` when the time
+        budget stopped the generation with answers left.
     """
     check_systems(config.systems, config.options)
     questions = collect_questions(config.questions, config.harmful, config.limit, config.spread)
@@ -299,7 +321,12 @@ def run(config: RunConfig, *, build: Callable = build_system, make_llm: Callable
     _write_jsonl(config.out / "questions.jsonl", (q.to_dict() for q in questions))
     _write_jsonl(config.out / "conversations.jsonl", (c.to_dict() for c in conversations))
     if answer:
-        generate(config, questions, conversations, build=build, make_llm=make_llm)
+        left = generate(config, questions, conversations, build=build, make_llm=make_llm)
+        if left:
+            print(f"--max-minutes {config.max_minutes:g} reached: {left} answers left (cached "
+                  f"so far in {config.out / 'answers.jsonl'}); run the same command again to "
+                  "resume", file=sys.stderr)
+            return None
     # Pass this run's judge explicitly: config.json may since have been rewritten by another
     # process answering another system into the same directory.
     return score(config.out, judge=config.judge, embedder=embedder, judge_llm=judge_llm,

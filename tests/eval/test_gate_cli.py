@@ -124,6 +124,9 @@ def test_run_bad_inputs_exit_non_zero_without_traceback(tmp_path, capsys):
     assert rc == 2 and "--judge-url" in capsys.readouterr().err
     rc = main(["run", "--questions", str(bad), "--out", str(tmp_path / "o"), "--threads", "0"])
     assert rc == 2 and "--threads" in capsys.readouterr().err
+    rc = main(["run", "--questions", str(bad), "--out", str(tmp_path / "o"), "--max-minutes",
+               "0"])
+    assert rc == 2 and "--max-minutes (0.0) must be positive" in capsys.readouterr().err
     assert main(["run", "--out", str(tmp_path / "o")]) == 2  # no question file at all
     assert "--questions" in capsys.readouterr().err
 
