@@ -36,18 +36,26 @@ DATA = REPO.parent / "shared" / "data" / "emanual"
 THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 
 
-def features(question: str, searcher, context) -> dict:
-    """The ranker's quote for `question` and how relevant it is (plain and IDF-weighted)."""
+def graded(question: str, searcher, context) -> list:
+    """The passages the agent would keep for `question`: retrieve and grade, and once more with
+    the keyword rewrite when nothing survives (as the graph does)."""
     from agent.graph import is_relevant
     from agent.prompts import keyword_query
-    from retrieval.grounding import ranked_quote, relevance, unusable_passages
 
     kept = []
-    for query in (question, keyword_query(question)):  # the agent rewrites once
+    for query in (question, keyword_query(question)):
         kept = [h for h in searcher.search(query, k=context.top_k)
                 if is_relevant(h, question, context)][: context.max_contexts]
         if kept:
             break
+    return kept
+
+
+def features(question: str, searcher, context) -> dict:
+    """The ranker's quote for `question` and how relevant it is (plain and IDF-weighted)."""
+    from retrieval.grounding import ranked_quote, relevance, unusable_passages
+
+    kept = graded(question, searcher, context)
     if not kept:
         return {"kept": False}
     quote = ranked_quote(question, kept, searcher.embedder)

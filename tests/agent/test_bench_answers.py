@@ -44,8 +44,8 @@ def _row(mode, answerable=True, removed=0, claims=1, split=None, **kw):
 
 def test_summary_figures():
     rows = [
-        _row("generated", rouge_l=0.5, citation_ok=1.0, removed=1, claims=3),
-        _row("quoted", rouge_l=0.3, citation_ok=0.0),
+        _row("generated", rouge_l=0.5, citation_ok=1.0, removed=1, claims=3, gold_in_contexts=1.0),
+        _row("quoted", rouge_l=0.3, citation_ok=0.0, gold_in_contexts=1.0),
         _row("abstained", rouge_l=0.0, citation_ok=0.0, claims=0),
         _row("abstained", rouge_l=0.1, citation_ok=0.0, claims=0),
         _row("quoted", answerable=False, split="calibration"),
@@ -56,6 +56,20 @@ def test_summary_figures():
                                 "refused": 0.0}
     assert s["false_abstention"] == 0.5 and s["citation_accuracy"] == 0.25
     assert s["rouge_l"] == 0.225
+    assert s["gold_page_in_contexts"] == 1.0  # of the rows that have the field
     assert s["unanswerable_answered"] == 0.5
     assert s["unanswerable_answered_by_split"] == {"calibration": 1.0, "report": 0.0}
     assert s["unsupported_claim_share"] == 0.25  # 1 removed of 3 kept + 1 removed
+
+
+def test_quote_rank_help_and_bad_input(capsys):
+    from bench import quote_rank
+
+    with pytest.raises(SystemExit) as exit_:
+        quote_rank.main(["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage: python bench/quote_rank.py" in out and "Examples:" in out
+    assert quote_rank.main(["--limit", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--limit (0) must be at least 1" in err and len(err.strip().splitlines()) == 1

@@ -9,12 +9,15 @@ from retrieval.grounding import (
     check_claim,
     choose_quote,
     looks_like_injection,
+    quote_from,
     quote_relevance,
+    rank_sentences,
     ranked_quote,
     relevance,
     selected_quotes,
     verify,
 )
+from retrieval.text import overlap
 from retrieval.types import Chunk
 from tests.conftest import HashEmbedder
 
@@ -176,3 +179,22 @@ def test_a_supported_sentence_that_does_not_answer_is_not_relevant():
     why = answer_relevance("How much does the TV weigh?", [stand], [(1, stand.text)],
                            {"tv": 0.1, "weigh": 5.0, "much": 1.0}.get)
     assert why and "IDF-weighted" in why
+
+
+def test_the_ranker_prefers_the_better_retrieved_passage_only_on_a_near_tie():
+    question = "How do I pair the remote with the soundbar speaker quickly?"
+    first = passage("Pair the remote with the soundbar speaker from the Bluetooth menu.", page=8)
+    second = passage("Quickly pair the remote with the soundbar speaker.", page=9)
+    assert overlap(question, first.text) < overlap(question, second.text)
+    # one word short in the first-ranked passage: its retrieval rank decides
+    assert rank_sentences(question, [first, second])[0][1:] == (1, 1)
+    # the prior never outweighs a sentence that answers much better
+    unrelated = passage("The soundbar has a wall mount.", page=2)
+    assert rank_sentences(question, [unrelated, second])[0][1:] == (2, 1)
+
+
+def test_quote_from_stops_at_the_sentence_and_word_limits():
+    assert quote_from([RESET], 1, 1).sentences == (1, 2, 3)
+    assert quote_from([RESET], 1, 1, max_sentences=2).sentences == (1, 2)
+    assert quote_from([RESET], 1, 1, max_words=10).sentences == (1,)
+    assert quote_from([RESET], 1, 3).texts == ("The router restarts in about two minutes.",)
