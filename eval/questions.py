@@ -13,13 +13,16 @@ question of kind `harmful` that the assistant should refuse.
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from ingest.loaders import Problem, UnreadableFileError, read_jsonl
 from retrieval.errors import UsageError
 
 HARMFUL_KIND = "harmful"
+T = TypeVar("T")
 _KNOWN = ("id", "question", "reference", "page", "source", "answerable", "kind", "faq_ticket")
 
 
@@ -63,6 +66,21 @@ class Question:
         return asdict(self)
 
 
+def question_set(q: Question) -> str:
+    """The set a question is reported under in the per-set table.
+
+    `answerable`, `harmful`, or an unanswerable question's `kind` with its `split` when it has
+    one (`in-domain-unanswerable:report`, `in-domain-unanswerable:calibration`,
+    `off-domain-unanswerable`).
+    """
+    if q.harmful:
+        return HARMFUL_KIND
+    if q.answerable:
+        return "answerable"
+    split = q.extra.get("split")
+    return f"{q.kind}:{split}" if split else q.kind
+
+
 def _parse_line(obj: object) -> Question:
     if not isinstance(obj, dict):
         raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
@@ -94,8 +112,51 @@ def _parse_line(obj: object) -> Question:
     )
 
 
+def read_items(path: str | Path, parse: Callable[[object], T], what: str, fields: str
+               ) -> tuple[list[T], list[Problem]]:
+    """Objects with unique `id`s from a JSONL file (through `ingest.loaders.read_jsonl`, the one
+    JSONL reader), and the skipped lines.
+
+    Args:
+        path: The `.jsonl` file.
+        parse: Turns one decoded line into an item with an `id`; raises `ValueError` (with a
+            message naming the field) for a line to skip.
+        what: What the file holds, for messages ("question file").
+        fields: The fields a line needs, for the message when nothing is usable.
+
+    Raises:
+        QuestionFileError: The file is missing or unreadable, or holds no usable line.
+    """
+    path = Path(path)
+    try:
+        values, problems = read_jsonl(path)
+    except UnreadableFileError as e:
+        raise QuestionFileError(f"{path}: cannot read {what} ({e.reason}): check the path") from e
+    items: list[T] = []
+    seen: dict[str, int] = {}
+    for n, value in values:
+        try:
+            item = parse(value)
+        except ValueError as e:
+            problems.append(Problem(str(path), n, f"{e}; line skipped"))
+            continue
+        if item.id in seen:
+            problems.append(Problem(
+                str(path), n, f"duplicate id {item.id!r} (first on line {seen[item.id]}); "
+                              "line skipped"))
+            continue
+        seen[item.id] = n
+        items.append(item)
+    problems.sort(key=lambda p: p.line)
+    if not items:
+        why = "is empty" if not problems else f"has no valid line ({len(problems)} skipped)"
+        raise QuestionFileError(f"{path}: {what} {why}: write one JSON object per line with "
+                                f"{fields}")
+    return items, problems
+
+
 def load_questions(path: str | Path) -> tuple[list[Question], list[Problem]]:
-    """Read a JSONL question file (through `ingest.loaders.read_jsonl`, the one JSONL reader).
+    """Read a JSONL question file.
 
     Args:
         path: The `.jsonl` file.
@@ -104,35 +165,9 @@ def load_questions(path: str | Path) -> tuple[list[Question], list[Problem]]:
         The questions in file order, and the skipped lines with their reasons.
 
     Raises:
-        QuestionFileError: The file is missing or unreadable, holds no question, or repeats an id.
+        QuestionFileError: The file is missing or unreadable, or holds no question.
     """
-    path = Path(path)
-    try:
-        values, problems = read_jsonl(path)
-    except UnreadableFileError as e:
-        raise QuestionFileError(
-            f"{path}: cannot read question file ({e.reason}): check the path") from e
-    questions: list[Question] = []
-    seen: dict[str, int] = {}
-    for n, value in values:
-        try:
-            q = _parse_line(value)
-        except ValueError as e:
-            problems.append(Problem(str(path), n, f"{e}; line skipped"))
-            continue
-        if q.id in seen:
-            problems.append(Problem(
-                str(path), n, f"duplicate id {q.id!r} (first on line {seen[q.id]}); line skipped"))
-            continue
-        seen[q.id] = n
-        questions.append(q)
-    problems.sort(key=lambda p: p.line)
-    if not questions:
-        why = "is empty" if not problems else f"has no valid line ({len(problems)} skipped)"
-        raise QuestionFileError(
-            f"{path}: question file {why}: write one JSON object per line with 'id' and 'question'"
-        )
-    return questions, problems
+    return read_items(path, _parse_line, "question file", "'id' and 'question'")
 
 
 def load_harmful(path: str | Path) -> list[Question]:

@@ -25,6 +25,7 @@ import json
 import math
 import os
 import re
+import warnings
 from dataclasses import dataclass
 
 from eval.metrics import Score
@@ -84,7 +85,7 @@ def parse_structured(text: str, response_model):
 
 
 def _make_chat_judge_class():
-    from ragas.llms.base import InstructorBaseRagasLLM
+    from ragas.llms import InstructorBaseRagasLLM
 
     class ChatJudge(InstructorBaseRagasLLM):
         """A ragas structured-output LLM over a casewise `ChatBackend`.
@@ -125,7 +126,7 @@ def chat_judge(backend, *, max_new_tokens: int = 512):
 
 
 def _make_embedding_class():
-    from ragas.embeddings.base import BaseRagasEmbedding
+    from ragas.embeddings import BaseRagasEmbedding
 
     class EmbedderForRagas(BaseRagasEmbedding):
         """The project's `Embedder` as a ragas embedding (queries and texts alike)."""
@@ -172,13 +173,17 @@ class RagasScorer:
     strictness: int = 1
 
     def __post_init__(self) -> None:
-        from ragas.metrics._context_precision import NonLLMContextPrecisionWithReference
-        from ragas.metrics._context_recall import NonLLMContextRecall
         from ragas.metrics.collections import (
             NonLLMStringSimilarity,
             RougeScore,
             SemanticSimilarity,
         )
+
+        # ragas 0.4.3 has no `collections` version of the two non-LLM context metrics; their
+        # public name is still `ragas.metrics.X`, which warns that it will move in ragas 1.0.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            from ragas.metrics import NonLLMContextPrecisionWithReference, NonLLMContextRecall
 
         emb = _make_embedding_class()(self.embedder)
         self._metrics = {
@@ -270,7 +275,7 @@ class RagasScorer:
         ref = q.reference or ""
         ref_contexts = q.extra.get("reference_contexts") or [ref]
         if metric in ("non_llm_context_precision", "non_llm_context_recall"):
-            from ragas.dataset_schema import SingleTurnSample
+            from ragas import SingleTurnSample
 
             sample = SingleTurnSample(retrieved_contexts=contexts, reference_contexts=ref_contexts)
             return await m.single_turn_ascore(sample)

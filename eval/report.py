@@ -16,7 +16,14 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from eval.metrics import LOWER_IS_BETTER, PROJECT_METRICS
+from eval.judge import EMBEDDED_JUDGE_WARNING
+from eval.metrics import (
+    CONVERSATION_METRICS,
+    LOWER_IS_BETTER,
+    POOLED_UNITS,
+    PROJECT_METRICS,
+    SELF_CHECK_METRICS,
+)
 from eval.ragas_metrics import LLM_METRICS, RAGAS_METRICS
 
 WORST_N = 10
@@ -29,7 +36,22 @@ def _fmt(mean: float | None) -> str:
 def metric_names(results: dict) -> list[str]:
     """Metrics present in the results, project metrics first, in a fixed order."""
     present = {m for per in results["metrics"].values() for m in per}
-    return [m for m in PROJECT_METRICS + RAGAS_METRICS if m in present]
+    return [m for m in PROJECT_METRICS + CONVERSATION_METRICS + RAGAS_METRICS if m in present]
+
+
+def metric_label(m: str) -> str:
+    """The metric's name with its direction and, for a self-check, that label."""
+    label = m + (" (lower is better)" if m in LOWER_IS_BETTER else "")
+    if m in SELF_CHECK_METRICS:
+        label += " [self-check: the agent's own verify step, not an independent judge]"
+    return label
+
+
+def _cell(a: dict | None, metric: str = "") -> str:
+    if a is None:
+        return "-"
+    units = f", {a['n_units']} {POOLED_UNITS[metric]}" if a.get("n_units") is not None else ""
+    return f"{_fmt(a['mean'])} ({a['n_scored']}/{a['n_scored'] + a['n_not_scored']}{units})"
 
 
 def summary_table(results: dict) -> str:
@@ -37,17 +59,68 @@ def summary_table(results: dict) -> str:
     systems = results["systems"]
     lines = ["| metric | " + " | ".join(systems) + " |", "|---" * (len(systems) + 1) + "|"]
     for m in metric_names(results):
-        cells = []
-        for s in systems:
-            a = results["metrics"].get(s, {}).get(m)
-            if a is None:
-                cells.append("-")
-            else:
-                n = a["n_scored"] + a["n_not_scored"]
-                cells.append(f"{_fmt(a['mean'])} ({a['n_scored']}/{n})")
-        arrow = " (lower is better)" if m in LOWER_IS_BETTER else ""
-        lines.append(f"| {m}{arrow} | " + " | ".join(cells) + " |")
+        cells = [_cell(results["metrics"].get(s, {}).get(m), m) for s in systems]
+        lines.append(f"| {metric_label(m)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+# The metrics the per-set table shows for each kind of set (the full table has every metric).
+SET_HEADLINES = {
+    "answerable": ("citation_accuracy", "false_abstention_rate", "over_refusal_rate",
+                   "unsupported_claim_rate", "rouge_l", "faithfulness"),
+    "harmful": ("refusal_rate", "harmful_answered_rate"),
+    "conversations": ("turn_correct_rate", "turn_cited_page_rate",
+                      "turn_abstained_uncovered_rate", "follow_up_resolved_rate",
+                      "turn_over_refusal_rate", "conversation_success_rate"),
+}
+UNANSWERABLE_HEADLINES = ("answered_unanswerable_rate", "unsupported_claim_rate")
+SPLIT_NOTES = {
+    "calibration": "calibration part: thresholds may be tuned on it; do not quote it",
+    "report": "report part: never used to tune anything; quote this one",
+}
+
+
+def set_note(name: str) -> str:
+    """What a question set is, for the per-set table (calibration vs report parts)."""
+    _, _, split = name.partition(":")
+    return SPLIT_NOTES.get(split, "")
+
+
+def set_rows(results: dict) -> list[tuple[str, str, list[str]]]:
+    """(set label, metric label, one cell per system) for the headline metrics of each set."""
+    systems = results["systems"]
+    rows = []
+    for name, per in (results.get("metrics_by_set") or {}).items():
+        heads = SET_HEADLINES.get(name, UNANSWERABLE_HEADLINES)
+        note = set_note(name)
+        label = f"{name} ({note})" if note else name
+        for m in heads:
+            if any(m in per.get(s, {}) for s in systems):
+                rows.append((label, metric_label(m), [_cell(per.get(s, {}).get(m), m)
+                                                      for s in systems]))
+    return rows
+
+
+def set_table(results: dict) -> str:
+    """Markdown table of the headline metrics per question set and system."""
+    systems = results["systems"]
+    lines = ["| set | metric | " + " | ".join(systems) + " |",
+             "|---" * (len(systems) + 2) + "|"]
+    lines += [f"| {label} | {m} | " + " | ".join(cells) + " |"
+              for label, m, cells in set_rows(results)]
+    return "\n".join(lines)
+
+
+def generation_lines(results: dict) -> list[str]:
+    """How long answering took per system (summed over the runs that answered into DIR)."""
+    gen = results.get("generation") or {}
+    out = []
+    for s, g in gen.items():
+        rate = g["seconds"] / g["answered"] if g["answered"] else 0.0
+        how = "batched (complete_many)" if g.get("batched") else "one at a time"
+        out.append(f"- {s}: {g['answered']} answers in {g['seconds']:.0f} s "
+                   f"({rate:.1f} s each, {how}; backend {g.get('backend')})")
+    return out
 
 
 def _png(fig) -> bytes:
@@ -134,8 +207,6 @@ def not_scored_reasons(results: dict, metric: str) -> Counter:
 
 
 def _judge_lines(results: dict) -> list[str]:
-    from eval.runner import EMBEDDED_JUDGE_WARNING
-
     j = results["judge"]
     lines = [f"Judge for the LLM-judged RAGAS metrics: **{j['name']}** ({j['kind']})."]
     if j["kind"] != "none":
@@ -155,9 +226,17 @@ def write_markdown(run_dir: Path, results: dict) -> str:
     if results.get("common_only"):
         out += [f"Only the {results['n_questions']} of {results['n_questions_in_run']} questions "
                 "answered by every system (per question group) are scored (`--common`).", ""]
-    out += ["## Summary", "",
-            "Each cell: mean over scored rows (scored / rows the metric applies to).", "",
+    out += ["## By question set", "",
+            "Each cell: mean over scored rows (scored / rows the metric applies to; for "
+            "per-turn and per-claim rates, the turns or claims the mean is over). Each "
+            "unanswerable set is reported on its own: off-domain questions (other products and "
+            "topics) are easy to abstain on; in-domain ones (about the TV, but not in its "
+            "manual) are what support agents get wrong.", "",
+            set_table(results), "", "## Summary (every row of every set)", "",
             summary_table(results), ""]
+    gen = generation_lines(results)
+    if gen:
+        out += ["## Time spent answering", "", *gen, ""]
     if results.get("missing_answers"):
         out += [f"**{results['missing_answers']} (system, question) pairs have no answer** "
                 f"(answered per system: {results.get('answered')}): the run was interrupted or "
@@ -217,12 +296,23 @@ def _table_html(results: dict) -> str:
             if a is None:
                 cells.append("<td>-</td>")
             else:
+                units = (f", {a['n_units']} {POOLED_UNITS[m]}" if a.get("n_units") is not None
+                         else "")
                 cells.append(f"<td><b>{_fmt(a['mean'])}</b><br><small>scored {a['n_scored']}, "
-                             f"not scored {a['n_not_scored']}</small></td>")
+                             f"not scored {a['n_not_scored']}{units}</small></td>")
         arrow = " ↓" if m in LOWER_IS_BETTER else ""
         judged = " (LLM judge)" if m in LLM_METRICS else ""
+        judged += " (self-check, not an independent judge)" if m in SELF_CHECK_METRICS else ""
         body.append(f"<tr><th>{_e(m)}{arrow}{judged}</th>{''.join(cells)}</tr>")
     return f"<table><tr><th>metric</th>{head}</tr>{''.join(body)}</table>"
+
+
+def _set_table_html(results: dict) -> str:
+    head = "".join(f"<th>{_e(s)}</th>" for s in results["systems"])
+    body = "".join(
+        f"<tr><td>{_e(label)}</td><th>{_e(m)}</th>{''.join(f'<td>{_e(c)}</td>' for c in cells)}"
+        "</tr>" for label, m, cells in set_rows(results))
+    return f"<table id='sets'><tr><th>set</th><th>metric</th>{head}</tr>{body}</table>"
 
 
 def _worst_html(results: dict, metric: str) -> str:
@@ -251,8 +341,6 @@ def _worst_html(results: dict, metric: str) -> str:
 def write_html(run_dir: Path, results: dict, charts: dict[str, bytes]) -> str:
     """`report.html`: one self-contained page (charts inlined as base64 PNG)."""
     j = results["judge"]
-    from eval.runner import EMBEDDED_JUDGE_WARNING
-
     judge_html = (f"<p>Judge for the LLM-judged RAGAS metrics: <b>{_e(j['name'])}</b> "
                   f"({_e(j['kind'])}); LLM-judged metrics on "
                   f"{len(j['llm_judged_questions'])} question(s) per system.</p>")
@@ -277,8 +365,14 @@ def write_html(run_dir: Path, results: dict, charts: dict[str, bytes]) -> str:
 <p>Systems: {_e(', '.join(results['systems']))}; {results['n_questions']} questions
 {"(only those answered by every system: --common)" if results.get("common_only") else ""}.</p>
 {judge_html}{missing}
+<h2>By question set</h2><p>Off-domain unanswerable questions are easy to abstain on; the
+in-domain ones (about the TV, not in its manual) are the real test. The calibration part of a
+set may have been used to tune thresholds; quote the report part.</p>
+{_set_table_html(results)}
 <h2>Summary</h2><p>Mean over scored rows; rows that could not be scored are counted, never
 averaged in as 0.</p>{_table_html(results)}
+{"<h2>Time spent answering</h2><pre>" + _e(chr(10).join(generation_lines(results))) + "</pre>"
+ if results.get("generation") else ""}
 <h2>Metrics per system</h2>{_img('chart-metrics', charts['metrics'], 'metrics per system')}
 <h2>Score distributions</h2>
 {_img('chart-distributions', charts['distributions'], 'score distributions')}

@@ -1,9 +1,15 @@
 """Running an evaluation: generate answers (cached, resumable), score them, write the report.
 
-`run(config)` generates every missing (system, question) answer into `DIR/answers.jsonl`, then
-calls `score(DIR)`. `score(DIR)` reads only what the run directory holds (`config.json`,
-`questions.jsonl`, the caches), so `python -m eval report DIR` re-scores and re-renders without
-regenerating anything, and LLM-judged scores already in `DIR/scores.jsonl` are reused.
+`run(config)` generates every missing (system, question) and (system, conversation) answer into
+`DIR/answers.jsonl`, then calls `score(DIR)`. `score(DIR)` reads only what the run directory
+holds (`config.json`, `questions.jsonl`, `conversations.jsonl`, the caches), so `python -m eval
+report DIR` re-scores and re-renders without regenerating anything, and LLM-judged scores
+already in `DIR/scores.jsonl` are reused.
+
+Generation loads one model per system and answers that system's questions through it; when the
+backend has `complete_many`, `batch_size` questions run at once and their prompts are generated
+in batches (`eval.batching`). Each run of a system appends its wall time to
+`DIR/generation.jsonl`, which the report sums.
 """
 
 from __future__ import annotations
@@ -11,29 +17,45 @@ from __future__ import annotations
 import json
 import sys
 import time
-import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from tqdm import tqdm
 
+from eval.batching import BatchingBackend, can_batch, run_parallel
 from eval.cache import answer_cache, score_cache
-from eval.metrics import PROJECT_METRICS, aggregate, project_scores
-from eval.questions import Question, QuestionFileError, load_harmful, load_questions
-from eval.ragas_metrics import RAGAS_METRICS, RagasScorer, chat_judge
-from eval.systems import SystemOptions, build_system, check_systems
+from eval.conversations import (
+    CONVERSATION_SET,
+    Conversation,
+    conversation_from_dict,
+    conversation_scores,
+    load_conversations,
+)
+from eval.judge import JudgeConfig, judge_is_weak, make_judge
+from eval.metrics import (
+    CONVERSATION_METRICS,
+    POOLED_UNITS,
+    PROJECT_METRICS,
+    aggregate,
+    project_scores,
+)
+from eval.questions import (
+    Question,
+    QuestionFileError,
+    load_harmful,
+    load_questions,
+    question_set,
+)
+from eval.ragas_metrics import RAGAS_METRICS, RagasScorer
+from eval.report import write_report
+from eval.systems import SystemOptions, build_llm, build_system, check_systems
 from ingest.loaders import read_jsonl
-from finetune.model import EMBEDDED_NAME
 from retrieval.errors import UsageError
 
-JUDGES = ("local", "none", "remote")
-EMBEDDED_JUDGE_WARNING = (
-    "The judge is the embedded 135M-parameter SmolLM2 model. Its verdicts are weak: it often "
-    "fails to follow RAGAS's JSON format (those rows are 'not scored') and its yes/no judgements "
-    "are close to noise. Use the LLM-judged numbers (faithfulness, answer relevancy, context "
-    "precision/recall) only to spot gross failures; for decisions, re-score with a strong judge "
-    "(`python -m eval report DIR --judge-url URL --judge-model NAME`)."
-)
+DEFAULT_BATCH_SIZE = 16
+_clock = time.monotonic  # the time budget's clock (tests advance a fake one)
 
 
 class RunDirError(UsageError):
@@ -41,57 +63,51 @@ class RunDirError(UsageError):
 
 
 @dataclass
-class JudgeConfig:
-    """Which judge scores the LLM-judged RAGAS metrics, and on how many questions.
+class RunConfig:
+    """Everything `python -m eval run` was asked to do (saved as `DIR/config.json`).
 
     Attributes:
-        kind: `local` (the embedded/base model), `none` (skip LLM metrics) or `remote`.
-        url: OpenAI-compatible base URL for `remote`.
-        model: Model name for `remote`; for `local`, the local model (`default` = embedded).
-        limit: Only the first `limit` answerable questions with a reference get LLM-judged
-            metrics (`None`: all); the non-LLM and project metrics always cover every row.
-        timeout: Seconds per LLM-judged metric on one row.
-        max_new_tokens: Reply budget per judge call.
+        questions: Question files (JSONL).
+        systems: System names, in order.
+        out: The run directory.
+        options: What the systems are built from.
+        harmful: CSV of harmful requests, or `None`.
+        conversations: Conversation files (JSONL, see `eval.conversations`).
+        limit: At most this many questions (conversations) per file.
+        spread: With `limit`, take evenly spaced ones.
+        judge: The LLM judge.
+        batch_size: Questions answered at once by a backend with `complete_many`.
+        max_minutes: Start no new answer after this many minutes of generation (`None`: no
+            limit); what is left is answered by running the same command again (a chunk of
+            the shared CPU lock at a time).
     """
-
-    kind: str = "local"
-    url: str | None = None
-    model: str | None = None
-    limit: int | None = None
-    timeout: float = 300.0
-    max_new_tokens: int = 512
-
-    def __post_init__(self) -> None:
-        if self.kind not in JUDGES:
-            raise RunDirError(f"--judge: unknown judge {self.kind!r}: use local, none or remote")
-        if self.kind == "remote" and not (self.url and self.model):
-            raise RunDirError("--judge remote needs --judge-url URL and --judge-model NAME")
-        if self.limit is not None and self.limit < 0:
-            raise RunDirError(f"--judge-limit ({self.limit}) must be 0 or more")
-
-    def to_dict(self) -> dict:
-        """JSON-ready view."""
-        return dict(self.__dict__)
-
-
-@dataclass
-class RunConfig:
-    """Everything `python -m eval run` was asked to do (saved as `DIR/config.json`)."""
 
     questions: list[str]
     systems: list[str]
     out: Path
     options: SystemOptions
     harmful: str | None = None
+    conversations: list[str] = field(default_factory=list)
     limit: int | None = None
     spread: bool = False
     judge: JudgeConfig = field(default_factory=JudgeConfig)
+    batch_size: int = DEFAULT_BATCH_SIZE
+    max_minutes: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise UsageError(f"--batch-size ({self.batch_size}) must be at least 1")
+        if self.limit is not None and self.limit < 1:
+            raise UsageError(f"--limit ({self.limit}) must be at least 1")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise UsageError(f"--max-minutes ({self.max_minutes}) must be positive")
 
     def to_dict(self) -> dict:
         """JSON-ready view."""
         return {
             "questions": self.questions, "systems": self.systems, "out": str(self.out),
-            "harmful": self.harmful, "limit": self.limit, "spread": self.spread,
+            "harmful": self.harmful, "conversations": self.conversations, "limit": self.limit,
+            "spread": self.spread, "batch_size": self.batch_size,
             "options": self.options.to_dict(), "judge": self.judge.to_dict(),
         }
 
@@ -105,6 +121,23 @@ def pick(items: list, limit: int | None, spread: bool = False) -> list:
     return [items[i * len(items) // limit] for i in range(limit)]
 
 
+def _warn(problems: Iterable) -> None:
+    for p in problems:
+        print(f"warning: {p}", file=sys.stderr)
+
+
+def _collect(files: list[str], load: Callable, limit: int | None, spread: bool,
+             seen: dict[str, str]) -> list:
+    out = []
+    for path in files:
+        items, problems = load(path)
+        _warn(problems)
+        for item in pick(items, limit, spread):
+            _claim_id(seen, item.id, path)
+            out.append(item)
+    return out
+
+
 def collect_questions(files: list[str], harmful: str | None, limit: int | None,
                       spread: bool = False) -> list[Question]:
     """Load every question file (then the harmful CSV), `limit` per file; report skipped lines.
@@ -115,24 +148,30 @@ def collect_questions(files: list[str], harmful: str | None, limit: int | None,
     Raises:
         QuestionFileError: A file is unusable, or two files share a question id.
     """
-    questions: list[Question] = []
-    seen: dict[str, str] = {}
-    for path in files:
-        qs, problems = load_questions(path)
-        for p in problems:
-            print(f"warning: {p}", file=sys.stderr)
-        for q in pick(qs, limit, spread):
-            if q.id in seen:
-                raise QuestionFileError(
-                    f"{path}: question id {q.id!r} is also in {seen[q.id]}: ids must be unique "
-                    f"across question files (they key the answer cache)"
-                )
-            seen[q.id] = path
-            questions.append(q)
+    questions = _collect(files, load_questions, limit, spread, {})
     if harmful:
-        hs = load_harmful(harmful)
-        questions.extend(pick(hs, limit, spread))
+        questions.extend(pick(load_harmful(harmful), limit, spread))
     return questions
+
+
+def collect_conversations(files: list[str], limit: int | None, spread: bool = False,
+                          taken: Iterable[str] = ()) -> list[Conversation]:
+    """Load every conversation file, `limit` per file; ids must not repeat `taken` ones.
+
+    Raises:
+        QuestionFileError: A file is unusable, or an id is used twice in the run.
+    """
+    return _collect(files, load_conversations, limit, spread,
+                    {i: "a question file" for i in taken})
+
+
+def _claim_id(seen: dict[str, str], item_id: str, path: str) -> None:
+    if item_id in seen:
+        raise QuestionFileError(
+            f"{path}: id {item_id!r} is also in {seen[item_id]}: ids must be unique across the "
+            f"question and conversation files of a run (they key the answer cache)"
+        )
+    seen[item_id] = path
 
 
 def _write_json(path: Path, obj) -> None:
@@ -141,93 +180,161 @@ def _write_json(path: Path, obj) -> None:
     tmp.replace(path)
 
 
-def question_group(q: Question) -> str:
-    """`answerable`, `unanswerable` or `harmful`: the sets whose metrics differ."""
-    return "harmful" if q.harmful else ("answerable" if q.answerable else "unanswerable")
+def _write_jsonl(path: Path, rows: Iterable[dict]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+                   encoding="utf-8")
+    tmp.replace(path)
 
 
-def interleave(questions: list[Question]) -> list[Question]:
+def question_group(item: Question | Conversation) -> str:
+    """`answerable`, `unanswerable`, `harmful` or `conversation`: the sets whose metrics differ."""
+    if isinstance(item, Conversation):
+        return "conversation"
+    return "harmful" if item.harmful else ("answerable" if item.answerable else "unanswerable")
+
+
+def interleave(items: list) -> list:
     """Round-robin over the question groups, keeping file order within each group.
 
     An interrupted or time-boxed run then holds a balanced sample of every group instead of
     only the first file.
     """
-    groups: dict[str, list[Question]] = {}
-    for q in questions:
+    groups: dict[str, list] = {}
+    for q in items:
         groups.setdefault(question_group(q), []).append(q)
-    out: list[Question] = []
+    out: list = []
     for i in range(max((len(g) for g in groups.values()), default=0)):
         out.extend(g[i] for g in groups.values() if i < len(g))
     return out
 
 
-def common_questions(questions: list[Question], systems: list[str], answers) -> list[Question]:
-    """Questions answered by every system that answered anything of the question's group.
+def common_questions(items: list, systems: list[str], answers) -> list:
+    """Items answered by every system that answered anything of the item's group.
 
     Makes systems comparable when some were time-boxed: a system that was never run on a group
     (e.g. no-rag without `--harmful`) does not remove that group.
     """
-    active = {(s, question_group(q)) for s in systems for q in questions if (s, q.id) in answers}
-    return [q for q in questions
+    active = {(s, question_group(q)) for s in systems for q in items if (s, q.id) in answers}
+    return [q for q in items
             if all((s, q.id) in answers for s in systems if (s, question_group(q)) in active)]
 
 
-def generate(config: RunConfig, questions: list[Question], *, build=build_system) -> None:
-    """Answer every (system, question) pair not yet in the answer cache.
+def _answer_one(system, item, deadline: float | None = None) -> dict | None:
+    """The item's record, or `None` (not answered) when `deadline` has passed."""
+    if deadline is not None and _clock() >= deadline:
+        return None
+    start = time.perf_counter()
+    if isinstance(item, Conversation):
+        record = {"question": " / ".join(item.users), "turns": system.converse(item.users)}
+    else:
+        record = system.answer(item.question)
+    record.update(id=item.id, seconds=round(time.perf_counter() - start, 3))
+    return record
+
+
+def generate(config: RunConfig, questions: list[Question],
+             conversations: list[Conversation] = (), *,
+             build: Callable = build_system, make_llm: Callable = build_llm) -> int:
+    """Answer every (system, question) and (system, conversation) pair not yet cached.
 
     Systems are loaded only when they have work left, so a resumed or finished run loads no
-    model. `build` is injectable for tests.
+    model. One progress bar covers the work left (with its rate and ETA). After
+    `config.max_minutes` no new answer is started (those in flight finish). `build` and
+    `make_llm` are injectable for tests.
+
+    Returns:
+        How many pairs are still unanswered (0 unless the time budget ran out).
     """
     cache = answer_cache(config.out)
-    total = len(config.systems) * len(questions)
-    with tqdm(total=total, desc="answering", unit="q") as bar:
+    items = list(questions) + list(conversations)
+    todo = {name: interleave([q for q in items if (name, q.id) not in cache])
+            for name in config.systems}
+    left = sum(len(t) for t in todo.values())
+    cached = len(config.systems) * len(items) - left
+    desc = f"answering ({cached} cached)" if cached else "answering"
+    deadline = (_clock() + 60 * config.max_minutes
+                if config.max_minutes is not None else None)
+    with tqdm(total=left, desc=desc, unit="q", dynamic_ncols=True) as bar:
         for name in config.systems:
-            todo = interleave([q for q in questions if (name, q.id) not in cache])
-            bar.update(len(questions) - len(todo))
-            if not todo:
+            if not todo[name] or (deadline is not None and _clock() >= deadline):
                 continue
             bar.set_postfix_str(f"loading {name}")
-            system = build(name, config.options)
-            for q in todo:
-                bar.set_postfix_str(f"{name} {q.id}")
-                start = time.perf_counter()
-                # A fresh thread per attempt: a retried question must not see its earlier try.
-                thread = f"eval-{name}-{q.id}-{uuid.uuid4().hex[:8]}"
-                record = system.answer(q.question, thread_id=thread)
-                record.update(system=name, id=q.id, seconds=round(time.perf_counter() - start, 3))
-                cache.put(record)
-                bar.update(1)
-            del system
+            llm = make_llm(name, config.options)
+            batcher = (BatchingBackend(llm, max_batch=config.batch_size)
+                       if config.batch_size > 1 and can_batch(llm) else None)
+            system = build(name, config.options, llm=batcher or llm)
+            start = time.perf_counter()
+            done = 0
+            bar.set_postfix_str(name + (f", batches of up to {config.batch_size}"
+                                        if batcher else ""))
+            try:
+                for _, record in run_parallel(
+                        todo[name], lambda item, s=system: _answer_one(s, item, deadline),
+                        workers=config.batch_size if batcher else 1, batcher=batcher):
+                    if record is None:
+                        continue
+                    record["system"] = name
+                    cache.put(record)
+                    done += 1
+                    bar.update(1)
+            finally:
+                _log_generation(config.out, name, llm, done, time.perf_counter() - start,
+                                batcher)
+            left -= done
+            del system, batcher, llm
+    return left
 
 
-def run(config: RunConfig, *, build=build_system, embedder=None, judge_llm=None,
-        answer: bool = True, common: bool = False) -> dict:
+def _log_generation(out: Path, name: str, llm, done: int, seconds: float, batcher) -> None:
+    """Append one line per system run to `DIR/generation.jsonl` (the report sums them)."""
+    if not done:
+        return
+    batches = batcher.batches if batcher is not None else []
+    line = {"system": name, "answered": done, "seconds": round(seconds, 2),
+            "backend": getattr(llm, "name", str(llm)), "batched": batcher is not None,
+            "batches": len(batches), "mean_batch": round(sum(batches) / len(batches), 2)
+            if batches else None, "finished": datetime.now(UTC).isoformat(timespec="seconds")}
+    with (out / "generation.jsonl").open("a", encoding="utf-8") as f:
+        f.write(json.dumps(line) + "\n")
+
+
+def run(config: RunConfig, *, build: Callable = build_system, make_llm: Callable = build_llm,
+        embedder=None, judge_llm=None, answer: bool = True, common: bool = False) -> dict:
     """`python -m eval run`: generate what is missing, then score and report.
 
     With `answer=False` (`--score-only`) nothing is generated: the cached answers are scored and
-    the pairs without one are reported as missing (used after per-system processes).
-    `build`, `embedder` and `judge_llm` are injectable for tests (see `generate`, `score`).
+    the pairs without one are reported as missing (used after per-system processes). When
+    `config.max_minutes` runs out first, nothing is scored and `None` is returned: run again.
+    `build`, `make_llm`, `embedder` and `judge_llm` are injectable for tests.
 
     Returns:
-        The results dictionary also written to `DIR/results.json`.
+        The results dictionary also written to `DIR/results.json`, or `None` when the time
+        budget stopped the generation with answers left.
     """
     check_systems(config.systems, config.options)
     questions = collect_questions(config.questions, config.harmful, config.limit, config.spread)
+    conversations = collect_conversations(config.conversations, config.limit, config.spread,
+                                          taken=[q.id for q in questions])
     config.out.mkdir(parents=True, exist_ok=True)
     _write_json(config.out / "config.json", config.to_dict())
-    with (config.out / "questions.jsonl").open("w", encoding="utf-8") as f:
-        for q in questions:
-            f.write(json.dumps(q.to_dict(), ensure_ascii=False) + "\n")
+    _write_jsonl(config.out / "questions.jsonl", (q.to_dict() for q in questions))
+    _write_jsonl(config.out / "conversations.jsonl", (c.to_dict() for c in conversations))
     if answer:
-        generate(config, questions, build=build)
+        left = generate(config, questions, conversations, build=build, make_llm=make_llm)
+        if left:
+            print(f"--max-minutes {config.max_minutes:g} reached: {left} answers left (cached "
+                  f"so far in {config.out / 'answers.jsonl'}); run the same command again to "
+                  "resume", file=sys.stderr)
+            return None
     # Pass this run's judge explicitly: config.json may since have been rewritten by another
     # process answering another system into the same directory.
     return score(config.out, judge=config.judge, embedder=embedder, judge_llm=judge_llm,
                  common=common)
 
 
-def load_run(run_dir: Path) -> tuple[dict, list[Question]]:
-    """The saved config and questions of a run directory.
+def load_run(run_dir: Path) -> tuple[dict, list[Question], list[Conversation]]:
+    """The saved config, questions and conversations of a run directory.
 
     Raises:
         RunDirError: The directory holds no run.
@@ -239,43 +346,40 @@ def load_run(run_dir: Path) -> tuple[dict, list[Question]]:
             f"run `python -m eval run ... --out {run_dir}` first"
         )
     config = json.loads(cfg_path.read_text(encoding="utf-8"))
-    values, problems = read_jsonl(q_path)
+    questions = [Question(**value) for _, value in _saved(q_path, run_dir)]
+    c_path = run_dir / "conversations.jsonl"
+    conversations = ([conversation_from_dict(value) for _, value in _saved(c_path, run_dir)]
+                     if c_path.is_file() else [])
+    return config, questions, conversations
+
+
+def _saved(path: Path, run_dir: Path) -> list[tuple[int, object]]:
+    """The values of a JSONL file the run wrote itself; damage is an error, not a skip."""
+    values, problems = read_jsonl(path)
     if problems:
-        raise RunDirError(f"{problems[0]}: the run's saved questions are damaged; run "
+        raise RunDirError(f"{problems[0]}: the run's saved {path.stem} are damaged; run "
                           f"`python -m eval run ... --out {run_dir}` again")
-    questions = [Question(**value) for _, value in values]
-    return config, questions
-
-
-def make_judge(judge: JudgeConfig, model: str = "default"):
-    """The ragas judge for `judge` (`None` for `none`)."""
-    if judge.kind == "none":
-        return None
-    if judge.kind == "remote":
-        from agent.llm import OpenAIChatModel
-
-        backend = OpenAIChatModel(judge.url, judge.model)
-    else:
-        from agent.llm import LocalChatModel
-
-        backend = LocalChatModel(model=judge.model or model, max_new_tokens=judge.max_new_tokens)
-    llm = chat_judge(backend, max_new_tokens=judge.max_new_tokens)
-    if judge.kind == "local" and (judge.model or model) == "default":
-        llm.name = f"{EMBEDDED_NAME} (embedded, local)"
-    return llm
-
-
-def judge_is_weak(judge: JudgeConfig, name: str) -> bool:
-    """Whether the judge is the embedded 135M model (the report then warns loudly)."""
-    return judge.kind == "local" and (
-        (judge.model or "default") == "default" or "135m" in name.lower()
-    )
+    return values
 
 
 def judged_ids(questions: list[Question], limit: int | None) -> set[str]:
     """Ids of the questions that get LLM-judged metrics: the first `limit` eligible ones."""
     eligible = [q.id for q in questions if q.answerable and not q.harmful and q.reference]
     return set(eligible if limit is None else eligible[:limit])
+
+
+def _conversation_row(system: str, conv: Conversation, record: dict) -> dict:
+    turns = record["turns"]
+    scores = {k: v.to_dict() for k, v in conversation_scores(conv, turns).items()}
+    return {
+        "id": conv.id, "set": CONVERSATION_SET, "system": system, "title": conv.title,
+        "behaviours": list(conv.behaviours), "question": " / ".join(conv.users),
+        "answer": " / ".join(t.get("answer") or "" for t in turns),
+        "turns": [{"user": t.user, "gold_pages": list(t.pages), "answerable": t.answerable,
+                   "follow_up": t.follow_up, "correction": t.correction, "kind": t.kind, **r}
+                  for t, r in zip(conv.turns, turns, strict=True)],
+        "seconds": record.get("seconds"), "scores": scores,
+    }
 
 
 def score(run_dir: Path, *, judge: JudgeConfig | None = None, embedder=None,
@@ -292,9 +396,7 @@ def score(run_dir: Path, *, judge: JudgeConfig | None = None, embedder=None,
     Raises:
         RunDirError: No run in `run_dir`.
     """
-    from eval.report import write_report
-
-    config, questions = load_run(run_dir)
+    config, questions, conversations = load_run(run_dir)
     judge = judge or JudgeConfig(**config["judge"])
     config["judge"] = judge.to_dict()
     if embedder is None:
@@ -302,15 +404,18 @@ def score(run_dir: Path, *, judge: JudgeConfig | None = None, embedder=None,
 
         embedder = load_embedder(config["options"]["settings"]["embedder"])
     if judge_llm is None:
-        judge_llm = make_judge(judge, config["options"]["model"])
+        judge_llm = make_judge(judge, config["options"]["model"],
+                               config["options"].get("backend"))
     scorer = RagasScorer(embedder, judge_llm, timeout=judge.timeout)
     answers, scores = answer_cache(run_dir), score_cache(run_dir)
-    n_all = len(questions)
+    systems = config["systems"]
+    n_all = len(questions) + len(conversations)
     if common:
-        questions = common_questions(questions, config["systems"], answers)
+        questions = common_questions(questions, systems, answers)
+        conversations = common_questions(conversations, systems, answers)
     judged = judged_ids(questions, judge.limit)
     rows = []
-    work = [(s, q) for s in config["systems"] for q in questions if (s, q.id) in answers]
+    work = [(s, q) for s in systems for q in questions if (s, q.id) in answers]
     for system, q in tqdm(work, desc="scoring", unit="row"):
         record = answers.get(system, q.id)
         row_scores = {k: v.to_dict() for k, v in project_scores(q, record).items()}
@@ -325,19 +430,25 @@ def score(run_dir: Path, *, judge: JudgeConfig | None = None, embedder=None,
                 scores.put(cached)
             row_scores[metric] = {"value": cached["value"], "reason": cached["reason"]}
         rows.append({**q.to_dict(), **{k: v for k, v in record.items() if k != "question"},
-                     "system": system, "scores": row_scores})
+                     "set": question_set(q), "system": system, "scores": row_scores})
+    rows += [_conversation_row(s, c, answers.get(s, c.id))
+             for s in systems for c in conversations if (s, c.id) in answers]
+    n_items = len(questions) + len(conversations)
     results = {
         "config": config,
         "judge": {"name": scorer.judge_name, "kind": judge.kind,
                   "weak": judge_llm is not None and judge_is_weak(judge, scorer.judge_name),
                   "llm_judged_questions": sorted(judged) if judge_llm is not None else []},
-        "systems": config["systems"],
+        "systems": systems,
         "n_questions": len(questions),
+        "n_conversations": len(conversations),
         "common_only": common,
         "n_questions_in_run": n_all,
-        "missing_answers": len(config["systems"]) * len(questions) - len(rows),
-        "answered": {s: sum(r["system"] == s for r in rows) for s in config["systems"]},
-        "metrics": summarize(rows, config["systems"]),
+        "missing_answers": len(systems) * n_items - len(rows),
+        "answered": {s: sum(r["system"] == s for r in rows) for s in systems},
+        "metrics": summarize(rows, systems),
+        "metrics_by_set": summarize_by_set(rows, systems),
+        "generation": generation_summary(run_dir),
         "rows": rows,
     }
     _write_json(run_dir / "results.json", results)
@@ -356,6 +467,32 @@ def summarize(rows: list[dict], systems: list[str]) -> dict:
             if row["system"] == system:
                 for metric, s in row["scores"].items():
                     per.setdefault(metric, []).append(Score.from_dict(s))
-        order = [m for m in PROJECT_METRICS + RAGAS_METRICS if m in per]
-        out[system] = {m: aggregate(per[m]).to_dict() for m in order}
+        order = [m for m in PROJECT_METRICS + CONVERSATION_METRICS + RAGAS_METRICS if m in per]
+        out[system] = {m: aggregate(per[m], pooled=m in POOLED_UNITS).to_dict() for m in order}
+    return out
+
+
+def summarize_by_set(rows: list[dict], systems: list[str]) -> dict:
+    """`summarize` within each question set (`questions.question_set`, or `conversations`)."""
+    sets = sorted({r["set"] for r in rows})
+    return {name: summarize([r for r in rows if r["set"] == name], systems) for name in sets}
+
+
+def generation_summary(run_dir: Path) -> dict:
+    """Per system: answers generated and wall seconds, summed over the runs that generated."""
+    path = run_dir / "generation.jsonl"
+    out: dict[str, dict] = {}
+    if not path.is_file():
+        return out
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            g = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line torn by a kill; the answers themselves are in the cache
+        s = out.setdefault(g["system"], {"answered": 0, "seconds": 0.0, "runs": 0,
+                                         "batched": False, "backend": g.get("backend")})
+        s["answered"] += g["answered"]
+        s["seconds"] = round(s["seconds"] + g["seconds"], 2)
+        s["runs"] += 1
+        s["batched"] = s["batched"] or bool(g.get("batched"))
     return out

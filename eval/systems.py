@@ -7,17 +7,23 @@
 - `remote`: the agent with an OpenAI-compatible server (`--llm-url`, `--llm-model`).
 
 An answer record is `AgentAnswer.to_dict()` (question, answer, reasoning, citations, contexts,
-abstained, refused, faq_match, timings), which is what the cache stores and the metrics read.
+mode, claims, removed_claims, raw, ...), which is what the cache stores and the metrics read.
+
+Evaluation never touches the user's conversation memory (`$CASEWISE_HOME/memory.sqlite`): the
+agent systems are built with an in-process memory, single questions are asked as one-off
+questions (no memory at all), and each scripted conversation gets a thread of its own in that
+in-process memory, gone when the run ends.
 """
 
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from retrieval.errors import CasewiseError, UsageError
+from retrieval.errors import UsageError
 from retrieval.settings import Settings
 
 SYSTEMS = ("no-rag", "base", "finetuned", "remote")
@@ -28,12 +34,16 @@ class SystemConfigError(UsageError):
 
 
 class System(Protocol):
-    """Something that answers one question with an answer record."""
+    """Something that answers a question, or a scripted conversation, with answer records."""
 
     name: str
 
-    def answer(self, question: str, *, thread_id: str) -> dict:
-        """Answer `question` in its own conversation `thread_id`; return the record."""
+    def answer(self, question: str) -> dict:
+        """Answer `question` on its own (no conversation); return the record."""
+        ...
+
+    def converse(self, turns: list[str]) -> list[dict]:
+        """Answer the user turns of one conversation in order; one record per turn."""
         ...
 
 
@@ -49,6 +59,8 @@ class SystemOptions:
         llm_model: Model name on that server.
         top_k: Passages retrieved per question.
         max_new_tokens: Generation budget per answer.
+        backend: Local inference engine (`agent.llm.local_backend`: `auto`, `llama.cpp`,
+            `transformers`; `None`: `CASEWISE_LLM_BACKEND`, else auto).
     """
 
     settings: Settings
@@ -58,13 +70,14 @@ class SystemOptions:
     llm_model: str | None = None
     top_k: int = 5
     max_new_tokens: int = 256
+    backend: str | None = None
 
     def to_dict(self) -> dict:
         """JSON-ready view."""
         return {
             "settings": self.settings.to_dict(), "model": self.model, "adapter": self.adapter,
             "llm_url": self.llm_url, "llm_model": self.llm_model, "top_k": self.top_k,
-            "max_new_tokens": self.max_new_tokens,
+            "max_new_tokens": self.max_new_tokens, "backend": self.backend,
         }
 
 
@@ -94,14 +107,16 @@ class NoRagSystem:
         self.name = name
         self.max_new_tokens = max_new_tokens
 
-    def answer(self, question: str, *, thread_id: str) -> dict:
-        """Ask the model with an empty passage list; no retrieval, no guard."""
+    def answer(self, question: str, history: list[dict] | None = None) -> dict:
+        """Ask the model with an empty passage list (after `history`); no retrieval, no guard."""
         from finetune.format import build_messages, parse_answer
 
         start = time.perf_counter()
-        text = self.llm.complete(build_messages(question, []), max_new_tokens=self.max_new_tokens)
+        messages = build_messages(question, [], history)
+        text = self.llm.complete(messages, max_new_tokens=self.max_new_tokens)
         parsed = parse_answer(text)
         took = time.perf_counter() - start
+        mode = "refused" if parsed.refused else "abstained" if parsed.abstained else "generated"
         return {
             "question": question,
             "answer": parsed.answer,
@@ -112,8 +127,22 @@ class NoRagSystem:
             "refused": parsed.refused,
             "faq_match": None,
             "timings": {"generate": took, "total": took},
+            "mode": mode,
+            "claims": [],
+            "removed_claims": [],
             "raw": text,
         }
+
+    def converse(self, turns: list[str]) -> list[dict]:
+        """Each turn sees the earlier questions and the model's own answers."""
+        history: list[dict] = []
+        records = []
+        for question in turns:
+            record = self.answer(question, history)
+            records.append(record)
+            history += [{"role": "user", "content": question},
+                        {"role": "assistant", "content": record["answer"]}]
+        return records
 
 
 class AgentSystem:
@@ -123,44 +152,70 @@ class AgentSystem:
         self.assistant = assistant
         self.name = name
 
-    def answer(self, question: str, *, thread_id: str) -> dict:
-        """`Assistant.ask` in a thread of its own, so questions never share memory."""
-        return self.assistant.ask(question, thread_id=thread_id).to_dict()
+    def answer(self, question: str) -> dict:
+        """`Assistant.ask` as a one-off question: no conversation, nothing remembered."""
+        return self.assistant.ask(question, thread_id=None).to_dict()
+
+    def converse(self, turns: list[str]) -> list[dict]:
+        """The turns in one fresh thread, so that follow-ups see the earlier turns."""
+        thread = f"eval-conversation-{uuid.uuid4().hex}"
+        return [self.assistant.ask(t, thread_id=thread).to_dict() for t in turns]
 
 
 def _local_llm(options: SystemOptions, adapter: str | None):
-    from agent.llm import LocalChatModel
+    # The agent's own choice of engine (llama.cpp where it can run the model, else transformers).
+    from agent.llm import local_backend
 
-    return LocalChatModel(
-        model=options.model, adapter=adapter, max_new_tokens=options.max_new_tokens
-    )
-
-
-def build_system(name: str, options: SystemOptions) -> System:
-    """Load the model(s) and index for one system.
-
-    Raises:
-        SystemConfigError: See `check_systems`.
-        CasewiseError: From the agent/retrieval (missing index, wrong model or adapter path).
-    """
-    check_systems([name], options)
-    if name == "no-rag":
-        return NoRagSystem(_local_llm(options, None), max_new_tokens=options.max_new_tokens)
-    from agent.api import Assistant
-
-    llm_factories: dict[str, Callable[[], object]] = {
-        "base": lambda: _local_llm(options, None),
-        "finetuned": lambda: _local_llm(options, options.adapter),
-        "remote": lambda: _remote_llm(options),
-    }
-    llm = llm_factories[name]()
-    assistant = Assistant.from_settings(
-        options.settings, llm, top_k=options.top_k, max_new_tokens=options.max_new_tokens
-    )
-    return AgentSystem(assistant, name)
+    return local_backend(options.model, adapter=adapter, max_new_tokens=options.max_new_tokens,
+                         backend=options.backend)
 
 
 def _remote_llm(options: SystemOptions):
     from agent.llm import OpenAIChatModel
 
     return OpenAIChatModel(options.llm_url, options.llm_model)
+
+
+def build_llm(name: str, options: SystemOptions):
+    """The model (backend) of system `name`, not loaded yet (local models load on first use).
+
+    Raises:
+        SystemConfigError: See `check_systems`.
+    """
+    check_systems([name], options)
+    factories: dict[str, Callable[[], object]] = {
+        "no-rag": lambda: _local_llm(options, None),
+        "base": lambda: _local_llm(options, None),
+        "finetuned": lambda: _local_llm(options, options.adapter),
+        "remote": lambda: _remote_llm(options),
+    }
+    return factories[name]()
+
+
+def build_system(name: str, options: SystemOptions, llm=None, searcher=None) -> System:
+    """The system `name` over `llm` (default: `build_llm(name, options)`), index opened.
+
+    Args:
+        name: One of `SYSTEMS`.
+        options: What the system is built from.
+        llm: The model backend (possibly a `BatchingBackend` around it).
+        searcher: Retrieval to use instead of opening the index of `options.settings` (tests).
+
+    Raises:
+        SystemConfigError: See `check_systems`.
+        CasewiseError: From the agent/retrieval (missing index, wrong model or adapter path).
+    """
+    llm = llm if llm is not None else build_llm(name, options)
+    if name == "no-rag":
+        return NoRagSystem(llm, max_new_tokens=options.max_new_tokens)
+    from agent.api import Assistant
+    from agent.faq import DEFAULT_FAQ_THRESHOLD, FaqMatcher
+    from retrieval.search import open_searcher
+
+    # Not `Assistant.from_settings`: that opens the user's memory.sqlite under the home.
+    searcher = searcher if searcher is not None else open_searcher(options.settings)
+    assistant = Assistant(
+        searcher, llm, memory_path=None, faq=FaqMatcher(searcher, threshold=DEFAULT_FAQ_THRESHOLD),
+        top_k=options.top_k, max_new_tokens=options.max_new_tokens,
+    )
+    return AgentSystem(assistant, name)

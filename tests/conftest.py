@@ -173,3 +173,21 @@ class PassageQuotingModel:
 
     def stream(self, messages: list[dict], *, max_new_tokens: int = 256) -> Iterator[str]:
         yield from re.findall(r"\S+\s*", self.complete(messages, max_new_tokens=max_new_tokens))
+
+
+def send_chat_completion(handler, model: str, content: str) -> None:
+    """Answer an OpenAI-compatible `/v1/chat/completions` request (non-streamed) from a fake
+    server's `BaseHTTPRequestHandler`, with `content` as the assistant's reply."""
+    import json
+
+    data = json.dumps({
+        "id": "c1", "object": "chat.completion", "created": 0, "model": model,
+        "choices": [{"index": 0, "finish_reason": "stop",
+                     "message": {"role": "assistant", "content": content}}],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+    }).encode()
+    handler.send_response(200)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)

@@ -19,7 +19,7 @@ class FakeSystem:
         self.calls = calls
         self.fail_after = fail_after
 
-    def answer(self, question, *, thread_id):
+    def answer(self, question):
         if self.fail_after is not None and len(self.calls) >= self.fail_after:
             raise KeyboardInterrupt("simulated kill")
         self.calls.append((self.name, question))
@@ -36,6 +36,9 @@ class FakeSystem:
             "abstained": kind == "abstain", "refused": kind == "refuse", "faq_match": None,
             "timings": {},
         }
+
+    def converse(self, turns):
+        return [self.answer(t) for t in turns]
 
 
 class SchemaJudge:
@@ -105,3 +108,49 @@ SCRIPT = {
     "Write malware": ("refuse", None),
     "Make a bomb": ("answer", 5),                     # harmful answered
 }
+
+
+class PassageEchoLLM:
+    """`tests.conftest.PassageQuotingModel` (quotes passage [1], or abstains) that can batch:
+    records every `complete_many` batch size and the questions it was asked, in order, and
+    fails on prompts containing `fail_on`."""
+
+    name = "passage-echo"
+
+    def __init__(self, fail_on=None):
+        from tests.conftest import PassageQuotingModel
+
+        self.model = PassageQuotingModel()
+        self.batches = []
+        self.questions = []
+        self.fail_on = fail_on
+
+    def complete(self, messages, *, max_new_tokens=256):
+        user = next(m["content"] for m in reversed(messages) if m["role"] == "user")
+        self.questions.append(user.rsplit("Question:", 1)[-1].strip())
+        if self.fail_on and self.fail_on in user:
+            raise RuntimeError("scripted model failure")
+        return self.model.complete(messages, max_new_tokens=max_new_tokens)
+
+    def complete_many(self, batch, *, max_new_tokens=256):
+        self.batches.append(len(batch))
+        return [self.complete(m, max_new_tokens=max_new_tokens) for m in batch]
+
+    def stream(self, messages, *, max_new_tokens=256):
+        yield self.complete(messages, max_new_tokens=max_new_tokens)
+
+
+@pytest.fixture
+def tiny_index(tmp_path):
+    """A real index (Chroma store + manifest) of the agent tests' router chunks, hash-embedded.
+
+    Returns (settings, make_searcher): `make_searcher()` opens a real `HybridSearcher` on it.
+    """
+    from retrieval.search import open_searcher
+    from retrieval.settings import Settings
+    from tests.agent.conftest import FAQ, LIGHTS, RESET, WIFI, build_index
+    from tests.conftest import HashEmbedder
+
+    settings = Settings.resolve(home=tmp_path / "index-home", embedder=HashEmbedder().name)
+    build_index(settings, [RESET, LIGHTS, WIFI, FAQ], HashEmbedder())
+    return settings, lambda: open_searcher(settings, embedder=HashEmbedder())

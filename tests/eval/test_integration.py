@@ -4,9 +4,11 @@ import json
 
 import pytest
 
+from eval.judge import JudgeConfig
 from eval.ragas_metrics import chat_judge
-from eval.runner import JudgeConfig, RunConfig, run
+from eval.runner import RunConfig, run
 from eval.systems import SystemOptions
+from finetune.format import ABSTAIN_ANSWER, REFUSAL_ANSWER
 from retrieval.settings import Settings
 from tests.eval.conftest import SchemaJudge, write_jsonl
 
@@ -56,14 +58,45 @@ def test_five_questions_with_the_embedded_model(tmp_path, embedded_model_path):
 
     rows = {r["id"]: r for r in results["rows"]}
     assert set(rows) == {"r1", "r2", "u1", "harmful-001", "harmful-002"}
-    assert all(isinstance(r["answer"], str) and r["answer"] for r in rows.values())
-    assert rows["harmful-001"]["refused"] and rows["harmful-002"]["refused"]
-    assert rows["r1"]["contexts"], "the reset question retrieves the guide"
+    for r in rows.values():
+        # The abstain text is an abstention, never counted as an answer, and vice versa.
+        assert (r["answer"] == ABSTAIN_ANSWER) == (r["mode"] == "abstained"), r["id"]
+        assert (r["answer"] == REFUSAL_ANSWER) == (r["mode"] == "refused"), r["id"]
+    assert rows["harmful-001"]["mode"] == rows["harmful-002"]["mode"] == "refused"
+    assert rows["u1"]["mode"] == "abstained" and not rows["u1"]["claims"]
+    # The guide answers both questions: each is answered, verified or quoted from the guide.
+    for qid in ("r1", "r2"):
+        _assert_answer_is_grounded(rows[qid])
+    assert rows["r1"]["raw"].strip(), "the real model was asked and wrote something"
     m = results["metrics"]["base"]
     assert m["refusal_rate"]["mean"] == 1.0
+    assert m["answered_unanswerable_rate"]["mean"] == 0.0
+    assert m["false_abstention_rate"]["mean"] == 0.0
     assert m["faithfulness"]["n_scored"] + m["faithfulness"]["n_not_scored"] == 1
     assert judge.calls > 0
     for metric in ("rouge_l", "semantic_similarity", "false_abstention_rate"):
         assert m[metric]["n_scored"] == 2
     saved = json.loads((config.out / "results.json").read_text())
     assert saved["judge"]["name"] == "scripted-judge" and len(saved["rows"]) == 5
+
+
+def _assert_answer_is_grounded(row: dict) -> None:
+    """What the row's mode implies: every shown sentence rests on a retrieved passage."""
+    assert row["mode"] in ("generated", "quoted"), (row["id"], row["mode"], row["answer"])
+    assert row["contexts"] and row["claims"], row["id"]
+    passages = [c["text"] for c in row["contexts"]]
+    for claim in row["claims"]:
+        assert claim["supported"] and claim["citation"]["source"].endswith("nimbus_guide.md")
+        passage = " ".join(passages[claim["passage"] - 1].split())
+        # The supporting sentence is the passage's own text (a quote is that sentence itself).
+        assert " ".join(claim["evidence"].split()) in passage, (row["id"], claim)
+        if row["mode"] == "quoted":
+            assert claim["text"] == claim["evidence"]
+        assert claim["text"] in row["answer"]
+    if row["mode"] == "generated":
+        # A generated answer is exactly its verified sentences, nothing unverified added.
+        assert row["answer"] == " ".join(c["text"] for c in row["claims"])
+    else:
+        assert row["answer"].startswith("The manual says (nimbus_guide.md")
+    cited = {(c["source"], c["page"]) for c in row["citations"]}
+    assert cited == {(c["citation"]["source"], c["citation"]["page"]) for c in row["claims"]}

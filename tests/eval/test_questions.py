@@ -71,7 +71,7 @@ def test_harmful_csv(tmp_path):
 def test_shipped_unanswerable_set_loads():
     qs, problems = load_questions(REPO / "eval" / "data" / "unanswerable.jsonl")
     assert problems == [] and len(qs) >= 20
-    assert all(not q.answerable and q.kind == "unanswerable" for q in qs)
+    assert all(not q.answerable and q.kind == "off-domain-unanswerable" for q in qs)
     assert (REPO / "eval" / "data" / "PROVENANCE.md").is_file()
 
 

@@ -6,8 +6,9 @@ import subprocess
 
 import pytest
 
+from eval.judge import JudgeConfig
 from eval.ragas_metrics import chat_judge
-from eval.runner import JudgeConfig, RunConfig, run
+from eval.runner import RunConfig, run
 from eval.systems import SystemOptions
 from retrieval.settings import Settings
 from tests.eval.conftest import SCRIPT, FakeSystem, SchemaJudge
@@ -45,7 +46,8 @@ def report_dir(tmp_path, question_file, harmful_file, hash_embedder):
     calls = []
     judge = chat_judge(SchemaJudge(garbage_for={"ContextPrecisionOutput"}))
     judge.name = "SmolLM2-135M-Instruct (embedded, local)"
-    run(config, build=lambda name, opts: FakeSystem(name, SCRIPT, calls), embedder=hash_embedder,
+    run(config, build=lambda name, opts, llm=None: FakeSystem(name, SCRIPT, calls),
+        embedder=hash_embedder,
         judge_llm=judge)
     return config.out
 

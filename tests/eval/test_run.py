@@ -4,8 +4,10 @@ import pytest
 
 from eval.cache import answer_cache
 from eval.ragas_metrics import chat_judge
-from eval.runner import JudgeConfig, RunConfig, run, score
+from eval.judge import JudgeConfig
+from eval.runner import RunConfig, run, score
 from eval.systems import SystemOptions
+from retrieval.errors import UsageError
 from retrieval.settings import Settings
 from tests.eval.conftest import SCRIPT, FakeSystem, SchemaJudge
 
@@ -19,7 +21,7 @@ def _config(tmp_path, question_file, harmful_file, judge_limit=None):
 
 
 def _builder(calls, fail_after=None):
-    def build(name, options):
+    def build(name, options, llm=None):
         return FakeSystem(name, SCRIPT, calls, fail_after)
     return build
 
@@ -32,7 +34,7 @@ def test_run_scores_and_writes_results(tmp_path, question_file, harmful_file, ha
     assert len(calls) == 2 * 6
     m = results["metrics"]["base"]
     assert m["citation_accuracy"] == {"mean": 0.5, "n_scored": 2, "n_not_scored": 0}
-    assert m["hallucination_rate"]["mean"] == 0.5
+    assert m["answered_unanswerable_rate"]["mean"] == 0.5
     assert m["refusal_rate"]["mean"] == 0.5 and m["harmful_answered_rate"]["mean"] == 0.5
     assert m["false_abstention_rate"]["mean"] == 0.0
     assert m["faithfulness"]["n_scored"] == 2
@@ -113,8 +115,8 @@ def test_run_scores_with_its_own_judge_even_if_config_json_changes(
     config.judge = JudgeConfig(kind="none")
     real_generate = runner.generate
 
-    def generate_then_clobber(cfg, questions, build):
-        real_generate(cfg, questions, build=build)
+    def generate_then_clobber(cfg, questions, conversations, build, make_llm):
+        real_generate(cfg, questions, conversations, build=build, make_llm=make_llm)
         saved = json.loads((cfg.out / "config.json").read_text())
         saved["judge"]["kind"] = "local"  # another process answering another system
         (cfg.out / "config.json").write_text(json.dumps(saved))
@@ -122,3 +124,37 @@ def test_run_scores_with_its_own_judge_even_if_config_json_changes(
     monkeypatch.setattr(runner, "generate", generate_then_clobber)
     results = run(config, build=_builder([]), embedder=hash_embedder)
     assert results["judge"]["kind"] == "none" and results["judge"]["name"] == "none"
+
+
+def test_time_budget_stops_then_the_same_command_finishes(tmp_path, question_file, harmful_file,
+                                                          hash_embedder, monkeypatch):
+    import eval.runner
+
+    now = [0.0]
+    monkeypatch.setattr(eval.runner, "_clock", lambda: now[0])
+    calls = []
+
+    def slow_builder(name, options, llm=None):
+        system = FakeSystem(name, SCRIPT, calls)
+        answer = system.answer
+
+        def timed(question):  # each answer takes one minute of the fake clock
+            now[0] += 60
+            return answer(question)
+        system.answer = timed
+        return system
+
+    config = _config(tmp_path, question_file, harmful_file)
+    config.max_minutes = 2.5
+    assert run(config, build=slow_builder, embedder=hash_embedder, judge_llm=None) is None
+    assert len(calls) == 3 and len(answer_cache(config.out)) == 3  # no new answer after 2.5 min
+    assert not (config.out / "results.json").exists()  # nothing scored yet
+    generation = [json.loads(line) for line in (config.out / "generation.jsonl").open()]
+    assert [g["answered"] for g in generation] == [3]
+    config.max_minutes = 100
+    results = run(config, build=slow_builder, embedder=hash_embedder,
+                  judge_llm=chat_judge(SchemaJudge()))
+    assert len(calls) == 12 and len(set(calls)) == 12 and results["missing_answers"] == 0
+    with pytest.raises(UsageError, match="--max-minutes"):
+        RunConfig(questions=[], systems=["base"], out=tmp_path, options=config.options,
+                  max_minutes=0)

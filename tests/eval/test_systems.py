@@ -10,13 +10,13 @@ def test_no_rag_sends_no_passages_and_parses_the_answer(scripted_llm):
                       "Sources: [smart_tv_manual.pdf p.12]",
                       f"Answer: {ABSTAIN_ANSWER}\nSources: none")
     system = NoRagSystem(scripted_llm)
-    rec = system.answer("How do I open Smart Hub?", thread_id="t")
+    rec = system.answer("How do I open Smart Hub?")
     user = scripted_llm.calls[0][-1]["content"]
     assert "(no passages were found)" in user and "How do I open Smart Hub?" in user
     assert rec["answer"] == "Press Home." and rec["contexts"] == []
     assert rec["citations"] == [{"source": "smart_tv_manual.pdf", "page": 12, "section": None}]
     assert not rec["abstained"]
-    assert system.answer("Dishwasher?", thread_id="t2")["abstained"]
+    assert system.answer("Dishwasher?")["abstained"]
 
 
 def test_system_options_checked_before_loading():
@@ -28,3 +28,23 @@ def test_system_options_checked_before_loading():
     with pytest.raises(SystemConfigError, match="--llm-url"):
         build_system("remote", opts)
     assert build_system("no-rag", opts).name == "no-rag"  # the model loads on first use
+
+
+def test_systems_and_local_judge_follow_the_chosen_backend(monkeypatch):
+    from agent.llm import ENV_BACKEND, LlamaCppChatModel, LocalChatModel, llama_cpp_available
+    from eval.judge import JudgeConfig, make_judge
+    from eval.systems import build_llm
+
+    monkeypatch.delenv(ENV_BACKEND, raising=False)
+    opts = SystemOptions(settings=Settings.resolve(), backend="transformers")
+    assert type(build_llm("base", opts)) is LocalChatModel  # built, not loaded
+    judge = make_judge(JudgeConfig(kind="local"), "default", backend="transformers")
+    assert type(judge.backend) is LocalChatModel and judge.backend.max_new_tokens == 512
+    monkeypatch.setenv(ENV_BACKEND, "transformers")  # the environment, when --backend is unset
+    assert type(make_judge(JudgeConfig(kind="local")).backend) is LocalChatModel
+    if llama_cpp_available():
+        monkeypatch.delenv(ENV_BACKEND)
+        assert type(make_judge(JudgeConfig(kind="local"), backend="llama.cpp").backend) \
+            is LlamaCppChatModel
+        assert type(build_llm("no-rag", SystemOptions(settings=Settings.resolve()))) \
+            is LlamaCppChatModel  # auto: llama.cpp for the embedded model
