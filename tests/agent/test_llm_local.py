@@ -5,8 +5,10 @@ adapter as GGUF LoRA, `bf16` the same weights in bfloat16 with the adapter merge
 runs them dequantised to float32 with the PEFT adapter. llama.cpp rounds activations to 8 bits
 inside its Q4_1 matrix products and to bfloat16 in its BF16 ones, so none are bit-equal.
 The stated tolerance: after the prompt, the log-probabilities of transformers' ten most likely
-next tokens differ by less than 0.25 nats; and where two greedy replies part, the token
-llama.cpp chose scores within 0.5 nats of transformers' own choice under transformers (the
+next tokens differ by less than 0.4 nats (measured up to 0.25); the shift the adapter causes in
+the 50 most likely tokens points the same way (cosine > 0.85) and is about as large (0.7-1.4x) in
+both engines, so a dropped or mis-scaled adapter fails; and where two greedy replies part, the
+token llama.cpp chose scores within 0.5 nats of transformers' own choice under transformers (the
 replies part only at near-ties, never by choosing what transformers finds unlikely).
 """
 
@@ -159,18 +161,19 @@ def _messages(question):
 
 @pytest.fixture(scope="module")
 def random_adapter(tmp_path_factory, embedded_model_path):
-    """A mild random LoRA (r 8, all linear layers) on the embedded model."""
+    """A random LoRA (r 8, all linear layers) on the embedded model, the same on every run."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(embedded_model_path)
+    torch.manual_seed(0)  # PEFT draws lora_A from the global generator
     peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"))
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for name, p in peft_model.named_parameters():
             if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.004)
+                p.copy_(torch.randn(p.shape, generator=g) * 0.06)
     path = tmp_path_factory.mktemp("adapter")
     peft_model.save_pretrained(path)
     return str(path)
@@ -190,19 +193,32 @@ def _penalised_logprobs(model, ids):
     return torch.log_softmax(logits, -1).numpy()
 
 
+def _logprobs(model: LlamaCppChatModel, ids: list[int]):
+    """llama.cpp's next-token log-probabilities after `ids`."""
+    import llama_cpp
+    import numpy as np
+
+    model._llama.reset()
+    model._llama.eval(ids)
+    raw = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(model._llama.ctx, -1),
+                                shape=(model._llama.n_vocab(),)).astype(np.float64)
+    return raw - raw.max() - np.log(np.exp(raw - raw.max()).sum())
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize("weights", ["bf16", "q4_1"])
 def test_llama_cpp_and_transformers_agree_on_greedy_replies(random_adapter, weights):
     pytest.importorskip("llama_cpp")
-    import llama_cpp
     import numpy as np
     import torch
 
     fast = LlamaCppChatModel("default", adapter=random_adapter, max_new_tokens=24,
                              weights=weights)
     slow = LocalChatModel("default", adapter=random_adapter, max_new_tokens=24)
-    fast.load()
-    slow.load()
+    base = LocalChatModel("default", max_new_tokens=24)
+    plain_fast = LlamaCppChatModel("default", max_new_tokens=24, weights=weights)
+    for model in (fast, slow, base, plain_fast):
+        model.load()
     tok = slow._tokenizer
     for question in PROMPTS:
         messages = _messages(question)
@@ -210,13 +226,21 @@ def test_llama_cpp_and_transformers_agree_on_greedy_replies(random_adapter, weig
         # Next-token distribution after the prompt.
         with torch.no_grad():
             ref = torch.log_softmax(slow._model(torch.tensor([ids])).logits[0, -1], -1).numpy()
-        fast._llama.reset()
-        fast._llama.eval(ids)
-        raw = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(fast._llama.ctx, -1),
-                                    shape=(ref.shape[0],)).astype(np.float64)
-        got = raw - raw.max() - np.log(np.exp(raw - raw.max()).sum())
+            plain = torch.log_softmax(base._model(torch.tensor([ids])).logits[0, -1], -1).numpy()
+        got = _logprobs(fast, ids)
         top = np.argsort(ref)[-10:]
-        assert np.abs(got[top] - ref[top]).max() < 0.25, question
+        assert np.abs(got[top] - ref[top]).max() < 0.4, question
+        # The two engines differ by about 0.2-0.3 nats with or without an adapter (Q4_1), so
+        # closeness alone cannot show that the adapter is applied. Its effect can: the shift
+        # of the log-probabilities it causes points the same way, and is about as large, in
+        # both engines (measured: cosine 0.93-0.99, size ratio 0.94-1.12 at this adapter's scale;
+        # at a third of it Q4_1's noise hides the shift).
+        wide = np.argsort(ref)[-50:]
+        shift_fast = got[wide] - _logprobs(plain_fast, ids)[wide]
+        shift_slow = ref[wide] - plain[wide]
+        size = np.linalg.norm(shift_fast) / np.linalg.norm(shift_slow)
+        cosine = shift_fast @ shift_slow / np.linalg.norm(shift_fast) / np.linalg.norm(shift_slow)
+        assert cosine > 0.85 and 0.7 < size < 1.4, (question, cosine, size)
         # Greedy replies: equal, or parted at a near-tie.
         a = list(fast._generate(messages, 24))
         with torch.no_grad():
