@@ -419,10 +419,12 @@ def run_chat(args: argparse.Namespace, stdin=None, out=None) -> int:
                 out.flush()
                 continue
             streamed = False
-            # The answer appears once verified (nothing the model writes is shown unchecked).
-            print("(searching the documents and checking the answer ...)", file=out, flush=True)
-            stream = assistant.stream(line, thread_id=session)
-            try:
+            stream = None
+            try:  # from here on, Ctrl-C stops this answer, not the REPL
+                # The answer appears once verified (nothing the model writes is shown unchecked).
+                print("(searching the documents and checking the answer ...)", file=out,
+                      flush=True)
+                stream = assistant.stream(line, thread_id=session)
                 while True:
                     piece = next(stream)
                     streamed = True
@@ -431,7 +433,8 @@ def run_chat(args: argparse.Namespace, stdin=None, out=None) -> int:
                 last = done.value
                 _print_result(last, streamed, out)
             except KeyboardInterrupt:
-                stream.close()
+                if stream is not None:
+                    stream.close()
                 print("\n[stopped]", file=out)
             except CasewiseError as e:
                 print(f"\nerror: {e}", file=sys.stderr)
