@@ -453,15 +453,35 @@ def quote_from(
 ) -> Quote:
     """The ranker's quote starting at sentence `sentence` of passage `passage` (1-based): that
     sentence and the ones that follow it, up to `max_sentences` sentences and (beyond the first)
-    `max_words` words."""
+    `max_words` words. In a past ticket's passage the quote is its answer, from the start."""
     sents = sentences(passages[passage - 1].text) or [passages[passage - 1].text.strip()]
+    answer = _ticket_answer_start(sents)
+    if answer:
+        # A past ticket ("Question: ... Answer: ..."): its answer is one unit written for that
+        # question, so the quote is the answer from its first sentence, never the question.
+        sentence = answer
     numbers, words = [sentence], len(sents[sentence - 1].split())
     for j in range(sentence + 1, len(sents) + 1):
         if len(numbers) >= max_sentences or words + len(sents[j - 1].split()) > max_words:
             break
         numbers.append(j)
         words += len(sents[j - 1].split())
-    return Quote(passage, tuple(numbers), tuple(sents[j - 1] for j in numbers), "ranker")
+    texts = [sents[j - 1] for j in numbers]
+    if answer:
+        texts[0] = texts[0].removeprefix(TICKET_ANSWER).lstrip()  # still verbatim text
+    return Quote(passage, tuple(numbers), tuple(texts), "ranker")
+
+
+# How ingest writes a ticket row as a passage (`ingest.loaders`: "Question: ...\nAnswer: ...").
+TICKET_QUESTION, TICKET_ANSWER = "Question:", "Answer:"
+
+
+def _ticket_answer_start(sents: Sequence[str]) -> int | None:
+    """The 1-based number of the sentence where a ticket passage's answer starts, or `None`
+    when the passage is not a ticket row."""
+    if not sents or not sents[0].startswith(TICKET_QUESTION):
+        return None
+    return next((i for i, t in enumerate(sents, start=1) if t.startswith(TICKET_ANSWER)), None)
 
 
 def choose_quote(

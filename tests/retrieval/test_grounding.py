@@ -1,5 +1,7 @@
 """Model-free grounding: each rule of claim support, instruction-like passages, quotes."""
 
+import hashlib
+
 import pytest
 
 from retrieval.grounding import (
@@ -23,7 +25,8 @@ from tests.conftest import HashEmbedder
 
 
 def passage(text, page=4, section=None, source="router_manual.pdf"):
-    return Chunk(id=f"{source}-{page}-{hash(text)}", text=text, source=source, page=page,
+    digest = hashlib.sha256(text.encode()).hexdigest()[:12]  # stable across processes
+    return Chunk(id=f"{source}-{page}-{digest}", text=text, source=source, page=page,
                  section=section, chunk_index=0, doc_hash="h")
 
 
@@ -163,6 +166,20 @@ def test_choose_quote_prefers_a_relevant_model_selection():
     assert [(q.passage, q.selected_by) for q in quotes] == [(2, "ranker")]
     quotes, why = choose_quote("Does the router support Dolby Atmos?", [RESET])
     assert quotes == [] and "dolby atmos" in why
+
+
+def test_a_ticket_is_quoted_from_the_start_of_its_answer():
+    from retrieval.grounding import quote_from
+
+    ticket = passage("Question: How do I reset my router?\nAnswer: Hold the Reset button for 10 "
+                     "seconds, then release it. The router restarts with factory settings.")
+    for best in (1, 2, 3):  # whichever sentence ranked best: the answer, whole, in order
+        quote = quote_from([ticket], 1, best)
+        assert quote.sentences == (2, 3)
+        assert quote.text == ("Hold the Reset button for 10 seconds, then release it. The router "
+                              "restarts with factory settings.")
+        assert quote.texts[0] in ticket.text  # verbatim, the label left out
+    assert quote_from([RESET], 1, 2).sentences[0] == 2  # a manual passage starts where it ranked
 
 
 def test_relevance_weights_rare_question_words():
