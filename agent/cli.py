@@ -2,6 +2,7 @@
 
     python -m agent [--session ID] [--adapter PATH | --llm-url URL --llm-model NAME]
     python -m agent ask "How do I reset the router?" [--json]
+    python -m agent guard requests.csv     # the harmful-request guard over a file
 
 Expected errors print one line to stderr; exit codes follow `retrieval.errors`: 2 for bad usage
 or input (empty question, no index, wrong model or adapter path), 1 for a failed run (model
@@ -21,6 +22,7 @@ from pathlib import Path
 
 from agent.api import Assistant
 from agent.faq import DEFAULT_FAQ_THRESHOLD
+from agent.guards import run_guard_file
 from agent.llm import ChatBackend, LocalChatModel, OpenAIChatModel
 from agent.state import AgentAnswer
 from retrieval.errors import CasewiseError, ModelNotFoundError, UsageError, run_cli
@@ -72,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_common(parser, suppress=False)
-    sub = parser.add_subparsers(dest="command", metavar="{chat,ask}")
+    sub = parser.add_subparsers(dest="command", metavar="{chat,ask,guard}")
     chat = sub.add_parser("chat", help="interactive chat (the default)", epilog=HELP,
                           formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_common(chat, suppress=True)
@@ -82,6 +84,17 @@ def build_parser() -> argparse.ArgumentParser:
                      help="print one JSON object: answer, reasoning, citations, abstained, "
                      "refused, faq_match, timings (and question, contexts)")
     _add_common(ask, suppress=True)
+    guard = sub.add_parser(
+        "guard", help="check a file of requests with the harmful-request guard",
+        description="Run the harmful-request guard (rules, then the classifier) over a file: "
+        "one JSON line per request on stdout (question, harmful, category, layer, score, line), "
+        "a summary on stderr. No index or model is needed.",
+        epilog="input: text (one request per line), CSV with a 'question' or 'goal' column, or "
+        "JSONL with a 'question' field\n\nexamples:\n  python -m agent guard tickets.csv\n"
+        "  python -m agent guard requests.txt > verdicts.jsonl\n"
+        "  python -m agent guard questions.jsonl | grep '\"harmful\": true'",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    guard.add_argument("file", type=Path, help="the requests (.txt, .csv or .jsonl)")
     return parser
 
 
@@ -278,8 +291,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     quiet_libraries()
     # No subcommand means chat; top-level flags may come before a subcommand.
-    if not any(a in ("ask", "chat") for a in argv) and argv[:1] not in (["-h"], ["--help"]):
+    commands = ("ask", "chat", "guard")
+    if not any(a in commands for a in argv) and argv[:1] not in (["-h"], ["--help"]):
         argv = ["chat", *argv]
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "guard":
+        return run_cli(lambda: run_guard_file(args.file))
     return run_cli(lambda: run_ask(args) if args.command == "ask" else run_chat(args))
