@@ -24,6 +24,7 @@ from langgraph.checkpoint.sqlite import SqliteSaver
 from agent.context import Context
 from agent.faq import DEFAULT_FAQ_THRESHOLD, FaqMatcher
 from agent.graph import build_graph
+from agent.guards import load_guard
 from agent.llm import ChatBackend
 from agent.state import AgentAnswer
 from retrieval.settings import Settings
@@ -102,6 +103,8 @@ class Assistant:
 
         searcher = open_searcher(settings)
         threshold = DEFAULT_FAQ_THRESHOLD if faq_threshold is None else faq_threshold
+        # The guard's classifier reads the vectors of the embedder retrieval already loaded.
+        context.setdefault("guard", load_guard(searcher.embedder))
         return cls(
             searcher, llm, memory_path=settings.memory_path,
             faq=FaqMatcher(searcher, threshold=threshold), top_k=top_k, **context,

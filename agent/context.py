@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from agent.faq import FaqMatcher
+from agent.guards import Guard
 from agent.llm import ChatBackend
 from retrieval.types import Searcher
 from retrieval.errors import UsageError
@@ -40,6 +41,8 @@ class Context:
         answer_prefix: Text the answer is prefilled with (the first label of the shared
             format). Small models follow the format far more often when it is started for
             them; the fine-tuned adapter's targets start with the same label. `""` turns it off.
+        guard: The harmful-request guard; `None` uses the process-wide default (the shipped
+            classifier on the bundled embedder, loaded on first use).
     """
 
     searcher: Searcher
@@ -55,6 +58,7 @@ class Context:
     max_new_tokens: int = 256
     faq: FaqMatcher | None = None
     answer_prefix: str = "Reasoning:"
+    guard: Guard | None = None
 
     def __post_init__(self) -> None:
         if self.top_k < 1:

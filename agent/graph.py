@@ -1,6 +1,7 @@
 """The agent graph: guard -> contextualize -> FAQ match -> retrieve -> grade -> answer or abstain.
 
     guard ──harmful──> refuse
+      │  └──self-harm──> escalate (a supportive reply that points to human help)
       │
     contextualize (follow-ups rewritten with the conversation)
       │
@@ -36,7 +37,7 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 
 from agent.context import Context
-from agent.guards import classify_request
+from agent.guards import SELF_HARM, SELF_HARM_ANSWER, default_guard
 from agent.prompts import (
     CONTEXTUALIZE_PROMPT,
     REWRITE_QUERY_PROMPT,
@@ -58,7 +59,7 @@ _SECTION_START = re.compile(r"\s*(?:reasoning|answer|sources?)\s*:", re.IGNORECA
 _PER_TURN_RESET = {
     "standalone": "", "query": "", "rewrites": 0, "hits": [], "contexts": [], "faq_match": None,
     "raw": "", "answer": "", "reasoning": "", "citations": [], "abstained": False,
-    "refused": False,
+    "refused": False, "guard": None,
 }
 
 
@@ -86,14 +87,27 @@ def _first_line(text: str) -> str:
 
 
 def guard(state: State, runtime: Runtime[Context]) -> dict:
-    """Reset the per-turn keys and refuse harmful requests before anything is searched."""
-    verdict = classify_request(state["question"])
-    return {**_PER_TURN_RESET, "refused": verdict.harmful, "timings": {}}
+    """Reset the per-turn keys and judge the request (rules, then classifier) before any search."""
+    start = time.perf_counter()
+    verdict = (runtime.context.guard or default_guard()).check(state["question"])
+    return {**_PER_TURN_RESET, "refused": verdict.harmful,
+            "guard": verdict.to_dict() if verdict.harmful else None,
+            "timings": {"guard": time.perf_counter() - start}}
 
 
 def refuse(state: State, runtime: Runtime[Context]) -> dict:
     """Answer a harmful request with the fixed refusal."""
     return {"answer": REFUSAL_ANSWER, "refused": True, "messages": _turn(state, REFUSAL_ANSWER)}
+
+
+def escalate(state: State, runtime: Runtime[Context]) -> dict:
+    """Answer a self-harm request with support and human help instead of the product refusal.
+
+    It stays a refusal (`refused`, mode "refused": nothing is searched or generated);
+    `guard["category"] == "self-harm"` tells a help desk to hand the conversation to a person.
+    """
+    return {"answer": SELF_HARM_ANSWER, "refused": True,
+            "messages": _turn(state, SELF_HARM_ANSWER)}
 
 
 def contextualize(state: State, runtime: Runtime[Context]) -> dict:
@@ -259,9 +273,16 @@ def generate(state: State, runtime: Runtime[Context]) -> dict:
 # --- routing -----------------------------------------------------------------------------------
 
 
-def route_after_guard(state: State) -> Literal["refuse", "contextualize"]:
-    """Harmful requests go to the refusal, everything else on to retrieval."""
-    return "refuse" if state["refused"] else "contextualize"
+def route_after_guard(state: State) -> Literal["refuse", "escalate", "contextualize"]:
+    """Self-harm goes to the supportive escalation, other harm to the refusal, the rest on."""
+    verdict = state.get("guard")
+    if not state["refused"]:
+        if verdict is not None:
+            raise RuntimeError(f"guard verdict {verdict} on a request it let through")
+        return "contextualize"
+    if verdict is None:
+        raise RuntimeError("refused before retrieval without a guard verdict: wiring is broken")
+    return "escalate" if verdict["category"] == SELF_HARM else "refuse"
 
 
 def route_after_grade(state: State, runtime: Runtime[Context]) -> Literal[
@@ -279,12 +300,13 @@ def route_after_grade(state: State, runtime: Runtime[Context]) -> Literal[
 
 
 # --- wiring ------------------------------------------------------------------------------------
-# guard decides refuse vs. answer; the answer path resolves follow-ups, checks the FAQ history,
-# then loops retrieve -> grade (-> rewrite_query -> retrieve) until passages survive grading or
-# the rewrites are used up.
+# guard decides refuse / escalate (self-harm) vs. answer; the answer path resolves follow-ups,
+# checks the FAQ history, then loops retrieve -> grade (-> rewrite_query -> retrieve) until
+# passages survive grading or the rewrites are used up.
 builder = StateGraph(State, context_schema=Context, input_schema=InputState)
 builder.add_node("guard", guard)
 builder.add_node("refuse", refuse)
+builder.add_node("escalate", escalate)
 builder.add_node("contextualize", contextualize)
 builder.add_node("match_faq", match_faq)
 builder.add_node("retrieve", retrieve)
@@ -300,6 +322,7 @@ builder.add_edge("retrieve", "grade")
 builder.add_conditional_edges("grade", route_after_grade)
 builder.add_edge("rewrite_query", "retrieve")
 builder.add_edge("refuse", END)
+builder.add_edge("escalate", END)
 builder.add_edge("generate", END)
 builder.add_edge("abstain", END)
 

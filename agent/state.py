@@ -50,6 +50,7 @@ class State(InputState, total=False):
         citations: Citations kept after filtering.
         abstained: The documentation does not cover the question.
         refused: The request was refused as harmful.
+        guard: The guard's verdict when it refused (`category`, `layer`, `score`), else `None`.
         timings: Seconds per stage.
     """
 
@@ -66,6 +67,7 @@ class State(InputState, total=False):
     citations: list[Citation]
     abstained: bool
     refused: bool
+    guard: dict | None
     timings: dict[str, float]
 
 
