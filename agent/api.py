@@ -3,25 +3,26 @@
     assistant = Assistant.from_settings(Settings.resolve(), LocalChatModel())
     result = assistant.ask("How do I reset the router?", thread_id="ticket-42")
 
-`ask` runs the graph to the end and returns an `AgentAnswer`; `stream` yields the model's tokens
-as they come and returns the `AgentAnswer` (as the generator's return value, also kept in
-`last_answer`). Conversation memory is LangGraph's SQLite checkpointer at
+`ask` runs the graph to the end and returns an `AgentAnswer`; `stream` yields the final answer's
+text once it is verified (the model's unchecked tokens only on request, tagged as a draft) and
+returns the `AgentAnswer` (as the generator's return value, also kept in `last_answer`). Conversation memory is LangGraph's SQLite checkpointer at
 `settings.memory_path`, keyed by `thread_id`; a `thread_id` of `None` is a one-off question with
 no memory (what eval wants).
 """
 
 from __future__ import annotations
 
-import sqlite3
 import time
 import uuid
 from collections.abc import Generator
+from dataclasses import replace
 from pathlib import Path
 
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.checkpoint.sqlite import SqliteSaver
 
 from agent.context import Context
+from agent.db import connect, move_aside
 from agent.faq import DEFAULT_FAQ_THRESHOLD, FaqMatcher
 from agent.graph import build_graph
 from agent.guards import load_guard
@@ -37,15 +38,34 @@ _CHECKPOINT_TYPES = [
     ("retrieval.types", "Hit"),
     ("retrieval.types", "Citation"),
     ("agent.state", "FaqMatch"),
+    ("agent.state", "Claim"),
 ]
 
 
 def open_memory(path: Path) -> SqliteSaver:
-    """A SQLite checkpointer at `path` (created with its directory when missing)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """A SQLite checkpointer at `path` (created with its directory when missing).
+
+    WAL and a busy timeout (`agent.db.connect`) let the threads and worker processes of
+    `python -m agent serve` write one memory file concurrently.
+
+    Raises:
+        DamagedDatabaseError: `path` is not a healthy SQLite database; the message names the
+            file and says how to start a fresh memory (`--reset-memory`).
+    """
     # The CLI streams from a worker thread of LangGraph; SqliteSaver serialises access itself.
-    conn = sqlite3.connect(str(path), check_same_thread=False)
+    conn = connect(Path(path), what="conversation memory", fix=(
+        "start a fresh memory with --reset-memory (the damaged file is kept as "
+        f"{Path(path).name}.<time>.bak beside it; its conversations are not read)"))
     return SqliteSaver(conn, serde=_serde())
+
+
+def reset_memory(path: Path) -> Path | None:
+    """Move the memory database at `path` aside so that the next `open_memory` starts empty.
+
+    Returns:
+        Where the old file was kept (`<name>.<time>.bak`), or `None` when there was none.
+    """
+    return move_aside(Path(path))
 
 
 def _serde() -> JsonPlusSerializer:
@@ -103,6 +123,9 @@ class Assistant:
 
         searcher = open_searcher(settings)
         threshold = DEFAULT_FAQ_THRESHOLD if faq_threshold is None else faq_threshold
+        context.setdefault("embedder", searcher.embedder)  # ranks sentences for quotes
+        # IDF weights of the answer relevance bar, from the keyword index search already built.
+        context.setdefault("term_weight", lambda word: searcher.keyword_index().idf(word))
         # The guard's classifier reads the vectors of the embedder retrieval already loaded.
         context.setdefault("guard", load_guard(searcher.embedder))
         return cls(
@@ -124,42 +147,57 @@ class Assistant:
             raise UsageError("the question is empty: type a question about the documents")
         return question.strip()
 
-    def ask(self, question: str, thread_id: str | None = None) -> AgentAnswer:
+    def ask(self, question: str, thread_id: str | None = None, *,
+            top_k: int | None = None) -> AgentAnswer:
         """Answer one question (blocking).
 
         Args:
             question: The question as typed.
             thread_id: Conversation id; earlier turns of that thread resolve follow-ups.
+            top_k: Passages retrieved per search for this question (default: the context's).
 
         Raises:
-            UsageError: The question is empty.
+            UsageError: The question is empty, or `top_k` is below 1.
         """
-        generator = self.stream(question, thread_id)
+        generator = self.stream(question, thread_id, top_k=top_k)
         while True:
             try:
                 next(generator)
             except StopIteration as done:
                 return done.value
 
-    def stream(self, question: str, thread_id: str | None = None) -> Generator[str, None, AgentAnswer]:
-        """Yield the model's tokens as generated; return the `AgentAnswer`.
+    def stream(
+        self, question: str, thread_id: str | None = None, *, top_k: int | None = None,
+        drafts: bool = False,
+    ) -> Generator[str | tuple[str, str], None, AgentAnswer]:
+        """Yield the final answer's text, a sentence at a time, once verified; return the
+        `AgentAnswer`.
 
-        Refusals and abstentions decided before generation yield nothing; read the returned
-        answer (or `last_answer`) for the final text and citations.
+        Every final answer (generated, quoted, abstained, refused) is yielded; what the model
+        writes before verification is not, unless `drafts`: then every item is a pair,
+        `("draft", token)` as the model writes (unverified: show it only labelled as a draft,
+        to be replaced) and `("answer", text)` for the verified answer. Read the returned
+        answer (or `last_answer`) for the mode, claims and citations.
 
         Raises:
-            UsageError: The question is empty.
+            UsageError: The question is empty, or `top_k` is below 1.
         """
         question = self._check(question)
+        # A per-call copy (validated again): the REST service takes top_k per request.
+        context = self.context if top_k is None else replace(self.context, top_k=top_k)
         start = time.perf_counter()
         final: dict = {}
         graph = self.graph if thread_id else self._oneoff_graph
         for mode, chunk in graph.stream(
-            {"question": question}, self._config(thread_id), context=self.context,
+            {"question": question}, self._config(thread_id), context=context,
             stream_mode=["custom", "values"],
         ):
             if mode == "custom":
-                yield chunk
+                kind, text = chunk
+                if drafts:
+                    yield kind, text
+                elif kind == "answer":
+                    yield text
             else:
                 final = chunk
         timings = {k: round(v, 4) for k, v in (final.get("timings") or {}).items()}
@@ -191,6 +229,10 @@ class Assistant:
         """The conversation of `thread_id` as `{"role", "content", ...}` dicts (oldest first)."""
         state = self.graph.get_state(self._config(thread_id))
         return list(state.values.get("messages") or [])
+
+    def forget(self, thread_id: str) -> None:
+        """Delete the saved conversation of `thread_id` (nothing happens when there is none)."""
+        self._memory.delete_thread(thread_id)
 
     def close(self) -> None:
         """Close the memory database."""

@@ -2,6 +2,8 @@
 
     python -m agent [--session ID] [--adapter PATH | --llm-url URL --llm-model NAME]
     python -m agent ask "How do I reset the router?" [--json]
+    python -m agent serve [--host 127.0.0.1] [--port 8080] [--api-keys FILE]   (agent/serve.py)
+    python -m agent feedback export FILE.jsonl
     python -m agent guard requests.csv     # the harmful-request guard over a file
 
 Expected errors print one line to stderr; exit codes follow `retrieval.errors`: 2 for bad usage
@@ -20,17 +22,27 @@ import textwrap
 import uuid
 from pathlib import Path
 
-from agent.api import Assistant
+from agent.api import Assistant, reset_memory
 from agent.faq import DEFAULT_FAQ_THRESHOLD
 from agent.guards import run_guard_file
-from agent.llm import ChatBackend, LocalChatModel, OpenAIChatModel
+from agent.llm import (
+    BACKENDS,
+    ENV_BACKEND,
+    ChatBackend,
+    LlamaCppChatModel,
+    LocalChatModel,
+    OpenAIChatModel,
+    local_backend,
+)
 from agent.state import AgentAnswer
+from finetune.format import adapter_format_warning
 from retrieval.errors import CasewiseError, ModelNotFoundError, UsageError, run_cli
 from retrieval.settings import Settings
+from retrieval.text import sentences
 
 HELP = """\
 Commands:
-  /sources   show the passages the last answer used
+  /sources   show the passages the last answer used, supporting sentences marked
   /history   show this session's conversation
   /new       start a new session (forget the conversation)
   /help      show this help
@@ -49,6 +61,9 @@ def _add_common(parser: argparse.ArgumentParser, suppress: bool) -> None:
                    "(embedded SmolLM2-135M-Instruct), a model directory or a hub id")
     g.add_argument("--adapter", default=d(None), metavar="PATH",
                    help="LoRA adapter directory (from `python -m finetune train`)")
+    g.add_argument("--backend", default=d(None), choices=BACKENDS,
+                   help="local inference engine: 'auto' (default; llama.cpp when installed, "
+                   f"else transformers), 'llama.cpp' or 'transformers'; also {ENV_BACKEND}")
     g.add_argument("--llm-url", default=d(None), metavar="URL", help="OpenAI-compatible server "
                    "(vLLM, llama.cpp, Ollama), e.g. http://localhost:8000/v1; replaces the "
                    "local model")
@@ -63,6 +78,9 @@ def _add_common(parser: argparse.ArgumentParser, suppress: bool) -> None:
     g.add_argument("--faq-threshold", type=float, default=d(None), metavar="SCORE",
                    help="minimum match score to show a similar past ticket (default "
                    f"{DEFAULT_FAQ_THRESHOLD}; lower shows more matches)")
+    g.add_argument("--reset-memory", action="store_true", default=d(False),
+                   help="move the conversation memory (<home>/memory.sqlite) aside, kept as "
+                   "memory.sqlite.<time>.bak, and start a fresh one (e.g. when it is damaged)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,16 +92,19 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_common(parser, suppress=False)
-    sub = parser.add_subparsers(dest="command", metavar="{chat,ask,guard}")
+    sub = parser.add_subparsers(dest="command", metavar="{chat,ask,serve,feedback,guard}")
     chat = sub.add_parser("chat", help="interactive chat (the default)", epilog=HELP,
                           formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_common(chat, suppress=True)
     ask = sub.add_parser("ask", help="answer one question and exit")
     ask.add_argument("question", help="the question (quote it)")
     ask.add_argument("--json", action="store_true",
-                     help="print one JSON object: answer, reasoning, citations, abstained, "
-                     "refused, faq_match, timings (and question, contexts)")
+                     help="print one JSON object: answer, mode (generated, quoted, abstained, "
+                     "refused), claims and removed_claims (each sentence with its supporting "
+                     "passage, or why it was removed), citations, reasoning, raw model output, "
+                     "faq_match, timings, contexts")
     _add_common(ask, suppress=True)
+    _add_serve_parsers(sub)
     guard = sub.add_parser(
         "guard", help="check a file of requests with the harmful-request guard",
         description="Run the harmful-request guard (rules, then the classifier) over a file: "
@@ -96,6 +117,86 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     guard.add_argument("file", type=Path, help="the requests (.txt, .csv or .jsonl)")
     return parser
+
+
+SERVE_EXAMPLES = """\
+examples:
+  python -m agent serve                                  # http://127.0.0.1:8080, docs at /docs
+  python -m agent serve --api-keys keys.txt --new-key zendesk   # print a new key, store its hash
+  python -m agent serve --host 0.0.0.0 --api-keys keys.txt --adapter runs/smollm2-faq
+  CASEWISE_API_KEYS=secret python -m agent serve --host 0.0.0.0 --workers 2
+  curl -s localhost:8080/v1/ask -H 'Content-Type: application/json' \\
+       -d '{"question": "How do I reset the router?", "session_id": "ticket-42"}'
+
+Without API keys the server listens on loopback addresses only. docs/serve.md: every endpoint."""
+
+FEEDBACK_EXAMPLES = """\
+examples:
+  python -m agent feedback export feedback.jsonl
+  python -m finetune data --faq feedback.jsonl --out data/feedback     # train on corrections
+  python -m eval run --questions feedback.jsonl --systems base --out reports/feedback
+
+Corrected answers (any rating) and answers rated up become rows; answers rated down without a
+correction, and approved abstentions or refusals, are counted and left out."""
+
+
+def _add_serve_parsers(sub) -> None:
+    """The `serve` and `feedback export` subcommands (implemented in agent/serve.py and
+    agent/feedback.py)."""
+    fmt = argparse.RawDescriptionHelpFormatter
+    serve = sub.add_parser("serve", help="run the REST service for help desks and CRMs",
+                           description="Serve ask, streamed ask, sessions, feedback and an "
+                           "OpenAI-compatible endpoint over HTTP (FastAPI on uvicorn).",
+                           epilog=SERVE_EXAMPLES, formatter_class=fmt)
+    s = serve.add_argument_group("server")
+    s.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1; others need API keys)")
+    s.add_argument("--port", type=int, default=8080, help="TCP port (default 8080)")
+    s.add_argument("--workers", type=int, default=1,
+                   help="worker processes, each loading its own model (default 1)")
+    s.add_argument("--api-keys", metavar="FILE", default=None,
+                   help="file of API key hashes ('NAME sha256:HEX' lines); keys may also come "
+                   "from CASEWISE_API_KEYS (comma-separated)")
+    s.add_argument("--new-key", metavar="NAME", default=None,
+                   help="create an API key named NAME, append its hash to --api-keys FILE, "
+                   "print the key once and exit")
+    s.add_argument("--rate-limit", type=int, default=120, metavar="N",
+                   help="requests per minute per API key (default 120; 0: no limit)")
+    s.add_argument("--max-body-bytes", type=int, default=64 * 1024, metavar="N",
+                   help="largest request body (default 65536)")
+    s.add_argument("--max-question-chars", type=int, default=4000, metavar="N",
+                   help="longest question or corrected answer (default 4000)")
+    s.add_argument("--max-pending", type=int, default=32, metavar="N",
+                   help="questions in flight before new ones get 503 (default 32)")
+    _add_common(serve, suppress=True)
+
+    feedback = sub.add_parser("feedback", help="export the feedback given through the server")
+    actions = feedback.add_subparsers(dest="feedback_command", metavar="{export}", required=True)
+    export = actions.add_parser(
+        "export", help="write the feedback as FAQ-history JSONL (for finetune data and eval)",
+        description="Write ratings and corrected answers stored by `python -m agent serve` "
+        "(<home>/feedback.sqlite) as FAQ-history JSONL.", epilog=FEEDBACK_EXAMPLES,
+        formatter_class=fmt)
+    export.add_argument("file", metavar="FILE.jsonl", help="the JSONL file to write")
+    export.add_argument("--home", default=argparse.SUPPRESS,
+                        help="index directory (default: CASEWISE_HOME or ./.casewise)")
+
+
+def run_feedback_export(args: argparse.Namespace) -> int:
+    """`python -m agent feedback export FILE.jsonl`: write the stored feedback, print a summary."""
+    from agent.feedback import FEEDBACK_FILE, FeedbackStore
+
+    path = Settings.resolve(home=args.home).home / FEEDBACK_FILE
+    if not path.is_file():
+        raise UsageError(f"no feedback store at {path}: feedback is stored by `python -m agent "
+                         f"serve` (POST /v1/feedback); check --home")
+    store = FeedbackStore(path)
+    try:
+        summary = store.export(Path(args.file))
+    finally:
+        store.close()
+    print(summary)
+    return 0
 
 
 def make_llm(args: argparse.Namespace) -> ChatBackend:
@@ -111,6 +212,9 @@ def make_llm(args: argparse.Namespace) -> ChatBackend:
             raise UsageError("--adapter applies to the local model; with --llm-url load the "
                              "adapter on the server (e.g. vLLM --lora-modules) and pass its name "
                              "as --llm-model")
+        if args.backend:
+            raise UsageError("--backend chooses the local inference engine; with --llm-url the "
+                             "server does the inference")
         if not args.llm_model:
             raise UsageError("--llm-url needs --llm-model NAME (the model name the server serves)")
         return OpenAIChatModel(args.llm_url, args.llm_model)
@@ -121,21 +225,43 @@ def make_llm(args: argparse.Namespace) -> ChatBackend:
             f"adapter path {args.adapter} does not exist or is not a directory: pass the output "
             f"directory of `python -m finetune train` (it holds adapter_config.json)"
         )
-    return LocalChatModel(args.model, adapter=args.adapter, max_new_tokens=args.max_new_tokens)
+    return local_backend(args.model, adapter=args.adapter, max_new_tokens=args.max_new_tokens,
+                         backend=args.backend)
 
 
-def build_assistant(args: argparse.Namespace) -> Assistant:
+def apply_reset_memory(args: argparse.Namespace, settings: Settings) -> None:
+    """`--reset-memory`: move the memory file aside (once: the flag is cleared) and say where."""
+    if args.reset_memory:
+        kept = reset_memory(settings.memory_path)
+        if kept:
+            print(f"casewise: conversation memory moved aside to {kept}; starting a fresh one",
+                  file=sys.stderr)
+        args.reset_memory = False
+
+
+def build_assistant(args: argparse.Namespace, llm: ChatBackend | None = None) -> Assistant:
     """Open the index, prepare the model (loading a local one now) and build the assistant.
 
+    Args:
+        args: Parsed flags.
+        llm: The chat backend to use instead of the one the flags describe (the server wraps
+            it for concurrent requests).
+
     Raises:
-        CasewiseError: No index, wrong model/adapter path, contradictory flags.
+        CasewiseError: No index, wrong model/adapter path, contradictory flags, a damaged
+            memory file (without `--reset-memory`).
     """
-    llm = make_llm(args)
+    llm = llm or make_llm(args)
+    if args.adapter:
+        warning = adapter_format_warning(args.adapter)
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr)
     settings = Settings.resolve(home=args.home)
+    apply_reset_memory(args, settings)
     assistant = Assistant.from_settings(settings, llm, top_k=args.top_k,
                                         faq_threshold=args.faq_threshold,
                                         max_new_tokens=args.max_new_tokens)
-    if isinstance(llm, LocalChatModel):
+    if isinstance(llm, (LocalChatModel, LlamaCppChatModel)):
         # Load now so that a wrong model or adapter path fails before the first question.
         llm.load()
     return assistant
@@ -152,6 +278,23 @@ def format_sources(answer: AgentAnswer) -> str:
     return "Sources: " + "; ".join(labels)
 
 
+def format_mode(answer: AgentAnswer) -> str | None:
+    """One line saying how the answer was produced and checked, or `None` for a refusal."""
+    removed = len(answer.removed_claims)
+    dropped = f"; {removed} unsupported sentence{'s' * (removed != 1)} removed" if removed else ""
+    if answer.mode == "generated":
+        n = len(answer.claims)
+        return (f"[generated: {n} sentence{'s' * (n != 1)}, each checked against its "
+                f"passage{dropped}]")
+    if answer.mode == "quoted":
+        why = "no generated sentence could be verified" if removed else \
+            "the documentation's own words"
+        return f"[quoted verbatim from the documentation: {why}]"
+    if answer.mode == "abstained":
+        return "[abstained: the documentation does not cover this]"
+    return None
+
+
 def format_faq(answer: AgentAnswer) -> str | None:
     """The FAQ match block shown beside an answer, or `None`."""
     m = answer.faq_match
@@ -162,8 +305,17 @@ def format_faq(answer: AgentAnswer) -> str | None:
             f"  A: {resolution}")
 
 
-def format_passages(answer: AgentAnswer) -> str:
-    """The passages the last answer used, for `/sources`."""
+def highlight(text: str, spans: list[str], tty: bool) -> str:
+    """`text` with each of `spans` marked: bold on a terminal, `**...**` elsewhere."""
+    start, end = ("\033[1;33m", "\033[0m") if tty else ("**", "**")
+    for span in sorted(set(spans), key=len, reverse=True):
+        if span and span in text and f"{start}{span}" not in text:
+            text = text.replace(span, f"{start}{span}{end}", 1)
+    return text
+
+
+def format_passages(answer: AgentAnswer, tty: bool = False) -> str:
+    """The passages the last answer used, for `/sources`, with the supporting sentences marked."""
     if not answer.contexts:
         return "No passages were used for the last answer."
     blocks = []
@@ -173,15 +325,24 @@ def format_passages(answer: AgentAnswer) -> str:
             head += f" {hit.citation.section}"
         if hit.similarity is not None:
             head += f" (similarity {hit.similarity:.2f})"
-        blocks.append(head + "\n" + textwrap.indent(textwrap.fill(hit.text.strip(), 96), "    "))
+        supports = [n for n, c in enumerate(answer.claims, start=1) if c.passage == i]
+        if supports:
+            head += " supports sentence" + "s" * (len(supports) > 1) + " " + ", ".join(
+                str(n) for n in supports)
+        evidence = [s for c in answer.claims if c.passage == i for s in sentences(c.evidence)]
+        body = highlight(" ".join(hit.text.split()), evidence, tty)
+        blocks.append(head + "\n" + textwrap.indent(textwrap.fill(body, 96), "    "))
     return "\n".join(blocks)
 
 
 def _print_result(answer: AgentAnswer, streamed: bool, out) -> None:
-    if not streamed or answer.abstained or answer.refused:
-        print(("\n" if streamed else "") + answer.answer, file=out)
+    if not streamed:
+        print(answer.answer, file=out)
     else:
         print(file=out)
+    mode = format_mode(answer)
+    if mode:
+        print(mode, file=out)
     if not answer.refused:
         print(format_sources(answer), file=out)
     faq = format_faq(answer)
@@ -201,12 +362,7 @@ def run_ask(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(answer.to_dict(), ensure_ascii=False))
     else:
-        print(answer.answer)
-        if not answer.refused:
-            print(format_sources(answer))
-        faq = format_faq(answer)
-        if faq:
-            print(faq)
+        _print_result(answer, streamed=False, out=sys.stdout)
     return 0
 
 
@@ -237,7 +393,8 @@ def run_chat(args: argparse.Namespace, stdin=None, out=None) -> int:
                 if command == "/help":
                     print(HELP, file=out)
                 elif command == "/sources":
-                    print(format_passages(last) if last else "No answer yet.", file=out)
+                    print(format_passages(last, tty=out.isatty()) if last else "No answer yet.",
+                          file=out)
                 elif command == "/history":
                     turns = assistant.history(session)
                     for m in turns:
@@ -255,6 +412,8 @@ def run_chat(args: argparse.Namespace, stdin=None, out=None) -> int:
                 out.flush()
                 continue
             streamed = False
+            # The answer appears once verified (nothing the model writes is shown unchecked).
+            print("(searching the documents and checking the answer ...)", file=out, flush=True)
             stream = assistant.stream(line, thread_id=session)
             try:
                 while True:
@@ -291,11 +450,17 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     quiet_libraries()
     # No subcommand means chat; top-level flags may come before a subcommand.
-    commands = ("ask", "chat", "guard")
-    if not any(a in commands for a in argv) and argv[:1] not in (["-h"], ["--help"]):
+    if not any(a in ("ask", "chat", "serve", "feedback", "guard") for a in argv) and \
+            argv[:1] not in (["-h"], ["--help"]):
         argv = ["chat", *argv]
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "guard":
-        return run_cli(lambda: run_guard_file(args.file))
-    return run_cli(lambda: run_ask(args) if args.command == "ask" else run_chat(args))
+
+    def run_serve(args: argparse.Namespace) -> int:
+        from agent.serve import run_serve as serve  # imports FastAPI: only when serving
+
+        return serve(args)
+
+    commands = {"ask": run_ask, "chat": run_chat, "serve": run_serve,
+                "feedback": run_feedback_export, "guard": lambda a: run_guard_file(a.file)}
+    return run_cli(lambda: commands[args.command](args))

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 from agent.faq import FaqMatcher
 from agent.guards import Guard
 from agent.llm import ChatBackend
-from retrieval.types import Searcher
 from retrieval.errors import UsageError
+from retrieval.types import Embedder, Searcher
 
 # Grading thresholds for all-MiniLM-L6-v2 cosine similarities. Checked on the emanual manual: the
 # 354 faq_history questions (all answerable) keep a passage on the first search 99.4% of the time,
@@ -41,6 +43,16 @@ class Context:
         answer_prefix: Text the answer is prefilled with (the first label of the shared
             format). Small models follow the format far more often when it is started for
             them; the fine-tuned adapter's targets start with the same label. `""` turns it off.
+        answer_mode: `"generate"`: the model writes the answer, verification keeps its supported
+            sentences, and the passages are quoted when none survives. `"extract"`: the answer
+            is always the quote (the sentences the model selects by number, else the ranker's);
+            generation stops after the `Quote` part. `bench/answers.py` measures both.
+        separate_answer_call: Run `answer` as its own model call after `reason` (a capable or
+            remote model); off, one generation serves both (cheaper with a small local model).
+        embedder: The retrieval embedder, reused to rank passage sentences for a quote (`None`:
+            word overlap alone).
+        term_weight: A content word's weight in the answer relevance bar, the index's IDF
+            (`retrieval.grounding.relevance`; `None`: every word counts the same).
         guard: The harmful-request guard; `None` uses the process-wide default (the shipped
             classifier on the bundled embedder, loaded on first use).
     """
@@ -58,6 +70,10 @@ class Context:
     max_new_tokens: int = 256
     faq: FaqMatcher | None = None
     answer_prefix: str = "Reasoning:"
+    answer_mode: Literal["generate", "extract"] = "generate"
+    separate_answer_call: bool = False
+    embedder: Embedder | None = None
+    term_weight: Callable[[str], float] | None = None
     guard: Guard | None = None
 
     def __post_init__(self) -> None:
@@ -74,3 +90,5 @@ class Context:
             raise UsageError(f"min_overlap ({self.min_overlap}) must be in (0, 1]")
         if self.max_rewrites < 0:
             raise UsageError(f"max_rewrites ({self.max_rewrites}) must be 0 or more")
+        if self.answer_mode not in ("generate", "extract"):
+            raise UsageError(f"answer_mode ({self.answer_mode!r}) must be generate or extract")

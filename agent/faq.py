@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import re
 
-from agent.prompts import content_words
 from agent.state import FaqMatch
+from retrieval.text import content_words
 from retrieval.types import Hit, Searcher
 from retrieval.errors import UsageError
 

@@ -1,35 +1,50 @@
-"""The agent graph: guard -> contextualize -> FAQ match -> retrieve -> grade -> answer or abstain.
+"""The agent graph: retrieve, grade, reason, answer, verify; quote, abstain or refuse.
 
     guard ──harmful──> refuse
       │  └──self-harm──> escalate (a supportive reply that points to human help)
       │
     contextualize (follow-ups rewritten with the conversation)
       │
-    match_faq -> retrieve -> grade ──relevant passages──> generate
-                    ^          │
-                    │          ├──none, rewrites left──> rewrite_query ─┐
-                    └──────────┼────────────────────────────────────────┘
-                               └──none, no rewrites left──> abstain
+    match_faq -> retrieve -> grade ──relevant passages──> reason -> answer ──refused──> refuse
+                    ^          │                                     │
+                    │          ├──none, rewrites left──> rewrite_query
+                    └──────────┘                                    verify ──claims kept──> END
+                               └──none, no rewrites left──> abstain   │
+                                                                     quote ──bar reached──> END
+                                                                      └──not reached──> abstain
 
-Grading does not ask the model: it keeps passages whose cosine similarity to the query (from
-retrieval) reaches `Context.min_similarity`, or that share most of the question's content words
-while staying above `Context.overlap_floor`. A 135M model cannot grade relevance reliably; these
-signals can, and they are cheap.
+- **grade** does not ask the model: it keeps passages whose cosine similarity to the query
+  reaches `Context.min_similarity`, or that share most of the question's content words while
+  staying above `Context.overlap_floor`. A 135M model cannot grade relevance; these signals can.
+- **reason** prompts with the shared format (`finetune.format`: sentence-numbered passages) and
+  keeps the chain of thought (`reasoning`) and the sentences the model quoted (`selection`).
+- **answer** takes the answer text (`draft`) and the passages the model cited (`hints`). A small
+  model writes reasoning and answer in one generation, which `reason` keeps in `raw`; with
+  `Context.separate_answer_call` (a capable or remote model) `reason` stops at the `Answer:`
+  label and `answer` asks for the rest in a second call.
+- **verify** checks every sentence of the draft against every passage
+  (`retrieval.grounding.verify`): unsupported sentences are removed and reported, citations are
+  recomputed from the passages that support the kept ones (the model's labels only break ties).
+  Kept sentences that together do not answer the question (`answer_relevance`: the subject
+  named, enough of the question's IDF-weighted words) are removed too.
+- **quote**: when no sentence survives (or the model abstained, or `Context.answer_mode` is
+  `"extract"`), the answer is the passage sentences that best answer the question, verbatim and
+  marked as a quote with their page: those the model selected by number when they reach the
+  relevance bar, else the ranker's (`retrieval.grounding.choose_quote`). Below the bar: abstain.
 
-`generate` streams the model's tokens to `stream_mode="custom"` listeners (the CLI), parses
-the answer in the shared format, drops citations of passages that were not retrieved, and turns
-an answer left with no support into the abstain answer. Small models often forget the
-`Sources:` line; then the answer is attributed to the passage its reasoning points at ("[2]",
-"passage 2", or a quoted sentence), else to the kept passage that holds most of the answer's
-words, and only if none qualifies does it abstain. Passages that look like instructions to the
-assistant are shown to the model as plain text inside the numbered passages (never in the system
-prompt) and are never used as fallback support.
+Streaming (`stream_mode="custom"`): the model's tokens go out as `("draft", token)` and the
+final nodes write the verified answer (or the quote, the abstain or the refusal text) as
+`("answer", text)`. `Assistant.stream` passes on only the answers unless asked for drafts, so
+the chat CLI never shows a sentence that verification rejects; the REST service shows drafts
+labelled as such (`token` events, `reasoning_content`) and replaces them with the answer.
 """
 
 from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import PurePath
 from typing import Literal
 
@@ -41,25 +56,35 @@ from agent.guards import SELF_HARM, SELF_HARM_ANSWER, default_guard
 from agent.prompts import (
     CONTEXTUALIZE_PROMPT,
     REWRITE_QUERY_PROMPT,
-    content_words,
     contextualize as keyword_contextualize,
     is_follow_up,
     keyword_query,
-    lexical_overlap,
-    looks_like_injection,
 )
-from agent.state import InputState, State
+from agent.state import Claim, InputState, State
 from finetune.format import ABSTAIN_ANSWER, REFUSAL_ANSWER, build_messages, parse_answer
+from retrieval.grounding import (
+    ClaimCheck,
+    Quote,
+    answer_relevance,
+    choose_quote,
+    verify as verify_claims,
+)
+from retrieval.text import overlap
 from retrieval.types import Citation, Hit
 
-# Fraction of the answer's content words a passage must hold to be its fallback source.
-FALLBACK_MIN_OVERLAP = 0.5
 # A reply that already starts with a section label is complete, not a continuation.
-_SECTION_START = re.compile(r"\s*(?:reasoning|answer|sources?)\s*:", re.IGNORECASE)
+_SECTION_START = re.compile(r"\s*(?:reasoning|quote|answer|sources?)\s*:", re.IGNORECASE)
+_ANSWER_LABEL = re.compile(r"^\s*answer\s*:", re.IGNORECASE | re.MULTILINE)
+# Passage pointers in the reasoning: "[2]", "passage 2", "passage [2]".
+_POINTER = re.compile(r"\[(\d+)\]|passage\s+\[?(\d+)", re.IGNORECASE)
+# Tokens the reasoning may take when it stops at the `Answer:` label (extract mode, separate
+# answer call): "Reasoning: Passage [2] (<heading>) answers the question.\nQuote: 2.1 2.2" fits.
+REASON_MAX_NEW_TOKENS = 96
 _PER_TURN_RESET = {
     "standalone": "", "query": "", "rewrites": 0, "hits": [], "contexts": [], "faq_match": None,
-    "raw": "", "answer": "", "reasoning": "", "citations": [], "abstained": False,
-    "refused": False, "guard": None,
+    "raw": "", "reasoning": "", "selection": [], "draft": "", "hints": [], "claims": [],
+    "removed_claims": [], "answer": "", "citations": [], "abstain_reason": "",
+    "abstained": False, "refused": False, "guard": None,
 }
 
 
@@ -83,6 +108,26 @@ def _first_line(text: str) -> str:
     return next((line.strip() for line in text.strip().splitlines() if line.strip()), "")
 
 
+def _emit(runtime: Runtime[Context], text: str) -> None:
+    """Stream a final (verified) answer to listeners, a sentence at a time."""
+    for piece in re.findall(r"\S.*?(?:[.!?]\s+|$)", text, re.DOTALL) or [text]:
+        runtime.stream_writer(("answer", piece))
+
+
+def _read(llm, messages: list[dict], max_new_tokens: int) -> Iterator[str]:
+    """The backend's reply stream as a generator: closing it closes the backend's stream too
+    (`yield from` passes `close()` on), whatever iterator the backend returns."""
+    yield from llm.stream(messages, max_new_tokens=max_new_tokens)
+
+
+def _prompt(state: State, ctx: Context) -> list[dict]:
+    history = []
+    if ctx.history_turns:
+        for m in (state.get("messages") or [])[-2 * ctx.history_turns:]:
+            history.append({"role": m["role"], "content": m.get("standalone", m["content"])})
+    return build_messages(state["standalone"], state["contexts"], history)
+
+
 # --- nodes -------------------------------------------------------------------------------------
 
 
@@ -97,7 +142,9 @@ def guard(state: State, runtime: Runtime[Context]) -> dict:
 
 def refuse(state: State, runtime: Runtime[Context]) -> dict:
     """Answer a harmful request with the fixed refusal."""
-    return {"answer": REFUSAL_ANSWER, "refused": True, "messages": _turn(state, REFUSAL_ANSWER)}
+    _emit(runtime, REFUSAL_ANSWER)
+    return {"answer": REFUSAL_ANSWER, "refused": True, "mode": "refused",
+            "messages": _turn(state, REFUSAL_ANSWER)}
 
 
 def escalate(state: State, runtime: Runtime[Context]) -> dict:
@@ -106,7 +153,8 @@ def escalate(state: State, runtime: Runtime[Context]) -> dict:
     It stays a refusal (`refused`, mode "refused": nothing is searched or generated);
     `guard["category"] == "self-harm"` tells a help desk to hand the conversation to a person.
     """
-    return {"answer": SELF_HARM_ANSWER, "refused": True,
+    _emit(runtime, SELF_HARM_ANSWER)
+    return {"answer": SELF_HARM_ANSWER, "refused": True, "mode": "refused",
             "messages": _turn(state, SELF_HARM_ANSWER)}
 
 
@@ -150,14 +198,15 @@ def is_relevant(hit: Hit, question: str, ctx: Context) -> bool:
     similarity = hit.similarity if hit.similarity is not None else -1.0
     if similarity >= ctx.min_similarity:
         return True
-    return similarity >= ctx.overlap_floor and lexical_overlap(question, hit.text) >= ctx.min_overlap
+    return similarity >= ctx.overlap_floor and overlap(question, hit.text) >= ctx.min_overlap
 
 
 def grade(state: State, runtime: Runtime[Context]) -> dict:
     """Keep the retrieved passages that are relevant to the question."""
     ctx = runtime.context
     kept = [h for h in state["hits"] if is_relevant(h, state["standalone"], ctx)]
-    return {"contexts": kept[: ctx.max_contexts]}
+    reason = "" if kept else "no retrieved passage is relevant to the question"
+    return {"contexts": kept[: ctx.max_contexts], "abstain_reason": reason}
 
 
 def rewrite_query(state: State, runtime: Runtime[Context]) -> dict:
@@ -173,101 +222,169 @@ def rewrite_query(state: State, runtime: Runtime[Context]) -> dict:
     return {"query": query, "rewrites": state.get("rewrites", 0) + 1}
 
 
-def abstain(state: State, runtime: Runtime[Context]) -> dict:
-    """Say that the documentation does not cover the question."""
-    return {"answer": ABSTAIN_ANSWER, "abstained": True, "contexts": [],
-            "messages": _turn(state, ABSTAIN_ANSWER)}
+def reason(state: State, runtime: Runtime[Context]) -> dict:
+    """Reason over the numbered passages (chain of thought) and select sentences to quote.
 
-
-def filter_citations(cited: list[Citation], contexts: list[Hit]) -> list[Citation]:
-    """Keep the citations that point at a passage given to the model, as that passage's citation.
-
-    Labels are compared by file name and page (the model writes `[file.pdf p.3]`); a label
-    without a page matches a passage of that file only when the file has a single such passage.
+    One generation with a small model (it continues into the answer, kept in `raw` for the
+    `answer` node); it stops at the `Answer:` label in extract mode or when the answer is a
+    separate call. Nothing is streamed to the user.
     """
-    kept: list[Citation] = []
-    for c in cited:
-        name = PurePath(c.source).name
-        same_file = [h.citation for h in contexts if PurePath(h.citation.source).name == name]
-        if c.page is not None:
-            match = next((x for x in same_file if x.page == c.page), None)
-        else:
-            match = same_file[0] if len(set(same_file)) == 1 else None
-        if match is not None and match not in kept:
-            kept.append(match)
-    return kept
-
-
-def fallback_support(reasoning: str, answer: str, contexts: list[Hit]) -> list[Citation]:
-    """Attribute an answer that named no sources, or return `[]` when nothing supports it.
-
-    In order: passages the text points at by number ("[2]", "passage 2"); a passage containing
-    a quoted sentence (4+ words) from the reasoning; the passage holding at least
-    `FALLBACK_MIN_OVERLAP` of the answer's content words (the best one). Instruction-like
-    passages never count as support.
-    """
-    usable = {i: h for i, h in enumerate(contexts, start=1) if not looks_like_injection(h.text)}
-    text = f"{reasoning}\n{answer}"
-    numbers = re.findall(r"\[(\d+)\]|passage\s+\[?(\d+)", text, re.IGNORECASE)
-    pointed = [usable[int(a or b)] for a, b in numbers if int(a or b) in usable]
-    if pointed:
-        return list(dict.fromkeys(h.citation for h in pointed))
-    for quote in re.findall(r"[\"“']([^\"”']{12,})[\"”']", reasoning):
-        words = content_words(quote)
-        if len(words) < 4:
-            continue
-        for h in usable.values():
-            if lexical_overlap(quote, h.text) >= 0.9:
-                return [h.citation]
-    if content_words(answer):
-        best = max(usable.values(), key=lambda h: lexical_overlap(answer, h.text), default=None)
-        if best is not None and lexical_overlap(answer, best.text) >= FALLBACK_MIN_OVERLAP:
-            return [best.citation]
-    return []
-
-
-def generate(state: State, runtime: Runtime[Context]) -> dict:
-    """Reason over the numbered passages and answer with citations (streamed)."""
     ctx = runtime.context
     start = time.perf_counter()
-    history = []
-    if ctx.history_turns:
-        for m in (state.get("messages") or [])[-2 * ctx.history_turns:]:
-            history.append({"role": m["role"], "content": m.get("standalone", m["content"])})
-    messages = build_messages(state["standalone"], state["contexts"], history)
+    messages = _prompt(state, ctx)
     prefix = ctx.answer_prefix
     if prefix:
         # Prefilled assistant turn: the reply continues it (see ChatBackend).
         messages.append({"role": "assistant", "content": prefix})
-        runtime.stream_writer(prefix)
-    pieces = []
-    for piece in ctx.llm.stream(messages, max_new_tokens=ctx.max_new_tokens):
-        pieces.append(piece)
-        runtime.stream_writer(piece)
+    stop_at_answer = ctx.answer_mode == "extract" or ctx.separate_answer_call
+    budget = min(ctx.max_new_tokens, REASON_MAX_NEW_TOKENS) if stop_at_answer \
+        else ctx.max_new_tokens
+    pieces: list[str] = []
+    first_token = None
+    stream = _read(ctx.llm, messages, budget)
+    if prefix:
+        runtime.stream_writer(("draft", prefix))
+    try:
+        for piece in stream:
+            if first_token is None:
+                first_token = time.perf_counter() - start
+            pieces.append(piece)
+            runtime.stream_writer(("draft", piece))
+            if stop_at_answer and _ANSWER_LABEL.search("".join(pieces)):
+                break
+    finally:
+        stream.close()  # stops a local generation early (through `yield from`, see _read)
     raw = "".join(pieces)
     if prefix and not _SECTION_START.match(raw):
         raw = prefix + raw
-    timings = _timed(state, "generate", start)
+    if stop_at_answer:
+        label = _ANSWER_LABEL.search(raw)
+        raw = raw[: label.start()].rstrip() if label else raw.rstrip()
     parsed = parse_answer(raw)
+    timings = _timed(state, "generate", start)
+    if first_token is not None:
+        timings["first_token"] = first_token
+    return {"raw": raw, "reasoning": parsed.reasoning, "selection": parsed.quote,
+            "timings": timings}
+
+
+def cited_passages(reasoning: str, cited: list[Citation], contexts: list[Hit]) -> list[int]:
+    """1-based numbers of the passages the model pointed at: by number in its reasoning
+    ("[2]", "passage 2") and by label in its sources (file name and page; a label without a
+    page matches a file's single passage)."""
+    numbers = [int(a or b) for a, b in _POINTER.findall(reasoning)]
+    for c in cited:
+        name = PurePath(c.source).name
+        same_file = [i for i, h in enumerate(contexts, start=1)
+                     if PurePath(h.citation.source).name == name]
+        if c.page is not None:
+            numbers += [i for i in same_file if contexts[i - 1].citation.page == c.page]
+        elif len(same_file) == 1:
+            numbers += same_file
+    return [n for n in dict.fromkeys(numbers) if 1 <= n <= len(contexts)]
+
+
+def answer(state: State, runtime: Runtime[Context]) -> dict:
+    """The model's final text (`draft`) and the passages it claims (`hints`)."""
+    ctx = runtime.context
+    raw = state["raw"]
+    if ctx.answer_mode == "extract":
+        return {"draft": "", "hints": cited_passages(state["reasoning"], [], state["contexts"])}
+    start = time.perf_counter()
+    result: dict = {}
+    if ctx.separate_answer_call:
+        messages = _prompt(state, ctx)
+        continued = f"{raw.rstrip()}\nAnswer:"
+        messages.append({"role": "assistant", "content": continued})
+        reply = ctx.llm.complete(messages, max_new_tokens=ctx.max_new_tokens)
+        runtime.stream_writer(("draft", "\nAnswer:" + reply))
+        raw = continued + reply
+        result = {"raw": raw, "timings": _timed(state, "generate", start)}
+    parsed = parse_answer(raw)
+    text = parsed.answer.strip()
     if not parsed.well_formed and parsed.reasoning:
         # The model wrote only free text after the prefilled label: that text is its answer.
-        parsed.answer = parsed.reasoning
-    result = {"raw": raw, "reasoning": parsed.reasoning, "timings": timings}
+        text = parsed.reasoning.strip()
+    hints = cited_passages(parsed.reasoning, parsed.citations, state["contexts"])
     if parsed.refused:
-        return {**result, "answer": REFUSAL_ANSWER, "refused": True,
-                "messages": _turn(state, REFUSAL_ANSWER)}
-    if parsed.abstained or not parsed.answer.strip():
-        return {**result, "answer": ABSTAIN_ANSWER, "abstained": True,
-                "messages": _turn(state, ABSTAIN_ANSWER)}
-    citations = filter_citations(parsed.citations, state["contexts"])
-    if not citations and not parsed.citations:
-        citations = fallback_support(parsed.reasoning, parsed.answer, state["contexts"])
-    if not citations:
-        # Every source it named was never retrieved, or nothing retrieved supports it.
-        return {**result, "answer": ABSTAIN_ANSWER, "abstained": True,
-                "messages": _turn(state, ABSTAIN_ANSWER)}
-    return {**result, "answer": parsed.answer.strip(), "citations": citations,
-            "messages": _turn(state, parsed.answer.strip(), citations)}
+        return {**result, "refused": True, "draft": "", "hints": hints}
+    return {**result, "draft": "" if parsed.abstained else text, "hints": hints}
+
+
+def _claim(check: ClaimCheck, contexts: list[Hit]) -> Claim:
+    supported = check.supported and check.passage is not None
+    return Claim(
+        text=check.text, supported=check.supported,
+        citation=contexts[check.passage - 1].citation if supported else None,
+        passage=check.passage if supported else None,
+        evidence=" ".join(check.evidence), reason=check.reason,
+    )
+
+
+def _citations(claims: list[Claim]) -> list[Citation]:
+    return list(dict.fromkeys(c.citation for c in claims if c.citation is not None))
+
+
+def verify(state: State, runtime: Runtime[Context]) -> dict:
+    """Check every sentence of the draft against every passage; keep the supported ones."""
+    start = time.perf_counter()
+    contexts = state["contexts"]
+    checks = verify_claims(state["draft"], state["standalone"], contexts, state["hints"])
+    claims = [_claim(c, contexts) for c in checks]
+    kept = [c for c in claims if c.supported]
+    removed = [c for c in claims if not c.supported]
+    off_topic = kept and answer_relevance(state["standalone"], contexts,
+                                          # a "Yes." is read with the sentence it rests on
+                                          [(c.passage, f"{c.text} {c.evidence}") for c in kept],
+                                          runtime.context.term_weight)
+    if off_topic:
+        # Supported by a passage, but not an answer to this question: nothing is kept.
+        removed += [replace(c, supported=False, citation=None, passage=None,
+                            reason=f"supported, but does not answer the question: {off_topic}")
+                    for c in kept]
+        kept = []
+    timings = _timed(state, "verify", start)
+    if not kept:
+        return {"claims": [], "removed_claims": removed, "timings": timings}
+    text = " ".join(c.text for c in kept)
+    citations = _citations(kept)
+    _emit(runtime, text)
+    return {"claims": kept, "removed_claims": removed, "answer": text, "citations": citations,
+            "mode": "generated", "timings": timings, "messages": _turn(state, text, citations)}
+
+
+def render_quote(quotes: list[Quote], contexts: list[Hit]) -> str:
+    """The quoted answer: 'The manual says (file p.N): "..."', one clause per passage."""
+    parts = []
+    for q in quotes:
+        hit = contexts[q.passage - 1]
+        who = "A past ticket says" if hit.chunk.type == "faq" else "The manual says"
+        parts.append(f'{who} ({hit.citation.label()}): "{q.text}"')
+    return " ".join(parts)
+
+
+def quote(state: State, runtime: Runtime[Context]) -> dict:
+    """Quote the passage sentences that best answer the question, or say why none qualifies."""
+    contexts = state["contexts"]
+    quotes, why = choose_quote(state["standalone"], contexts, state["selection"],
+                               runtime.context.embedder, runtime.context.term_weight)
+    if not quotes:
+        return {"abstain_reason": f"no passage sentence answers the question well enough: {why}"}
+    claims = [Claim(text=t, supported=True, citation=contexts[q.passage - 1].citation,
+                    passage=q.passage, evidence=t)
+              for q in quotes for t in q.texts]
+    text = render_quote(quotes, contexts)
+    citations = _citations(claims)
+    _emit(runtime, text)
+    return {"claims": claims, "answer": text, "citations": citations, "mode": "quoted",
+            "messages": _turn(state, text, citations)}
+
+
+def abstain(state: State, runtime: Runtime[Context]) -> dict:
+    """Say that the documentation does not cover the question."""
+    _emit(runtime, ABSTAIN_ANSWER)
+    return {"answer": ABSTAIN_ANSWER, "abstained": True, "mode": "abstained", "citations": [],
+            "messages": _turn(state, ABSTAIN_ANSWER)}
 
 
 # --- routing -----------------------------------------------------------------------------------
@@ -286,11 +403,11 @@ def route_after_guard(state: State) -> Literal["refuse", "escalate", "contextual
 
 
 def route_after_grade(state: State, runtime: Runtime[Context]) -> Literal[
-    "generate", "rewrite_query", "abstain"
+    "reason", "rewrite_query", "abstain"
 ]:
     """Answer from relevant passages, else rewrite the query (once), else abstain."""
     if state["contexts"]:
-        return "generate"
+        return "reason"
     rewrites = state.get("rewrites", 0)
     if rewrites < runtime.context.max_rewrites:
         return "rewrite_query"
@@ -299,10 +416,26 @@ def route_after_grade(state: State, runtime: Runtime[Context]) -> Literal[
     raise RuntimeError(f"rewrites ({rewrites}) exceeded max_rewrites: graph wiring is broken")
 
 
+def route_after_answer(state: State) -> Literal["refuse", "verify"]:
+    """A model that refused gets the fixed refusal; every other draft is verified."""
+    return "refuse" if state["refused"] else "verify"
+
+
+def route_after_verify(state: State) -> Literal["quote", "__end__"]:
+    """Done when a verified sentence survives, else quote the passages."""
+    return END if state["claims"] else "quote"
+
+
+def route_after_quote(state: State) -> Literal["abstain", "__end__"]:
+    """Done when a quote reached the relevance bar, else abstain."""
+    return "abstain" if state["abstain_reason"] else END
+
+
 # --- wiring ------------------------------------------------------------------------------------
 # guard decides refuse / escalate (self-harm) vs. answer; the answer path resolves follow-ups,
 # checks the FAQ history, then loops retrieve -> grade (-> rewrite_query -> retrieve) until
-# passages survive grading or the rewrites are used up.
+# passages survive grading or the rewrites are used up; then reason -> answer -> verify, and quote
+# when nothing verified.
 builder = StateGraph(State, context_schema=Context, input_schema=InputState)
 builder.add_node("guard", guard)
 builder.add_node("refuse", refuse)
@@ -312,7 +445,10 @@ builder.add_node("match_faq", match_faq)
 builder.add_node("retrieve", retrieve)
 builder.add_node("grade", grade)
 builder.add_node("rewrite_query", rewrite_query)
-builder.add_node("generate", generate)
+builder.add_node("reason", reason)
+builder.add_node("answer", answer)
+builder.add_node("verify", verify)
+builder.add_node("quote", quote)
 builder.add_node("abstain", abstain)
 builder.add_edge(START, "guard")
 builder.add_conditional_edges("guard", route_after_guard)
@@ -321,9 +457,12 @@ builder.add_edge("match_faq", "retrieve")
 builder.add_edge("retrieve", "grade")
 builder.add_conditional_edges("grade", route_after_grade)
 builder.add_edge("rewrite_query", "retrieve")
+builder.add_edge("reason", "answer")
+builder.add_conditional_edges("answer", route_after_answer)
+builder.add_conditional_edges("verify", route_after_verify)
+builder.add_conditional_edges("quote", route_after_quote)
 builder.add_edge("refuse", END)
 builder.add_edge("escalate", END)
-builder.add_edge("generate", END)
 builder.add_edge("abstain", END)
 
 

@@ -1,23 +1,43 @@
-"""LLM backends behind one small interface: local transformers, or an OpenAI-compatible server.
+"""LLM backends behind one small interface: llama.cpp or transformers locally, or an OpenAI server.
 
-- `LocalChatModel`: the embedded SmolLM2 (or any causal LM id/path) through transformers, with an
-  optional LoRA adapter; greedy decoding; tokens streamed with `TextIteratorStreamer`. The model
-  is loaded on first use, so building an assistant (or printing `--help`) stays fast.
+- `LlamaCppChatModel`: the embedded SmolLM2 GGUF (or any `.gguf` file) through llama.cpp
+  (llama-cpp-python), with an optional PEFT LoRA adapter converted once to GGUF LoRA and applied
+  at run time. Several times faster than transformers on a CPU (docs/speed.md), so it is the
+  default wherever llama-cpp-python is installed (`make setup` builds it).
+- `LocalChatModel`: the same model (or any causal LM id/path) through transformers, with an
+  optional LoRA adapter. The fallback when llama.cpp is not installed, and the only local
+  backend for Hugging Face models (e.g. Llama-3.1-8B on a GPU).
 - `OpenAIChatModel`: any server speaking the OpenAI chat-completions API (vLLM, llama.cpp's
-  `llama-server`, Ollama, ...). Connection failures and timeouts are retried with exponential
-  backoff, then surface as one `CasewiseError` naming the URL.
+  `llama-server`, Ollama, ...). The `openai` client retries connection failures, timeouts, 429
+  and 5xx answers with exponential backoff (honouring `Retry-After`); what still fails surfaces
+  as one `CasewiseError` naming the URL.
+
+`local_backend` chooses between the two local backends (`--backend` / `CASEWISE_LLM_BACKEND`:
+`auto`, `llama.cpp`, `transformers`). Both decode greedily with the same repetition penalty
+over the same chat-template token ids, so their answers agree up to float rounding (tested).
 """
 
 from __future__ import annotations
 
+import importlib.util
+import logging
+import os
 import threading
-import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Protocol
 
-from retrieval.errors import CasewiseError, UsageError
+from retrieval.errors import CasewiseError, ModelNotFoundError, UsageError
 
 DEFAULT_MAX_NEW_TOKENS = 256
+# The small model loops on long passages; a mild penalty keeps greedy output usable. Applied the
+# transformers way by both local backends: every token of prompt and reply, once.
+REPETITION_PENALTY = 1.1
+BACKENDS = ("auto", "llama.cpp", "transformers")
+ENV_BACKEND = "CASEWISE_LLM_BACKEND"
+
+log = logging.getLogger(__name__)
 
 
 class ChatBackend(Protocol):
@@ -38,6 +58,11 @@ class ChatBackend(Protocol):
 
     def complete(self, messages: list[dict], *, max_new_tokens: int = 256) -> str:
         """Return the whole reply to `messages`."""
+        ...
+
+    def complete_many(self, conversations: list[list[dict]], *,
+                      max_new_tokens: int = 256) -> list[str]:
+        """Return the replies to many conversations, in order, through the one loaded model."""
         ...
 
 
@@ -89,11 +114,11 @@ class LocalChatModel:
 
     def _inputs(self, messages: list[dict]):
         self.load()
-        prefilled = bool(messages) and messages[-1]["role"] == "assistant"
-        return self._tokenizer.apply_chat_template(
-            messages, add_generation_prompt=not prefilled, continue_final_message=prefilled,
-            return_tensors="pt", return_dict=True,
-        ).to(self.device)
+        return self._tokenizer(self._inputs_text(messages), return_tensors="pt",
+                               add_special_tokens=False).to(self.device)
+
+    def _inputs_text(self, messages: list[dict]) -> str:
+        return chat_prompt(self._tokenizer, messages)
 
     def _generate_kwargs(self, inputs, max_new_tokens: int | None) -> dict:
         tok = self._tokenizer
@@ -101,8 +126,7 @@ class LocalChatModel:
             **inputs,
             max_new_tokens=max_new_tokens or self.max_new_tokens,
             do_sample=False,
-            # The small model loops on long passages; a mild penalty keeps greedy output usable.
-            repetition_penalty=1.1,
+            repetition_penalty=REPETITION_PENALTY,
             pad_token_id=tok.pad_token_id,
             eos_token_id=tok.eos_token_id,
         )
@@ -116,6 +140,32 @@ class LocalChatModel:
             out = self._model.generate(**self._generate_kwargs(inputs, max_new_tokens))
         new = out[0, inputs["input_ids"].shape[1] :]
         return self._tokenizer.decode(new, skip_special_tokens=True)
+
+    def complete_many(self, conversations: list[list[dict]], *,
+                      max_new_tokens: int | None = None, batch_size: int = 8) -> list[str]:
+        """Greedy replies to many conversations, `batch_size` at a time in one `generate` call.
+
+        Prompts are left-padded so that every row's reply starts at the same column.
+        """
+        import torch
+
+        self.load()
+        tok = self._tokenizer
+        replies: list[str] = []
+        for start in range(0, len(conversations), batch_size):
+            batch = conversations[start:start + batch_size]
+            texts = [self._inputs_text(m) for m in batch]
+            side, tok.padding_side = tok.padding_side, "left"
+            try:
+                inputs = tok(texts, return_tensors="pt", padding=True,
+                             add_special_tokens=False).to(self.device)
+            finally:
+                tok.padding_side = side
+            with torch.inference_mode():
+                out = self._model.generate(**self._generate_kwargs(inputs, max_new_tokens))
+            width = inputs["input_ids"].shape[1]
+            replies += tok.batch_decode(out[:, width:], skip_special_tokens=True)
+        return replies
 
     def stream(self, messages: list[dict], *, max_new_tokens: int | None = None) -> Iterator[str]:
         """Yield the greedy reply piece by piece as it is generated.
@@ -161,6 +211,264 @@ class LocalChatModel:
             raise errors[0]
 
 
+def chat_prompt(tokenizer, messages: list[dict]) -> str:
+    """The model's chat template applied to `messages`, as text.
+
+    A final assistant message is continued (not closed), so the reply follows the prefix.
+    """
+    prefilled = bool(messages) and messages[-1]["role"] == "assistant"
+    return tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=not prefilled,
+        continue_final_message=prefilled,
+    )
+
+
+def llama_cpp_available() -> bool:
+    """Whether llama-cpp-python is installed (checked without importing it)."""
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
+class LlamaCppChatModel:
+    """A GGUF model (plus optional LoRA adapter) run by llama.cpp on this machine.
+
+    The prompt is built and tokenised by the model's Hugging Face tokenizer (the same ids as
+    `LocalChatModel`), evaluated by llama.cpp, and decoded greedily here with the transformers
+    repetition penalty, so both local backends choose the same tokens up to float rounding.
+    The KV cache of the longest common prefix with the previous call is kept, so the system
+    prompt that every question shares is evaluated once per process.
+
+    Args:
+        model: `"default"` (the embedded SmolLM2-135M-Instruct GGUF) or a `.gguf` file (e.g. from
+            `python -m finetune export --gguf`).
+        adapter: PEFT LoRA adapter directory trained on that base model, or `None`; converted
+            to GGUF LoRA once per adapter content (cached under the casewise cache).
+        max_new_tokens: Default cap on generated tokens per reply.
+        n_ctx: Context window in tokens (prompt plus reply).
+        threads: CPU threads; default all cores this process may use.
+    """
+
+    def __init__(
+        self,
+        model: str = "default",
+        adapter: str | None = None,
+        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+        n_ctx: int = 4096,
+        threads: int | None = None,
+    ) -> None:
+        if max_new_tokens < 1:
+            raise UsageError(f"max_new_tokens ({max_new_tokens}) must be at least 1")
+        if model != "default" and not model.endswith(".gguf"):
+            raise UsageError(
+                f"the llama.cpp backend runs 'default' or a .gguf file, not {model!r}: export one "
+                f"with `python -m finetune export --gguf OUT.gguf`, or use --backend transformers"
+            )
+        self.model_name = model
+        self.adapter = adapter
+        self.max_new_tokens = max_new_tokens
+        self.n_ctx = n_ctx
+        self.threads = threads or len(os.sched_getaffinity(0))
+        self.name = (f"{model}+{adapter}" if adapter else model) + " (llama.cpp)"
+        self._llama = None
+        self._tokenizer = None
+        self._eos: int | None = None
+        self._lock = threading.Lock()
+
+    def _paths(self) -> tuple[Path, str]:
+        """The GGUF file and the directory of the matching Hugging Face tokenizer/config."""
+        from finetune.model import embedded_gguf_path, resolve_base_model
+
+        if self.model_name == "default":
+            return embedded_gguf_path(), resolve_base_model("default")
+        gguf = Path(self.model_name).expanduser()
+        if not gguf.is_file():
+            raise ModelNotFoundError(f"model file {self.model_name} does not exist")
+        return gguf, str(gguf)
+
+    def load(self) -> None:
+        """Load the model, tokenizer and adapter now (otherwise done on the first call).
+
+        Raises:
+            ModelNotFoundError: Wrong model or adapter path, missing embedded package, or an
+                adapter llama.cpp cannot apply.
+        """
+        with self._lock:
+            if self._llama is not None:
+                return
+            import llama_cpp
+
+            from finetune.model import check_adapter_dir, load_tokenizer
+
+            gguf, tokenizer_dir = self._paths()
+            if tokenizer_dir == str(gguf):
+                from transformers import AutoTokenizer
+
+                tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+            else:
+                tokenizer = load_tokenizer(tokenizer_dir)
+            lora = None
+            if self.adapter is not None:
+                lora = str(self._lora(check_adapter_dir(self.adapter), tokenizer_dir, gguf))
+            try:
+                self._llama = llama_cpp.Llama(
+                    model_path=str(gguf), lora_path=lora, n_ctx=self.n_ctx, n_batch=512,
+                    n_threads=self.threads, n_threads_batch=self.threads, verbose=False,
+                )
+            except (ValueError, RuntimeError) as e:
+                raise ModelNotFoundError(f"llama.cpp cannot load {gguf}: {e}") from e
+            self._tokenizer = tokenizer
+            self._eos = tokenizer.eos_token_id
+
+    @staticmethod
+    def _lora(adapter: Path, model_dir: str, gguf: Path) -> Path:
+        import json
+
+        from finetune.export import cached_gguf_lora
+
+        if model_dir == str(gguf):
+            import gguf as gguf_py
+
+            reader = gguf_py.GGUFReader(str(gguf))
+            arch = reader.fields["general.architecture"].contents()
+            field = lambda key: reader.fields[f"{arch}.{key}"].contents()  # noqa: E731
+            config = {"model_type": arch, "num_hidden_layers": field("block_count"),
+                      "num_attention_heads": field("attention.head_count"),
+                      "num_key_value_heads": field("attention.head_count_kv"),
+                      "hidden_size": field("embedding_length")}
+        else:
+            config = json.loads((Path(model_dir) / "config.json").read_text())
+        try:
+            return cached_gguf_lora(adapter, config)
+        except UsageError as e:
+            raise ModelNotFoundError(f"{e} (use --backend transformers)") from e
+
+    def _prompt_ids(self, messages: list[dict], max_new_tokens: int) -> list[int]:
+        ids = self._tokenizer(chat_prompt(self._tokenizer, messages),
+                              add_special_tokens=False)["input_ids"]
+        if len(ids) + max_new_tokens > self.n_ctx:
+            raise CasewiseError(
+                f"the prompt ({len(ids)} tokens) plus max_new_tokens ({max_new_tokens}) does not "
+                f"fit the llama.cpp context of {self.n_ctx} tokens: retrieve fewer passages "
+                f"(--top-k) or lower --max-new-tokens"
+            )
+        return ids
+
+    def _generate(self, messages: list[dict], max_new_tokens: int | None) -> Iterator[int]:
+        """Yield greedy token ids; the model lock is held until the generator finishes."""
+        import llama_cpp
+        import numpy as np
+
+        self.load()
+        limit = max_new_tokens or self.max_new_tokens
+        ids = self._prompt_ids(messages, limit)
+        llm = self._llama
+        with self._lock:
+            cached = llm.input_ids[:llm.n_tokens]
+            keep = 0
+            for a, b in zip(cached, ids, strict=False):
+                if a != b:
+                    break
+                keep += 1
+            keep = min(keep, len(ids) - 1)  # evaluate at least one token to get fresh logits
+            llm.n_tokens = keep  # eval() drops the KV cache past n_tokens itself
+            llm.eval(ids[keep:])
+            n_vocab = llm.n_vocab()
+            seen = np.zeros(n_vocab, dtype=bool)
+            seen[ids] = True
+            for _ in range(limit):
+                logits = np.ctypeslib.as_array(
+                    llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(n_vocab,)
+                ).copy()
+                mask = seen
+                penalised = logits[mask]
+                logits[mask] = np.where(penalised < 0, penalised * REPETITION_PENALTY,
+                                        penalised / REPETITION_PENALTY)
+                token = int(np.argmax(logits))
+                if token == self._eos:
+                    return
+                yield token
+                seen[token] = True
+                llm.eval([token])
+
+    def complete(self, messages: list[dict], *, max_new_tokens: int | None = None) -> str:
+        """Return the whole greedy reply to `messages`."""
+        tokens = list(self._generate(messages, max_new_tokens))
+        return self._tokenizer.decode(tokens, skip_special_tokens=True)
+
+    def complete_many(self, conversations: list[list[dict]], *,
+                      max_new_tokens: int | None = None) -> list[str]:
+        """Replies to many conversations through the one loaded model, one after another.
+
+        llama-cpp-python's API decodes one sequence at a time; the shared system prompt stays in
+        the KV cache between conversations, so only each question's own tokens are evaluated.
+        """
+        return [self.complete(m, max_new_tokens=max_new_tokens) for m in conversations]
+
+    def stream(self, messages: list[dict], *, max_new_tokens: int | None = None) -> Iterator[str]:
+        """Yield the greedy reply piece by piece; closing the iterator stops generation."""
+        tokens: list[int] = []
+        emitted = ""
+        for token in self._generate(messages, max_new_tokens):
+            tokens.append(token)
+            text = self._tokenizer.decode(tokens, skip_special_tokens=True)
+            if text.endswith("\ufffd"):
+                continue  # half a multi-byte character: wait for the rest
+            if len(text) > len(emitted):
+                yield text[len(emitted):]
+                emitted = text
+
+
+def local_backend(
+    model: str = "default",
+    adapter: str | None = None,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    backend: str | None = None,
+) -> LlamaCppChatModel | LocalChatModel:
+    """The local chat backend for `model`: llama.cpp where it can run it, else transformers.
+
+    Args:
+        model: `"default"`, a `.gguf` file, a model directory or a hub id.
+        adapter: PEFT LoRA adapter directory, or `None`.
+        max_new_tokens: Default cap on generated tokens per reply.
+        backend: `auto` (default; from `CASEWISE_LLM_BACKEND` when unset), `llama.cpp` or
+            `transformers`. `auto` takes llama.cpp for `"default"` and `.gguf` files when
+            llama-cpp-python is installed and the adapter is one llama.cpp can apply, and
+            transformers otherwise (the reason is logged).
+
+    Returns:
+        An unloaded backend (`.load()` loads it; otherwise the first call does).
+
+    Raises:
+        UsageError: An unknown backend name, llama.cpp asked for but not installed or not able to
+            run this model/adapter, a `.gguf` file asked of transformers.
+    """
+    choice = (backend or os.environ.get(ENV_BACKEND) or "auto").strip().lower()
+    if choice not in BACKENDS:
+        source = "--backend" if backend else ENV_BACKEND
+        raise UsageError(f"{source} {choice!r}: choose one of {', '.join(BACKENDS)}")
+    is_gguf = model.endswith(".gguf")
+    if choice == "transformers":
+        if is_gguf:
+            raise UsageError(f"--backend transformers cannot run the GGUF file {model}: use "
+                             "--backend llama.cpp, or give a model directory")
+        return LocalChatModel(model, adapter=adapter, max_new_tokens=max_new_tokens)
+    reason = None
+    if not llama_cpp_available():
+        reason = "llama-cpp-python is not installed (`make setup` builds it)"
+    elif not (is_gguf or model == "default"):
+        reason = f"{model} is not a GGUF file (`python -m finetune export --gguf` makes one)"
+    elif adapter is not None and Path(adapter, "adapter_config.json").is_file():
+        from finetune.export import lora_unsupported_reason
+
+        found = lora_unsupported_reason(adapter)
+        reason = f"adapter {adapter}: {found}" if found else None
+    if reason is None:
+        return LlamaCppChatModel(model, adapter=adapter, max_new_tokens=max_new_tokens)
+    if choice == "llama.cpp" or is_gguf:
+        raise UsageError(f"the llama.cpp backend cannot be used: {reason}")
+    log.info("using the transformers backend: %s", reason)
+    return LocalChatModel(model, adapter=adapter, max_new_tokens=max_new_tokens)
+
+
 class OpenAIChatModel:
     """Any OpenAI-compatible chat-completions server.
 
@@ -169,9 +477,10 @@ class OpenAIChatModel:
             (Ollama), `http://localhost:8080/v1` (llama.cpp). A URL without `/v1` gets it added.
         model: Model name the server knows (for vLLM with LoRA, the adapter's served name).
         timeout: Seconds per request before it counts as failed.
-        retries: Extra attempts after a connection error, timeout or 5xx/429 answer.
+        retries: Extra attempts after a connection error, timeout or 408/409/429/5xx answer,
+            made by the `openai` client with exponential backoff and jitter, honouring the
+            server's `Retry-After`.
         api_key: Sent as a bearer token; local servers ignore it.
-        backoff: Seconds before the first retry; doubled for each further one.
     """
 
     def __init__(
@@ -181,7 +490,6 @@ class OpenAIChatModel:
         timeout: float = 60.0,
         retries: int = 2,
         api_key: str | None = None,
-        backoff: float = 0.5,
     ) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise UsageError(f"base_url ({base_url!r}) must start with http:// or https://")
@@ -198,13 +506,12 @@ class OpenAIChatModel:
         self.model = model
         self.timeout = timeout
         self.retries = retries
-        self.backoff = backoff
         self.name = f"{model}@{base_url}"
         import openai
 
-        # Retries are ours (to give one clear error at the end), not the client's.
         self._client = openai.OpenAI(
-            base_url=base_url, api_key=api_key or "not-needed", timeout=timeout, max_retries=0
+            base_url=base_url, api_key=api_key or "not-needed", timeout=timeout,
+            max_retries=retries,
         )
 
     def _create(self, messages: list[dict], max_new_tokens: int, stream: bool):
@@ -214,28 +521,23 @@ class OpenAIChatModel:
         # prefix is not sent; the reply is cut to what follows it instead (`_after_prefix`).
         if messages and messages[-1]["role"] == "assistant":
             messages = messages[:-1]
-        retryable = (openai.APIConnectionError, openai.APITimeoutError, openai.RateLimitError,
-                     openai.InternalServerError)
-        for attempt in range(self.retries + 1):
-            try:
-                return self._client.chat.completions.create(
-                    model=self.model, messages=messages, max_tokens=max_new_tokens,
-                    temperature=0.0, stream=stream,
-                )
-            except retryable as e:
-                if attempt == self.retries:
-                    raise ModelServerError(
-                        f"cannot reach the model server at {self.base_url}: {_reason(e)} "
-                        f"(after {self.retries + 1} attempts; check --llm-url and that the server "
-                        f"is running)"
-                    ) from e
-                time.sleep(self.backoff * 2**attempt)
-            except openai.APIStatusError as e:
-                raise ModelServerError(
-                    f"the model server at {self.base_url} refused the request: {_reason(e)} "
-                    f"(check --llm-model {self.model!r})"
-                ) from e
-        raise AssertionError("unreachable")
+        try:
+            return self._client.chat.completions.create(
+                model=self.model, messages=messages, max_tokens=max_new_tokens,
+                temperature=0.0, stream=stream,
+            )
+        except (openai.APIConnectionError, openai.RateLimitError,
+                openai.InternalServerError) as e:  # what the client retried, still failing
+            raise ModelServerError(
+                f"cannot reach the model server at {self.base_url}: {_reason(e)} "
+                f"(after {self.retries + 1} attempts; check --llm-url and that the server "
+                f"is running)"
+            ) from e
+        except openai.APIStatusError as e:
+            raise ModelServerError(
+                f"the model server at {self.base_url} refused the request: {_reason(e)} "
+                f"(check --llm-model {self.model!r})"
+            ) from e
 
     def complete(self, messages: list[dict], *, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> str:
         """Return the whole reply (temperature 0).
@@ -245,6 +547,18 @@ class OpenAIChatModel:
         """
         response = self._create(messages, max_new_tokens, stream=False)
         return _after_prefix(messages, response.choices[0].message.content or "")
+
+    def complete_many(self, conversations: list[list[dict]], *,
+                      max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+                      concurrency: int = 8) -> list[str]:
+        """Replies to many conversations, `concurrency` requests in flight at a time.
+
+        Servers such as vLLM and llama-server batch concurrent requests, so this is their
+        batched generation. Raises `ModelServerError` as `complete` does.
+        """
+        with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(conversations)))) as pool:
+            return list(pool.map(lambda m: self.complete(m, max_new_tokens=max_new_tokens),
+                                 conversations))
 
     def stream(
         self, messages: list[dict], *, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS

@@ -33,24 +33,34 @@ class InputState(TypedDict):
 
 
 class State(InputState, total=False):
-    """Internal graph state.
+    """Internal graph state. Each per-turn key is written by one node (named in brackets).
 
     Attributes:
         messages: Conversation so far, `{"role", "content"}` dicts; user turns also carry
-            `"standalone"` (the rewritten question). Persisted per thread.
-        standalone: The question rewritten to stand alone (follow-ups resolved).
-        query: The search query of the latest retrieval.
+            `"standalone"` (the rewritten question). Persisted per thread. [final nodes]
+        standalone: The question rewritten to stand alone (follow-ups resolved). [contextualize]
+        query: The search query of the latest retrieval. [contextualize, rewrite_query]
         rewrites: How many times the query was rewritten after grading found nothing.
-        hits: Passages of the latest retrieval, best first.
-        contexts: Passages kept by grading, in prompt order.
-        faq_match: The matching past ticket, or `None`.
-        raw: The model's raw output.
-        answer: Final answer text.
-        reasoning: The model's reasoning part.
-        citations: Citations kept after filtering.
-        abstained: The documentation does not cover the question.
-        refused: The request was refused as harmful.
-        guard: The guard's verdict when it refused (`category`, `layer`, `score`), else `None`.
+        hits: Passages of the latest retrieval, best first. [retrieve]
+        contexts: Passages kept by grading, in prompt order. [grade]
+        faq_match: The matching past ticket, or `None`. [match_faq]
+        raw: The model's raw output (reasoning, quote, answer, sources). [reason, answer]
+        reasoning: The model's reasoning part (its chain of thought). [reason]
+        selection: `(passage, sentence)` numbers the model quoted (1-based; format v2's
+            `Quote` part), unchecked. [reason]
+        draft: The model's answer text before verification ("" when it abstained). [answer]
+        hints: 1-based numbers of the passages the model cited (hints for verify). [answer]
+        claims: The sentences shown to the user, each with its support. [verify, quote]
+        removed_claims: Draft sentences that verification removed, with why. [verify]
+        answer: Final answer text. [verify, quote, abstain, refuse, escalate]
+        mode: How the answer was produced (`Mode`). [verify, quote, abstain, refuse, escalate]
+        citations: Citations of the passages that support the shown sentences (recomputed
+            from support; the model's labels are only hints). [verify, quote]
+        abstain_reason: Why the agent abstained ("" otherwise). [grade, quote]
+        abstained: The documentation does not cover the question. [abstain]
+        refused: The request was refused as harmful. [guard, answer, refuse, escalate]
+        guard: The guard's verdict when it refused (`category`, `layer`, `score`), else
+            `None`. [guard]
         timings: Seconds per stage.
     """
 
@@ -62,9 +72,16 @@ class State(InputState, total=False):
     contexts: list[Hit]
     faq_match: FaqMatch | None
     raw: str
-    answer: str
     reasoning: str
+    selection: list[tuple[int, int]]
+    draft: str
+    hints: list[int]
+    claims: list[Claim]
+    removed_claims: list[Claim]
+    answer: str
+    mode: Mode
     citations: list[Citation]
+    abstain_reason: str
     abstained: bool
     refused: bool
     guard: dict | None

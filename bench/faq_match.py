@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import re
 import sys
 import time
 from pathlib import Path
@@ -30,14 +29,11 @@ sys.path.insert(0, str(REPO))
 
 from agent.faq import DEFAULT_FAQ_THRESHOLD, FaqMatcher  # noqa: E402
 from retrieval.settings import Settings  # noqa: E402
+from retrieval.text import normalise  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data" / "emanual"
 RESULTS = REPO / "bench" / "results"
 F1_SLACK = 0.025
-
-
-def norm(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", " ", text.lower()).strip()
 
 
 def answer_matches(faq_answer: str, reference: str) -> bool:
@@ -45,7 +41,7 @@ def answer_matches(faq_answer: str, reference: str) -> bool:
     the ticket's answer contains the whole reference (tickets often answer two questions)."""
     from rapidfuzz import fuzz
 
-    a, r = norm(faq_answer), norm(reference)
+    a, r = normalise(faq_answer), normalise(reference)
     return fuzz.ratio(a, r) >= 85 or (len(r) >= 40 and r in a)
 
 

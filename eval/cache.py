@@ -12,6 +12,8 @@ import json
 import os
 from pathlib import Path
 
+from ingest.loaders import read_jsonl
+
 
 class JsonlCache:
     """A dict of records keyed by a tuple of fields, persisted as an append-only JSONL file.
@@ -28,15 +30,10 @@ class JsonlCache:
         self.records: dict[tuple, dict] = {}
         self.torn_lines = 0
         if self.path.exists():
-            for line in self.path.read_text(encoding="utf-8").splitlines():
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    # Only a write interrupted by a kill produces this; the record is redone.
-                    self.torn_lines += 1
-                    continue
+            values, problems = read_jsonl(self.path)
+            # Only a write interrupted by a kill produces a broken line; the record is redone.
+            self.torn_lines = len(problems)
+            for _, record in values:
                 self.records[self.key(record)] = record
 
     def key(self, record: dict) -> tuple:

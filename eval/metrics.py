@@ -20,11 +20,11 @@ Rates are means of these 0/1 values; lower is better for `*_rate` except `refusa
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from pathlib import PurePath
 
 from eval.questions import Question
+from retrieval.text import normalise
 
 PROJECT_METRICS = (
     "citation_accuracy", "hallucination_rate", "false_abstention_rate", "refusal_rate",
@@ -59,10 +59,6 @@ class Score:
         return cls(d["value"], d.get("reason", ""))
 
 
-def _norm(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", " ", text.lower()).strip()
-
-
 def citation_correct(q: Question, record: dict) -> Score:
     """Citation accuracy for one answerable question with a gold page."""
     gold_source = PurePath(q.source).name if q.source else None
@@ -84,8 +80,8 @@ def faq_match_correct(q: Question, record: dict) -> Score:
     match = record.get("faq_match")
     if not match:
         return Score(0.0, f"no FAQ match; expected {q.faq_ticket!r}")
-    found = {str(match.get("ticket_id") or ""), _norm(match.get("question") or "")}
-    ok = q.faq_ticket in found or _norm(q.faq_ticket) in found
+    found = {str(match.get("ticket_id") or ""), normalise(match.get("question") or "")}
+    ok = q.faq_ticket in found or normalise(q.faq_ticket) in found
     label = match.get("ticket_id") or match.get("question")
     return Score(1.0 if ok else 0.0, f"matched {label!r}; expected {q.faq_ticket!r}")
 

@@ -13,10 +13,10 @@ question of kind `harmful` that the assistant should refuse.
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ingest.loaders import Problem, UnreadableFileError, read_jsonl
 from retrieval.errors import UsageError
 
 HARMFUL_KIND = "harmful"
@@ -63,18 +63,6 @@ class Question:
         return asdict(self)
 
 
-@dataclass
-class LineProblem:
-    """A skipped line of a question file."""
-
-    path: str
-    line: int
-    reason: str
-
-    def __str__(self) -> str:
-        return f"{self.path}:{self.line}: skipped: {self.reason}"
-
-
 def _parse_line(obj: object) -> Question:
     if not isinstance(obj, dict):
         raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
@@ -106,8 +94,8 @@ def _parse_line(obj: object) -> Question:
     )
 
 
-def load_questions(path: str | Path) -> tuple[list[Question], list[LineProblem]]:
-    """Read a JSONL question file.
+def load_questions(path: str | Path) -> tuple[list[Question], list[Problem]]:
+    """Read a JSONL question file (through `ingest.loaders.read_jsonl`, the one JSONL reader).
 
     Args:
         path: The `.jsonl` file.
@@ -120,30 +108,25 @@ def load_questions(path: str | Path) -> tuple[list[Question], list[LineProblem]]
     """
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise QuestionFileError(f"{path}: cannot read question file ({e}): check the path") from e
+        values, problems = read_jsonl(path)
+    except UnreadableFileError as e:
+        raise QuestionFileError(
+            f"{path}: cannot read question file ({e.reason}): check the path") from e
     questions: list[Question] = []
-    problems: list[LineProblem] = []
     seen: dict[str, int] = {}
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
+    for n, value in values:
         try:
-            q = _parse_line(json.loads(line))
-        except json.JSONDecodeError as e:
-            why = f"invalid JSON ({e.msg} at column {e.colno})"
-            problems.append(LineProblem(str(path), n, why))
-            continue
+            q = _parse_line(value)
         except ValueError as e:
-            problems.append(LineProblem(str(path), n, str(e)))
+            problems.append(Problem(str(path), n, f"{e}; line skipped"))
             continue
         if q.id in seen:
-            why = f"duplicate id {q.id!r} (first on line {seen[q.id]})"
-            problems.append(LineProblem(str(path), n, why))
+            problems.append(Problem(
+                str(path), n, f"duplicate id {q.id!r} (first on line {seen[q.id]}); line skipped"))
             continue
         seen[q.id] = n
         questions.append(q)
+    problems.sort(key=lambda p: p.line)
     if not questions:
         why = "is empty" if not problems else f"has no valid line ({len(problems)} skipped)"
         raise QuestionFileError(

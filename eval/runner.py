@@ -22,6 +22,7 @@ from eval.metrics import PROJECT_METRICS, aggregate, project_scores
 from eval.questions import Question, QuestionFileError, load_harmful, load_questions
 from eval.ragas_metrics import RAGAS_METRICS, RagasScorer, chat_judge
 from eval.systems import SystemOptions, build_system, check_systems
+from ingest.loaders import read_jsonl
 from finetune.model import EMBEDDED_NAME
 from retrieval.errors import UsageError
 
@@ -238,10 +239,11 @@ def load_run(run_dir: Path) -> tuple[dict, list[Question]]:
             f"run `python -m eval run ... --out {run_dir}` first"
         )
     config = json.loads(cfg_path.read_text(encoding="utf-8"))
-    questions = [
-        Question(**json.loads(line))
-        for line in q_path.read_text(encoding="utf-8").splitlines() if line.strip()
-    ]
+    values, problems = read_jsonl(q_path)
+    if problems:
+        raise RunDirError(f"{problems[0]}: the run's saved questions are damaged; run "
+                          f"`python -m eval run ... --out {run_dir}` again")
+    questions = [Question(**value) for _, value in values]
     return config, questions
 
 

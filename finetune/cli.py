@@ -1,8 +1,11 @@
-"""python -m finetune {data,train,merge}: the command-line edge of the fine-tuning package.
+"""python -m finetune {data,train,align,sweep,merge,export}: the fine-tuning package's command line.
 
     python -m finetune data --faq history.csv --home .casewise --out data/faq [--p-gold 0.8] [--k 3]
     python -m finetune train --config configs/smollm2-cpu.yaml [--num_train_epochs 2 ...]
+    python -m finetune align --config configs/align-cpu.yaml --adapter runs/smollm2-cpu --faq ...
+    python -m finetune sweep --train-config configs/smollm2-gpu.yaml --data runs/data/emanual ...
     python -m finetune merge --adapter runs/smollm2-faq --out runs/smollm2-faq-merged
+    python -m finetune export --gguf out/casewise.gguf [--adapter DIR] [--quant q4_k_m|q8_0|f16]
 
 Expected errors print one line to stderr; exit codes follow `retrieval.errors`: 2 for bad
 usage or input (a flag, the config, the FAQ file, a model path), 1 for a failed run.
@@ -13,6 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from retrieval.errors import run_cli
 
@@ -27,8 +31,9 @@ def _data_parser(sub) -> None:
         description="Build retrieval-augmented chat examples (train.jsonl, eval.jsonl, "
         "stats.json) from an FAQ/ticket history and the document index.",
     )
-    p.add_argument("--faq", required=True, help="FAQ history: CSV (question,answer[,id,section,"
-                   "page]) or JSONL with the same fields")
+    p.add_argument("--faq", required=True, help="ticket history: CSV or JSONL (question,answer"
+                   "[,id,section,page]) or a help-desk export (Zendesk JSON, Freshdesk CSV, "
+                   "conversation JSONL), read by the reader `python -m ingest` uses")
     p.add_argument("--home", default=None, help="index home (default CASEWISE_HOME or ./.casewise)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--p-gold", type=float, default=d.p_gold,
@@ -49,7 +54,8 @@ def _data_parser(sub) -> None:
                    help="share of answer groups held out (default %(default)s)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--no-redact", action="store_true",
-                   help="keep emails, phone/card numbers and IBANs (redacted by default)")
+                   help="keep emails (also spelled out), phone/card numbers and IBANs "
+                   "(redacted by default, as `python -m ingest` does)")
     p.add_argument("--synthetic", type=int, default=0, metavar="N",
                    help="also write questions for N document chunks with --model (default off)")
     p.add_argument("--model", default="default",
@@ -70,6 +76,36 @@ def _merge_parser(sub) -> None:
                    help="base model (default: the one recorded in the adapter)")
 
 
+EXPORT_EXAMPLES = """\
+examples:
+  python -m finetune export --gguf out/casewise.gguf --adapter runs/smollm2-faq
+  python -m finetune export --gguf out/base-q8.gguf --quant q8_0
+  ollama create casewise -f out/Modelfile      # then: ollama run casewise
+  llama-server -m out/casewise.gguf            # OpenAI-compatible: --llm-url http://localhost:8080
+"""
+
+
+def _export_parser(sub) -> None:
+    from finetune.export import DEFAULT_QUANT, QUANTS
+
+    p = sub.add_parser(
+        "export",
+        help="write base model (+ adapter, merged) as GGUF for llama.cpp and Ollama",
+        description="Merge a LoRA adapter into its base model and write one GGUF file that "
+        "llama.cpp and Ollama load, with an Ollama Modelfile (chat template, stop tokens) "
+        "beside it.",
+        epilog=EXPORT_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--gguf", required=True, metavar="OUT.gguf", help="the GGUF file to write")
+    p.add_argument("--adapter", default=None, metavar="DIR",
+                   help="adapter directory (output of train); without it the base model alone")
+    p.add_argument("--base", default=None,
+                   help="base model (default: the one recorded in the adapter, else the "
+                   "embedded SmolLM2)")
+    p.add_argument("--quant", default=DEFAULT_QUANT, choices=QUANTS,
+                   help="q4_k_m (smallest, default), q8_0, or f16 (no llama.cpp needed)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `python -m finetune` parser (the `train` subcommand has its own TRL parser)."""
     parser = argparse.ArgumentParser(prog="python -m finetune", description=__doc__.split("\n")[0])
@@ -77,7 +113,21 @@ def build_parser() -> argparse.ArgumentParser:
     _data_parser(sub)
     sub.add_parser("train", help="fine-tune with QLoRA/LoRA (python -m finetune train --help)",
                    add_help=False)
+    sub.add_parser("align", help="DPO/KTO/ORPO on top of an SFT adapter, with pairs mined from "
+                   "its own mistakes (python -m finetune align --help)", add_help=False)
+    from finetune.sweep import add_arguments
+
+    sweep = sub.add_parser(
+        "sweep", help="data-size x epochs experiments, each adapter evaluated with python -m eval",
+        description="Train on fractions of the data, evaluate each epoch's adapter with "
+        "`python -m eval`, plot every metric against data size and steps; resumable.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  python -m finetune sweep --train-config configs/smollm2-gpu.yaml "
+        "--data runs/data/emanual \\\n      --questions ../shared/data/emanual/qa_dev.jsonl "
+        "--home runs/emanual-home --out runs/sweep\n  (run it again to resume)")
+    add_arguments(sweep)
     _merge_parser(sub)
+    _export_parser(sub)
     return parser
 
 
@@ -166,6 +216,17 @@ def run_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_export(args: argparse.Namespace) -> int:
+    """`python -m finetune export`: merged GGUF file plus Ollama Modelfile."""
+    from finetune.export import export_gguf
+
+    result = export_gguf(args.gguf, adapter=args.adapter, base=args.base, quant=args.quant)
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"wrote {result.gguf} ({result.quant}, {result.size_mb} MiB) and {result.modelfile}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `python -m finetune`; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -173,5 +234,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         from finetune.train import main as train_main
 
         return run_cli(lambda: train_main(argv[1:]))
+    if argv and argv[0] == "align":
+        from finetune.align import main as align_main
+
+        return run_cli(lambda: align_main(argv[1:]))
     args = build_parser().parse_args(argv)
-    return run_cli(lambda: {"data": run_data, "merge": run_merge}[args.command](args))
+    return run_cli(lambda: {"data": run_data, "merge": run_merge, "export": run_export,
+                            "sweep": run_sweep}[args.command](args))
+
+
+def run_sweep(args: argparse.Namespace) -> int:
+    """`python -m finetune sweep`: run or resume the experiments, print the table."""
+    from finetune.sweep import config_from_args, sweep
+
+    summary = sweep(config_from_args(args))
+    print((Path(args.out) / "sweep.md").read_text())
+    print(f"wrote {args.out}/sweep.json, sweep.md and {len(summary['plots'])} plots")
+    return 0

@@ -5,8 +5,9 @@ each answered question we retrieve passages from the index and build one chat ex
 shared format (`finetune.format`):
 
 - with probability `p_gold` the *gold* passage (the one holding the answer) is among the `k`
-  passages, next to `k - 1` distractors; the target is a short reasoning that quotes the gold
-  passage's sentence closest to the answer, the answer, and the gold passage's citation;
+  passages, next to `k - 1` distractors; the target names the gold passage (reasoning), lists
+  the numbers of its sentences that the answer repeats (`Quote`, see `quote_sentences`), then
+  gives the answer and the gold passage's citation;
 - otherwise the `k` passages are all distractors and the target is the fixed abstain answer, so
   the model learns not to invent an answer the passages do not hold.
 
@@ -21,16 +22,15 @@ the question's nearest document chunks that are neither on the gold page nor cov
 Also here: refusal examples for harmful requests from templates written for this project (never
 from the safety evaluation set), optional synthetic questions written by a model for document
 chunks (marked `synthetic`, filtered for quality), redaction of personal identifiers (on by
-default), validation with file and line numbers, de-duplication, a train/eval split that keeps
-paraphrases (same answer text) in one split, and statistics.
+default; `ingest.redact`), de-duplication, a train/eval split that keeps paraphrases (same
+answer text) in one split, and statistics. The history itself is read, with file and line
+numbers for every bad record, by `ingest.loaders.read_faq`, the reader `python -m ingest` uses.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import random
-import re
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -43,19 +43,17 @@ from finetune.format import (
     format_abstain,
     format_answer,
     format_refusal,
+    passage_sentences,
 )
-from finetune.redact import redact
+# The FAQ/ticket reader is ingest's (one reader for ingest and training data); FaqRow, Problem
+# and read_faq are re-exported here because the dataset builders below speak in them.
+from ingest.loaders import FaqRow, Problem, read_faq  # noqa: F401
+from ingest.redact import redact
 from retrieval.errors import UsageError
+from retrieval.text import content_words, normalise, overlap, sentences
 from retrieval.types import Chunk, Searcher
 
 KINDS = ("gold", "abstain", "refusal", "synthetic")
-_WORD_RE = re.compile(r"[a-z0-9]+")
-_SENT_RE = re.compile(r"(?<=[.!?])\s+|\n+")
-# Words that carry no content when measuring overlap between an answer and a passage.
-_STOP = frozenset(
-    "a an and are as at be by can do does for from how i if in is it its my of on or that the "
-    "this to was what when where which will with you your".split()
-)
 
 
 class DataError(UsageError):
@@ -118,30 +116,6 @@ class DataConfig:
             raise DataError(f"refusal_share ({self.refusal_share}) must not be negative")
 
 
-@dataclass(frozen=True)
-class FaqRow:
-    """One answered question from the history, with where it came from."""
-
-    question: str
-    answer: str
-    line: int
-    id: str | None = None
-    section: str | None = None
-    page: int | None = None
-
-
-@dataclass
-class Problem:
-    """A malformed or skipped row, reported as `file:line: reason`."""
-
-    file: str
-    line: int
-    reason: str
-
-    def __str__(self) -> str:
-        return f"{self.file}:{self.line}: {self.reason}"
-
-
 @dataclass
 class Example:
     """One chat example plus what the statistics and the split need."""
@@ -160,98 +134,6 @@ class Example:
 # --------------------------------------------------------------------------- reading and checks
 
 
-def _parse_page(value, file: str, line: int, problems: list[Problem]) -> int | None:
-    if value is None or str(value).strip() == "":
-        return None
-    try:
-        page = int(str(value).strip())
-    except ValueError:
-        problems.append(Problem(file, line, f"page {value!r} is not a whole number; page ignored"))
-        return None
-    if page < 1:
-        problems.append(Problem(file, line, f"page {page} is not a 1-based page; page ignored"))
-        return None
-    return page
-
-
-def _row(record: dict, file: str, line: int, problems: list[Problem]) -> FaqRow | None:
-    question = str(record.get("question") or "").strip()
-    answer = str(record.get("answer") or "").strip()
-    if not question or not answer:
-        missing = "question" if not question else "answer"
-        problems.append(Problem(file, line, f"empty {missing}; row skipped"))
-        return None
-    section = str(record.get("section") or "").strip() or None
-    row_id = str(record.get("id")).strip() if record.get("id") not in (None, "") else None
-    page = _parse_page(record.get("page"), file, line, problems)
-    return FaqRow(question, answer, line, row_id, section, page)
-
-
-def read_faq(path: str | Path) -> tuple[list[FaqRow], list[Problem]]:
-    """Read an FAQ/ticket history (CSV with a header, or JSONL).
-
-    Required fields: `question`, `answer`; optional: `id`, `section`, `page`. Malformed rows
-    (broken JSON, empty question or answer, a non-numeric page) are reported with their line
-    number and skipped; the rest are returned.
-
-    Raises:
-        DataError: The file is missing, has no `question`/`answer` columns, or no valid row.
-    """
-    path = Path(path)
-    name = str(path)
-    if not path.is_file():
-        raise DataError(f"FAQ file {name} does not exist: pass a CSV or JSONL file with --faq")
-    rows: list[FaqRow] = []
-    problems: list[Problem] = []
-    if path.suffix.lower() in (".jsonl", ".json", ".ndjson"):
-        with path.open(encoding="utf-8") as f:
-            for line_no, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as e:
-                    problems.append(Problem(name, line_no, f"not valid JSON ({e.msg}); skipped"))
-                    continue
-                if not isinstance(record, dict):
-                    problems.append(Problem(name, line_no, "not a JSON object; skipped"))
-                    continue
-                row = _row(record, name, line_no, problems)
-                if row:
-                    rows.append(row)
-    else:
-        with path.open(encoding="utf-8-sig", newline="") as f:
-            reader = csv.DictReader(f)
-            fields = {c.strip().lower() for c in reader.fieldnames or []}
-            missing = {"question", "answer"} - fields
-            if missing:
-                raise DataError(
-                    f"FAQ file {name} has no {' or '.join(sorted(missing))} column (header: "
-                    f"{', '.join(reader.fieldnames or []) or 'none'}): the first line must name "
-                    f"the columns question,answer[,id,section,page]"
-                )
-            start = 2
-            for raw in reader:
-                if None in raw:
-                    problems.append(Problem(name, start, "more fields than the header; skipped"))
-                elif None in raw.values():
-                    problems.append(Problem(name, start, "fewer fields than the header; skipped"))
-                else:
-                    record = {k.strip().lower(): v for k, v in raw.items()}
-                    row = _row(record, name, start, problems)
-                    if row:
-                        rows.append(row)
-                start = reader.line_num + 1
-    if not rows:
-        raise DataError(
-            f"FAQ file {name} has no valid row ({len(problems)} malformed): each row needs a "
-            f"question and an answer"
-        )
-    return rows, problems
-
-
-def _norm(text: str) -> str:
-    return " ".join(_WORD_RE.findall(text.lower()))
 
 
 def dedupe(rows: Sequence[FaqRow], file: str = "") -> tuple[list[FaqRow], list[Problem]]:
@@ -262,12 +144,12 @@ def dedupe(rows: Sequence[FaqRow], file: str = "") -> tuple[list[FaqRow], list[P
     seen: dict[str, FaqRow] = {}
     kept, problems = [], []
     for row in rows:
-        key = _norm(row.question)
+        key = normalise(row.question)
         first = seen.get(key)
         if first is None:
             seen[key] = row
             kept.append(row)
-        elif _norm(first.answer) == _norm(row.answer):
+        elif normalise(first.answer) == normalise(row.answer):
             problems.append(Problem(file, row.line, f"duplicate of line {first.line}; dropped"))
         else:
             problems.append(Problem(
@@ -293,7 +175,7 @@ def redact_rows(rows: Sequence[FaqRow]) -> tuple[list[FaqRow], Counter]:
 
 def answer_group(answer: str) -> str:
     """Split group of a row: paraphrases share their answer text, so they share a group."""
-    return "faq:" + _norm(answer)[:200]
+    return "faq:" + normalise(answer)[:200]
 
 
 def split_groups(groups: Sequence[str], eval_fraction: float, seed: int) -> set[str]:
@@ -310,26 +192,34 @@ def split_groups(groups: Sequence[str], eval_fraction: float, seed: int) -> set[
 # --------------------------------------------------------------------------- passages and targets
 
 
-def _words(text: str) -> set[str]:
-    return {w for w in _WORD_RE.findall(text.lower()) if w not in _STOP}
-
-
-def answer_overlap(answer: str, passage: str) -> float:
-    """Share of the answer's content words that appear in the passage (0..1)."""
-    aw = _words(answer)
-    return len(aw & _words(passage)) / len(aw) if aw else 0.0
-
-
-def sentences(text: str) -> list[str]:
-    """Split text into sentences (on end punctuation and line breaks)."""
-    return [s.strip() for s in _SENT_RE.split(text) if len(s.strip()) > 1]
-
-
 def best_sentence(passage: str, answer: str) -> str:
     """The passage sentence sharing most content words with the answer (shorter wins ties)."""
-    aw = _words(answer)
-    sents = sentences(passage) or [passage.strip()]
-    return max(sents, key=lambda s: (len(_words(s) & aw), -len(s)))
+    aw = set(content_words(answer))
+    sents = passage_sentences(passage)
+    return max(sents, key=lambda s: (len(set(content_words(s)) & aw), -len(s)))
+
+
+# A gold-passage sentence is part of the target's `Quote` when the answer holds this share of its
+# content words: on faq_history, sentence coverage by the answer is bimodal (most sentences of an
+# extractive answer are >= 0.9 covered, unrelated ones < 0.4), and 0.75 also keeps a sentence
+# with a heading glued to its front by PDF extraction.
+QUOTE_SENTENCE_COVERAGE = 0.75
+# At most this many sentence numbers in a `Quote` target (faq_history answers span a median of
+# four sentences of their gold passage).
+MAX_QUOTE_SENTENCES = 8
+
+
+def quote_sentences(passage: str, answer: str) -> list[int]:
+    """1-based numbers of the passage's sentences (as the prompt numbers them) that the answer
+    repeats: those it covers to `QUOTE_SENTENCE_COVERAGE`, else the single best one; at most
+    `MAX_QUOTE_SENTENCES`, in order."""
+    sents = passage_sentences(passage)
+    picked = [j for j, s in enumerate(sents, start=1)
+              if overlap(s, answer) >= QUOTE_SENTENCE_COVERAGE]
+    if not picked:
+        best = best_sentence(passage, answer)
+        picked = [next((j for j, s in enumerate(sents, start=1) if s == best), 1)]
+    return picked[:MAX_QUOTE_SENTENCES]
 
 
 def clip_passage(text: str, max_chars: int, keep: str | None = None) -> str:
@@ -352,7 +242,7 @@ def clip_passage(text: str, max_chars: int, keep: str | None = None) -> str:
 
 @dataclass(frozen=True)
 class _Passage:
-    """A passage as shown in a prompt (possibly clipped); satisfies `format.PassageLike`."""
+    """A passage as shown in a prompt (possibly clipped); satisfies `retrieval.types.PassageLike`."""
 
     chunk: Chunk
     text: str
@@ -368,7 +258,7 @@ def _search_docs(searcher: Searcher, query: str, k: int) -> list[Chunk]:
 
 def find_gold(row: FaqRow, candidates: Sequence[Chunk], config: DataConfig) -> Chunk | None:
     """Pick the gold passage for `row` among retrieved `candidates` (see module docstring)."""
-    scored = [(answer_overlap(row.answer, c.text), c) for c in candidates]
+    scored = [(overlap(row.answer, c.text), c) for c in candidates]
     if config.gold_match in ("page", "page_then_overlap") and row.page is not None:
         on_page = [(s, c) for s, c in scored if c.page == row.page]
         if on_page:
@@ -398,10 +288,26 @@ def _distractors(
         on_gold_page = gold_page is not None and c.page == gold_page and c.source == (
             gold.source if gold is not None else c.source
         )
-        if on_gold_page or answer_overlap(row_answer, c.text) >= config.min_overlap:
+        if on_gold_page or overlap(row_answer, c.text) >= config.min_overlap:
             continue
         out.append(c)
     return out
+
+
+def gold_and_distractors(
+    row: FaqRow, searcher: Searcher, config: DataConfig
+) -> tuple[Chunk | None, list[Chunk]]:
+    """The gold passage of `row` and its hard-negative distractors, nearest first.
+
+    The searcher is queried with the answer and with the question (documents only); see the
+    module docstring for the rules. Returns `(None, [])` when no gold passage is found.
+    """
+    candidates = _search_docs(searcher, row.answer, config.search_k)
+    question_hits = _search_docs(searcher, row.question, config.search_k)
+    gold = find_gold(row, candidates + question_hits, config)
+    if gold is None:
+        return None, []
+    return gold, _distractors(row.answer, gold.page, gold, question_hits + candidates, config)
 
 
 def build_grounded_example(
@@ -419,15 +325,18 @@ def build_grounded_example(
         `(messages, kind, passage_labels)` where kind is `"gold"` or `"abstain"`.
     """
     if use_gold and gold is not None:
-        quote = best_sentence(gold.text, answer)
-        chosen = [_Passage(gold, clip_passage(gold.text, config.max_passage_chars, quote))]
+        keep = best_sentence(gold.text, answer)
+        chosen = [_Passage(gold, clip_passage(gold.text, config.max_passage_chars, keep))]
         chosen += [_Passage(c, clip_passage(c.text, config.max_passage_chars))
                    for c in distractors[: config.k - 1]]
         rng.shuffle(chosen)
-        idx = next(i for i, p in enumerate(chosen, start=1) if p.chunk.id == gold.id)
-        reasoning = (f'Passage [{idx}] {citation_label(gold.citation)} says "{quote}" '
-                     f"This answers the question.")
-        target = format_answer(reasoning, answer, [gold.citation])
+        idx, shown = next((i, p) for i, p in enumerate(chosen, start=1) if p.chunk.id == gold.id)
+        # The most specific heading names the topic in a few tokens ("Factory reset", not the
+        # whole "Troubleshooting and Reset > Factory reset" path the passage header shows).
+        topic = (gold.citation.section or "").split(">")[-1].strip()
+        reasoning = f"Passage [{idx}]{f' ({topic})' if topic else ''} answers the question."
+        quote = [(idx, j) for j in quote_sentences(shown.text, answer)]
+        target = format_answer(reasoning, answer, [gold.citation], quote)
         kind = "gold"
     else:
         chosen = [_Passage(c, clip_passage(c.text, config.max_passage_chars))
@@ -522,11 +431,11 @@ def synthetic_question_ok(question: str, chunk_text: str) -> tuple[bool, str]:
         return False, "not a single question ending with '?'"
     if not 4 <= n_words <= 30:
         return False, f"{n_words} words (want 4-30)"
-    shared = _words(q) & _words(chunk_text)
+    shared = set(content_words(q)) & set(content_words(chunk_text))
     if len(shared) < 2:
         return False, "shares fewer than two content words with the passage"
-    qn = _norm(q)
-    if any(qn and qn in _norm(s) for s in sentences(chunk_text)):
+    qn = normalise(q)
+    if any(qn and qn in normalise(s) for s in sentences(chunk_text)):
         return False, "copies the passage verbatim"
     return True, ""
 
@@ -555,12 +464,12 @@ def synthetic_rows(
                     {"role": "user", "content": chunk.text.strip()}]
         question = writer.complete(messages, max_new_tokens=48).strip().split("\n")[0].strip()
         ok, reason = synthetic_question_ok(question, chunk.text)
-        if ok and _norm(question) in seen:
+        if ok and normalise(question) in seen:
             ok, reason = False, "duplicate question"
         if not ok:
             problems.append(Problem("synthetic", i, f"question {question!r} rejected: {reason}"))
             continue
-        seen.add(_norm(question))
+        seen.add(normalise(question))
         answer = best_sentence(chunk.text, question)
         rows.append(FaqRow(question, answer, i, f"synthetic:{chunk.id}", chunk.section,
                            chunk.page))
@@ -621,17 +530,12 @@ def build_dataset(
     bar = _progress(todo, progress, "building examples")
     for row, is_synthetic in bar:
         src = "synthetic" if is_synthetic else source_name
-        candidates = _search_docs(searcher, row.answer, config.search_k)
-        question_hits = _search_docs(searcher, row.question, config.search_k)
-        gold = find_gold(row, candidates + question_hits, config)
+        gold, distractors = gold_and_distractors(row, searcher, config)
         if gold is None:
             problems.append(
                 Problem(src, row.line, f"no gold passage found ({config.gold_match}); skipped")
             )
             continue
-        gold_page = gold.page
-        distractors = _distractors(row.answer, gold_page, gold, question_hits + candidates,
-                                   config)
         use_gold = rng.random() < config.p_gold
         needed = config.k - 1 if use_gold else config.k
         if len(distractors) < needed:

@@ -179,17 +179,26 @@ def _set_checkpointing(sft_config, kwargs: dict | None) -> None:
 def apply_liger(model) -> None:
     """Patch Liger's RMSNorm, SwiGLU and RoPE kernels into `model` (not its LM head).
 
+    Uses Liger's public per-architecture API, `apply_liger_kernel_to_llama(model=...)`: every
+    model casewise trains (SmolLM2, Llama 3.x) is a Llama.
+
     Raises:
-        SpeedConfigError: liger-kernel is not installed.
+        SpeedConfigError: liger-kernel is not installed, or the model is not a Llama.
     """
     try:
-        from liger_kernel.transformers import _apply_liger_kernel_to_instance
+        from liger_kernel.transformers import apply_liger_kernel_to_llama
     except ImportError as e:
         raise SpeedConfigError(
             "use_liger is on but liger-kernel is not installed: `pip install liger-kernel==0.8.5` "
             "or pass --no_use_liger"
         ) from e
-    _apply_liger_kernel_to_instance(
+    model_type = model.config.model_type
+    if model_type != "llama":
+        raise SpeedConfigError(
+            f"use_liger supports Llama-architecture models (SmolLM2, Llama 3.x); this one is "
+            f"{model_type!r}: pass --no_use_liger"
+        )
+    apply_liger_kernel_to_llama(
         model=model, rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
         fused_linear_cross_entropy=False,
     )

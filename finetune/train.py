@@ -21,14 +21,17 @@ LoRA support), the tokenizer, `training_config.yaml` (every resolved setting), `
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from finetune.format import FORMAT_VERSION
 from finetune.model import load_tokenizer, resolve_base_model
 from finetune.speed import SpeedArgs, configure_sft_config, prepare_model
+from ingest.loaders import read_jsonl
 from retrieval.errors import UsageError
 
 CPU_CONFIG = "configs/smollm2-cpu.yaml"
@@ -89,26 +92,25 @@ def read_examples(path: str | Path, limit: int = 0) -> list[dict]:
             f"data file {path} does not exist: build it with `python -m finetune data --out DIR` "
             f"and set train_file (or --train_file)"
         )
+    values, problems = read_jsonl(path)
+    if problems:  # written by `finetune data`: a broken line means a damaged file, not a typo
+        raise TrainConfigError(f"{problems[0]}; rebuild the file with `python -m finetune data`")
     records = []
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                messages = json.loads(line)["messages"]
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise TrainConfigError(
-                    f"{path}:{line_no}: not a JSON object with 'messages' ({e}); rebuild the file "
-                    f"with `python -m finetune data`"
-                ) from e
-            if not messages or messages[-1].get("role") != "assistant" or len(messages) < 2:
-                raise TrainConfigError(
-                    f"{path}:{line_no}: the last message must be the assistant's answer after at "
-                    f"least one prompt message"
-                )
-            records.append({"prompt": messages[:-1], "completion": messages[-1:], "line": line_no})
-            if limit and len(records) >= limit:
-                break
+    for line_no, value in values:
+        messages = value.get("messages") if isinstance(value, dict) else None
+        if not isinstance(messages, list):
+            raise TrainConfigError(
+                f"{path}:{line_no}: not a JSON object with 'messages'; rebuild the file "
+                f"with `python -m finetune data`"
+            )
+        if not messages or messages[-1].get("role") != "assistant" or len(messages) < 2:
+            raise TrainConfigError(
+                f"{path}:{line_no}: the last message must be the assistant's answer after at "
+                f"least one prompt message"
+            )
+        records.append({"prompt": messages[:-1], "completion": messages[-1:], "line": line_no})
+        if limit and len(records) >= limit:
+            break
     if not records:
         raise TrainConfigError(
             f"data file {path} has no examples: the FAQ history produced nothing; check the "
@@ -217,6 +219,59 @@ def check_config(data: DataArgs, sft, on_gpu: bool, has_eval: bool, config_path:
         )
 
 
+# --------------------------------------------------------------------------- tracking
+
+TRACKERS = {"tensorboard": ("tensorboard", "tensorboard"), "mlflow": ("mlflow", "mlflow-skinny")}
+
+
+def configure_tracking(sft) -> dict:
+    """Check and point the offline trackers named in `report_to` at the run's directory.
+
+    TensorBoard writes event files under `<output_dir>/runs/` (transformers' default). MLflow
+    logs to a local file store, `<output_dir>/mlruns`, unless `MLFLOW_TRACKING_URI` names
+    another store; its telemetry is switched off. MLflow 3 refuses file stores unless
+    `MLFLOW_ALLOW_FILE_STORE` is set: a local folder is what a single machine with no server
+    needs, so it is set here (only when unset).
+
+    Returns:
+        Tracker name -> where it writes (also printed into the training report).
+
+    Raises:
+        TrainConfigError: `report_to` names a tracker casewise does not set up offline, or one
+            whose package is missing.
+    """
+    import importlib.util
+
+    # The command line gives one string (`--report_to tensorboard,mlflow`), YAML may give a list.
+    wanted = [t.strip() for item in (sft.report_to or []) for t in str(item).split(",")
+              if t.strip() not in ("none", "")]
+    sft.report_to = wanted
+    unknown = [t for t in wanted if t not in TRACKERS]
+    if unknown:
+        raise TrainConfigError(
+            f"report_to {unknown} is not supported offline: use none, tensorboard or mlflow "
+            f"(or both)"
+        )
+    where = {}
+    for name in wanted:
+        module, package = TRACKERS[name]
+        if importlib.util.find_spec(module) is None:
+            raise TrainConfigError(
+                f"report_to {name} needs the {package} package: pip install 'casewise[tracking]' "
+                f"(or report_to: none)"
+            )
+    out = Path(sft.output_dir).resolve()
+    if "tensorboard" in wanted:
+        where["tensorboard"] = os.environ.get("TENSORBOARD_LOGGING_DIR") or str(out / "runs")
+    if "mlflow" in wanted:
+        os.environ.setdefault("MLFLOW_TRACKING_URI", (out / "mlruns").as_uri())
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        os.environ.setdefault("MLFLOW_EXPERIMENT_NAME", "casewise")
+        os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+        where["mlflow"] = os.environ["MLFLOW_TRACKING_URI"]
+    return where
+
+
 # --------------------------------------------------------------------------- callbacks
 
 
@@ -245,37 +300,98 @@ def _time_budget_callback(minutes: float):
     return TimeBudget()
 
 
+def _last_step_callback():
+    from transformers import TrainerCallback
+
+    class EvaluateLastStep(TrainerCallback):
+        """Evaluate and save the last step too, so the end of the schedule is on the curve and
+        can be the best checkpoint (the Trainer evaluates only every `eval_steps`)."""
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step >= state.max_steps and args.eval_strategy != "no":
+                control.should_evaluate = True
+                control.should_save = True
+            return control
+
+    return EvaluateLastStep()
+
+
 # --------------------------------------------------------------------------- outputs
 
 
+def _checkpoint_step(path: str | None) -> int | None:
+    """The step number of a `checkpoint-N` directory, or None."""
+    if not path:
+        return None
+    name = Path(path).name
+    return int(name.split("-")[-1]) if name.startswith("checkpoint-") else None
+
+
 def write_report(log_history: list[dict], out: Path, extra: dict) -> dict:
-    """`training_report.json` and `training_curves.png` from the trainer's log history."""
+    """`training_report.json` and `training_curves.png` from the trainer's log history.
+
+    The curves are drawn against epochs (steps on the top axis); the best checkpoint (the one
+    `load_best_model_at_end` restored and `save_model` wrote) is marked on the eval curve.
+
+    Returns:
+        The report: `extra` plus `train_loss` and `eval_loss` series (step, epoch, loss),
+        `best_step` / `best_epoch`, and the raw log history.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    train = [(h["step"], h["loss"]) for h in log_history if "loss" in h]
+    epoch_of = {h["step"]: h["epoch"] for h in log_history if "epoch" in h and "step" in h}
+    train = [{"step": h["step"], "epoch": h.get("epoch"), "loss": h["loss"]}
+             for h in log_history if "loss" in h]
     # A step evaluated twice (a time-budget stop, then a resume) is plotted once.
     evals = sorted({h["step"]: h["eval_loss"] for h in log_history if "eval_loss" in h}.items())
-    report = {**extra, "train_loss": [{"step": s, "loss": v} for s, v in train],
-              "eval_loss": [{"step": s, "loss": v} for s, v in evals],
-              "log_history": log_history}
+    eval_points = [{"step": s, "epoch": epoch_of.get(s), "loss": v} for s, v in evals]
+    best_step = _checkpoint_step(extra.get("best_checkpoint"))
+    if best_step is None and evals:
+        best_step = min(evals, key=lambda sv: sv[1])[0]
+    best_loss = dict(evals).get(best_step)
+    report = {**extra, "train_loss": train, "eval_loss": eval_points, "best_step": best_step,
+              "best_epoch": epoch_of.get(best_step), "log_history": log_history}
     (out / "training_report.json").write_text(json.dumps(report, indent=2) + "\n")
+
+    # Epochs on the x axis; a step with no logged epoch (none in practice) falls back to 0.
+    per_epoch = max((s / e for s, e in epoch_of.items() if e), default=None)
+    to_epoch = (lambda step: step / per_epoch) if per_epoch else (lambda step: 0.0)
     fig, ax = plt.subplots(figsize=(7, 4))
     if train:
-        ax.plot(*zip(*train, strict=True), label="train loss", marker=".")
+        ax.plot([to_epoch(h["step"]) for h in train], [h["loss"] for h in train],
+                label="train loss", marker=".", alpha=0.7)
     if evals:
-        ax.plot(*zip(*evals, strict=True), label="eval loss", marker="o")
-    ax.set_xlabel("optimizer step")
+        ax.plot([to_epoch(s) for s, _ in evals], [v for _, v in evals], label="eval loss",
+                marker="o")
+    if best_loss is not None:
+        x = to_epoch(best_step)
+        ax.axvline(x, color="grey", linestyle="--", linewidth=1)
+        ax.plot([x], [best_loss], marker="*", markersize=16, color="crimson", linestyle="none",
+                label=f"best checkpoint: step {best_step}, epoch {x:.2f}, eval {best_loss:.3f}")
+    ax.set_xlabel("epoch")
+    if per_epoch:
+        top = ax.secondary_xaxis("top", functions=(lambda e: e * per_epoch,
+                                                   lambda st: st / per_epoch))
+        top.set_xlabel("optimizer step")
     ax.set_ylabel("loss (assistant tokens)")
     ax.set_title(extra.get("title", "training"))
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "training_curves.png", dpi=120)
     plt.close(fig)
     return report
+
+
+def write_adapter_metadata(out: Path, requested: str, quantized: bool, **extra) -> None:
+    """`casewise.json`: the base model as requested (e.g. `default`), quantisation, the prompt
+    format the adapter was trained on, and `extra` (e.g. what an aligned adapter came from)."""
+    meta = {"base_model": requested, "quantized": quantized, "format_version": FORMAT_VERSION,
+            **extra}
+    (out / "casewise.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
 def _yaml_safe(value):
@@ -387,10 +503,11 @@ def _load_model(base: str, model_args, on_gpu: bool):
     kwargs = {"dtype": dtype, "attn_implementation": model_args.attn_implementation}
     if quantization is not None:
         kwargs["quantization_config"] = quantization
-        if on_gpu:
+        if on_gpu and os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true":
             from accelerate import PartialState
 
-            # One full quantised copy per process (DDP under `accelerate launch`).
+            # One full quantised copy per process (DDP under `accelerate launch`); under FSDP
+            # the shards are placed by FSDP, so no device map.
             kwargs["device_map"] = {"": PartialState().local_process_index}
     model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
     if quantization is not None:
@@ -462,12 +579,19 @@ def train(data: DataArgs, sft, model_args, speed: SpeedArgs, config_path: str = 
     if not model_args.lora_target_modules:
         model_args.lora_target_modules = "all-linear"
     configure_sft_config(sft, speed, on_gpu)
+    tracking = configure_tracking(sft)
 
     model = _load_model(base, model_args, on_gpu)
     model = prepare_model(model, speed, on_gpu)
+    if on_gpu and speed.use_padding_free and model.config._attn_implementation == "flex_attention":
+        # Measured on an H200: the first flex-attention call took 236 s (cold torch.compile), every
+        # later one a fraction of a second; say so before a user thinks the run hung.
+        print("note: padding-free packing uses flex attention, compiled on its first call: the "
+              "first evaluation or step can take several minutes (--no_use_padding_free avoids "
+              "it)", file=sys.stderr)
     strip = lambda recs: [{"prompt": r["prompt"], "completion": r["completion"]}  # noqa: E731
                           for r in recs]
-    callbacks = []
+    callbacks = [_last_step_callback()] if eval_records else []
     if data.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(data.early_stopping_patience))
     budget = _time_budget_callback(data.max_train_minutes) if data.max_train_minutes else None
@@ -482,6 +606,14 @@ def train(data: DataArgs, sft, model_args, speed: SpeedArgs, config_path: str = 
         peft_config=get_peft_config(model_args),
         callbacks=callbacks,
     )
+    if model_args.dtype == "bfloat16" and not (model_args.load_in_4bit or model_args.load_in_8bit):
+        # TRL keeps QLoRA adapters in bf16 but lets PEFT upcast them to fp32 on a dense bf16
+        # model; every LoRA input is then cast to fp32 and back. Adapters in the base's dtype,
+        # as TRL's QLoRA recipe has them, cost 15-20 % less per step on CPU
+        # (bench/finetune_cpu.py, docs/finetune.md).
+        for param in trainer.model.parameters():
+            if param.requires_grad:
+                param.data = param.data.to(torch.bfloat16)
     resume = _resume_arg(sft.resume_from_checkpoint, sft.output_dir)
     started = time.monotonic()
     result = trainer.train(resume_from_checkpoint=resume)
@@ -490,9 +622,7 @@ def train(data: DataArgs, sft, model_args, speed: SpeedArgs, config_path: str = 
     trainer.save_model(str(out))
     tokenizer.save_pretrained(str(out))
     quantized = bool(model_args.load_in_4bit or model_args.load_in_8bit)
-    (out / "casewise.json").write_text(json.dumps(
-        {"base_model": requested, "resolved_base_model": base, "quantized": quantized,
-         "format": "finetune.format v1"}, indent=2) + "\n")
+    write_adapter_metadata(out, requested, quantized, resolved_base_model=base)
     resolved = {"data": asdict(data), "model": asdict(model_args), "speed": asdict(speed),
                 "sft": sft.to_dict(), "config_file": config_path}
     import yaml
@@ -529,6 +659,7 @@ def train(data: DataArgs, sft, model_args, speed: SpeedArgs, config_path: str = 
         "stopped_by_time_budget": bool(budget and budget.stopped_at is not None),
         "resumed_from": resume,
         "device": "cuda" if on_gpu else "cpu", "title": f"{out.name} ({requested})",
+        "tracking": tracking,
     }
     if on_gpu:
         info["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30

@@ -1,4 +1,6 @@
-"""`python -m ingest PATH... [--home DIR] [--prune] [--rebuild] [--json]`: index documents.
+"""`python -m ingest PATH... [--home DIR] [--prune] [--rebuild] [--ocr auto|on|off] [--json]`.
+
+Index documents and ticket histories.
 
 Thin entry point; see `ingest.cli` for the flags and `ingest.pipeline` for the work.
 """

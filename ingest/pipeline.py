@@ -4,7 +4,8 @@ Sources are recorded relative to the directory that holds the index home (absolu
 outside it), so runs from different working directories agree on a file's key.
 
 Incremental and idempotent: a file whose bytes hash like the manifest says is neither parsed
-nor embedded (and the embedding model is not loaded when nothing changed); a changed file embeds only chunks the index does not hold yet and then drops its stale ones;
+nor embedded (and the embedding model is not loaded when nothing changed); a changed file
+embeds only chunks the index does not hold yet and then drops its stale ones;
 `prune=True` removes the chunks of indexed files that no longer exist.
 
 Crash safety (SIGKILL anywhere leaves a state the next run repairs). Per file the writes go:
@@ -27,12 +28,14 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 from filelock import FileLock, Timeout
 from tqdm import tqdm
 
 from ingest.chunking import Chunker, ChunkingConfig, file_hash
-from ingest.loaders import NoTextError, UnreadableFileError, load_file
+from ingest.loaders import PDF_SUFFIXES, NoTextError, UnreadableFileError, load_file, redacts
+from ingest.ocr import PageOcr
 from retrieval.errors import (
     EXIT_FAILED,
     EXIT_OK,
@@ -46,6 +49,7 @@ from retrieval.store import ChunkStore, drop_collection
 from retrieval.types import Chunk, Embedder
 
 LOCK_TIMEOUT_S = 10.0
+OCR_CACHE_DIR = "ocr-cache"
 EMBED_BATCH = 64
 # Tests only: seconds to sleep after each embedded batch, so a test can SIGKILL a run midway.
 TEST_BATCH_SLEEP_ENV = "CASEWISE_TEST_BATCH_SLEEP"
@@ -56,6 +60,17 @@ EXIT_FILES_FAILED = EXIT_FAILED
 
 class IngestLockedError(CasewiseError):
     """Another ingest holds the index lock."""
+
+
+@runtime_checkable
+class WindowedEmbedder(Protocol):
+    """An embedder with a fixed input window (sentence-transformers models truncate past it)."""
+
+    max_seq_length: int
+
+    def token_counts(self, texts: list[str]) -> list[int]:
+        """Word pieces of each text, counted without truncation."""
+        ...
 
 
 @dataclass
@@ -69,6 +84,12 @@ class FileResult:
         embedded: Chunks embedded for it in this run.
         reason: Why it was skipped or failed.
         warnings: Problems that did not stop it (pages without text, bad rows).
+        redactions: Customers' identifiers replaced before indexing, by kind.
+        ocr_pages: Pages whose text OCR read (PDFs).
+        ocr_cached: Of those, pages whose OCR result came from the cache.
+        tables: Ruled tables found (PDFs), whose rows are kept together in the chunk text.
+        over_window: Chunks embedded in this run that are longer than the embedder's window
+            (their vector sees only the beginning; see `IngestSummary.notes`).
     """
 
     path: str
@@ -77,6 +98,11 @@ class FileResult:
     embedded: int = 0
     reason: str | None = None
     warnings: list[str] = field(default_factory=list)
+    redactions: dict[str, int] = field(default_factory=dict)
+    ocr_pages: int = 0
+    ocr_cached: int = 0
+    tables: int = 0
+    over_window: int = 0
 
 
 @dataclass
@@ -91,8 +117,10 @@ class IngestSummary:
         deleted: Stale or pruned chunks deleted.
         repaired: Orphaned chunks of an interrupted run that were removed.
         total_chunks: Chunks in the index after the run.
-        notes: Run-level remarks (files gone from disk, repairs, rebuild).
+        notes: Run-level remarks (files gone from disk, repairs, rebuild, chunks longer than
+            the embedder's window).
         seconds: Wall time.
+        window: The embedder's input window in word pieces, when it has one and embedded.
     """
 
     home: str
@@ -104,6 +132,7 @@ class IngestSummary:
     total_chunks: int = 0
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    window: int | None = None
 
     @property
     def counts(self) -> dict[str, int]:
@@ -125,16 +154,29 @@ class IngestSummary:
         return data
 
     def format_table(self) -> str:
-        """A plain-text table: one row per file, then warnings, notes and totals."""
-        rows = [(f.status, str(f.chunks), f.path, f.reason or "") for f in self.files]
-        head = ("status", "chunks", "file", "reason")
-        widths = [max(len(r[i]) for r in [head, *rows]) for i in range(3)]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(head[:3], widths, strict=True))
-                 + "  " + head[3]]
+        """A plain-text table: one row per file, then warnings, notes and totals.
+
+        The `ocr` column counts the pages OCR read (with how many came from its cache), the
+        `tables` column the ruled tables whose rows were kept together.
+        """
+        rows = [(f.status, str(f.chunks), _ocr_cell(f), str(f.tables or "-"), f.path,
+                 f.reason or "") for f in self.files]
+        head = ("status", "chunks", "ocr", "tables", "file", "reason")
+        n = len(head) - 1
+        widths = [max(len(r[i]) for r in [head, *rows]) for i in range(n)]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(head[:n], widths, strict=True))
+                 + "  " + head[n]]
         lines.append("  ".join("-" * w for w in widths) + "  " + "-" * 6)
         for row in rows:
-            lines.append("  ".join(c.ljust(w) for c, w in zip(row[:3], widths, strict=True))
-                         + ("  " + row[3] if row[3] else ""))
+            lines.append("  ".join(c.ljust(w) for c, w in zip(row[:n], widths, strict=True))
+                         + ("  " + row[n] if row[n] else ""))
+        redacted = [f for f in self.files if f.redactions]
+        if redacted:
+            lines.append("")
+            lines.append("redacted (customers' identifiers replaced before indexing):")
+            for f in redacted:
+                lines.append(f"  {f.path}: " + ", ".join(
+                    f"{n} {kind}" for kind, n in sorted(f.redactions.items())))
         warned = [f for f in self.files if f.warnings]
         if warned:
             lines.append("")
@@ -168,6 +210,8 @@ def run(
     chunking: ChunkingConfig | None = None,
     lock_timeout: float = LOCK_TIMEOUT_S,
     batch_size: int = EMBED_BATCH,
+    redact: bool | None = None,
+    ocr: str = "auto",
 ) -> IngestSummary:
     """Index files and directories into the index at `settings.home`.
 
@@ -184,12 +228,19 @@ def run(
             index).
         lock_timeout: Seconds to wait for another ingest on the same index before giving up.
         batch_size: Chunks per embedding batch (and per Chroma write).
+        redact: Redact customers' identifiers (`ingest.redact`) before indexing; `None` (the
+            default) redacts ticket histories and help-desk exports, not manuals. A file
+            indexed under another setting is indexed again.
+        ocr: `auto`, `on` or `off`: whether PDF pages without a text layer are read by OCR
+            (`ingest.ocr`; results cached under the index home). A PDF with such pages that
+            was indexed under another effective mode is indexed again.
 
     Returns:
         The run summary (`summary.exit_code` is 1 when any file failed).
 
     Raises:
         IngestLockedError: Another ingest kept the index locked for `lock_timeout` seconds.
+        OcrUnavailableError: `ocr="on"` and Tesseract is not installed.
         IndexSettingsMismatchError: The index was built with another embedder or chunking and
             `rebuild` is false.
         CasewiseError: Other fatal problems (damaged manifest, unreachable Chroma server,
@@ -197,6 +248,7 @@ def run(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size ({batch_size}) must be at least 1")
+    page_ocr = PageOcr(ocr, cache_dir=settings.home / OCR_CACHE_DIR)  # fails before any work
     settings.home.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(settings.lock_path), timeout=lock_timeout)
     try:
@@ -207,11 +259,33 @@ def run(
             "wait for it to finish and run again"
         ) from None
     try:
-        return _Run(settings, embedder, chunking, progress, batch_size).execute(
+        return _Run(settings, embedder, chunking, progress, batch_size, redact,
+                    page_ocr).execute(
             [Path(p) for p in paths], prune=prune, rebuild=rebuild,
         )
     finally:
         lock.release()
+
+
+def _ocr_cell(result: FileResult) -> str:
+    if not result.ocr_pages:
+        return "-"
+    return f"{result.ocr_pages}" + (f" ({result.ocr_cached} cached)" if result.ocr_cached else "")
+
+
+def _same_options(entry: dict, redact: bool, ocr: PageOcr | None) -> bool:
+    """Whether a file's manifest entry was indexed with the options this run would use.
+
+    Entries from before an option was recorded count as unredacted and without OCR: a ticket
+    history is then redacted, and a PDF whose pages lacked a text layer is read by OCR. The OCR
+    mode is compared only for PDFs with pages (almost) without text, where it changes anything.
+    """
+    if entry.get("redact", False) != redact:
+        return False
+    candidates = entry.get("ocr_candidates")
+    if candidates is None:
+        candidates = sum("no text layer" in w for w in entry.get("warnings", []))
+    return ocr is None or not candidates or (entry.get("ocr") or "off") == ocr.effective_mode
 
 
 def source_key(path: Path, base: Path) -> str:
@@ -267,8 +341,11 @@ class _Run:
     """One locked ingest run (state shared by its steps)."""
 
     def __init__(self, settings: Settings, embedder: Embedder | None,
-                 chunking: ChunkingConfig | None, progress: bool, batch_size: int) -> None:
+                 chunking: ChunkingConfig | None, progress: bool, batch_size: int,
+                 redact: bool | None, ocr: PageOcr) -> None:
         self.settings = settings
+        self.redact = redact
+        self.ocr = ocr
         self._embedder = embedder
         self.embedder_name = embedder.name if embedder is not None else settings.embedder.strip()
         self.requested_chunking = chunking
@@ -308,6 +385,14 @@ class _Run:
             seen.add(key)
             self.summary.files.append(self._ingest_file(path, key))
         self._handle_gone(seen, prune)
+        over = sum(f.over_window for f in self.summary.files)
+        if over:
+            self.summary.notes.append(
+                f"{over} of {self.summary.embedded} chunks embedded are longer than the "
+                f"embedder's {self.summary.window}-word-piece window: their vectors see only the "
+                "beginning (keyword search and the answer see all of it). Kept whole: on the "
+                "shared manual, splitting them or averaging windows lowered recall "
+                "(docs/ingest.md); --chunk-size makes smaller chunks")
         self.summary.total_chunks = self.store.count()
         self.summary.seconds = round(time.perf_counter() - start, 3)
         return self.summary
@@ -377,11 +462,17 @@ class _Run:
             return FileResult(key, "failed", reason=f"cannot read ({e.strerror or e})")
         digest = file_hash(data)
         entry = self.manifest["files"].get(key)
-        if entry and entry["hash"] == digest and entry["status"] == "indexed":
+        redact = redacts(path, self.redact)
+        pdf_ocr = self.ocr if path.suffix.lower() in PDF_SUFFIXES else None
+        if entry and entry["hash"] == digest and entry["status"] == "indexed" \
+                and _same_options(entry, redact, pdf_ocr):
             return FileResult(key, "unchanged", chunks=len(entry["chunk_ids"]),
-                              warnings=list(entry.get("warnings", [])))
+                              warnings=list(entry.get("warnings", [])),
+                              redactions=dict(entry.get("redactions", {})),
+                              ocr_pages=len(entry.get("ocr_pages", [])),
+                              tables=entry.get("tables", 0))
         try:
-            loaded = load_file(path, data)
+            loaded = load_file(path, data, redact=redact, ocr=self.ocr)
         except NoTextError as e:
             self._replace(key, path, digest, [], "skipped", e.reason, [])
             return FileResult(key, "skipped", reason=e.reason)
@@ -389,16 +480,29 @@ class _Run:
             kept = len(entry["chunk_ids"]) if entry else 0
             reason = e.reason + (f" (its previous {kept} chunks are kept)" if kept else "")
             return FileResult(key, "failed", chunks=kept, reason=reason)
+        # The OCR mode matters (and starts the engine check) only for pages without text.
+        ocr_mode = self.ocr.effective_mode if pdf_ocr and loaded.ocr_candidates else None
         chunks = self.chunker.chunk(loaded, key, digest)
-        embedded = self._replace(key, path, digest, chunks, "indexed", None, loaded.warnings,
-                                 pages=loaded.pages, type_=loaded.type)
+        embedded, over = self._replace(key, path, digest, chunks, "indexed", None,
+                                       loaded.warnings,
+                                 pages=loaded.pages, type_=loaded.type,
+                                 extra={"redact": redact, "redactions": loaded.redactions,
+                                        "ocr": ocr_mode, "ocr_pages": loaded.ocr_pages,
+                                        "ocr_candidates": loaded.ocr_candidates,
+                                        "tables": loaded.tables})
         return FileResult(key, "indexed", chunks=len(chunks), embedded=embedded,
-                          warnings=list(loaded.warnings))
+                          warnings=list(loaded.warnings), redactions=dict(loaded.redactions),
+                          ocr_pages=len(loaded.ocr_pages), ocr_cached=loaded.ocr_cached,
+                          tables=loaded.tables, over_window=over)
 
     def _replace(self, key: str, path: Path, digest: str, chunks: list[Chunk], status: str,
                  reason: str | None, warnings: list[str], *, pages: int | None = None,
-                 type_: str | None = None) -> int:
-        """Write a file's chunks, drop its stale ones, then record it (the crash-safe order)."""
+                 type_: str | None = None, extra: dict | None = None) -> tuple[int, int]:
+        """Write a file's chunks, drop its stale ones, then record it (the crash-safe order).
+
+        Returns:
+            Chunks embedded, and how many of them are longer than the embedder's window.
+        """
         entry = self.manifest["files"].get(key)
         old_ids = set(entry["chunk_ids"]) if entry else set()
         have = old_ids & self.store_ids
@@ -408,7 +512,7 @@ class _Run:
             # Same content, same vector: re-write only the metadata (doc hash, chunk index).
             vectors = self.store.embeddings([c.id for c in kept])
             self.store.upsert(kept, [vectors[c.id] for c in kept])
-        self._embed_and_upsert(new, key)
+        over = self._embed_and_upsert(new, key)
         new_ids = {c.id for c in chunks}
         stale = sorted(old_ids - new_ids)
         self.store.delete(stale)
@@ -417,17 +521,23 @@ class _Run:
         record = {
             "hash": digest, "chunk_ids": [c.id for c in chunks], "status": status,
             "type": type_ or (entry or {}).get("type", "doc"), "abs_path": str(path.resolve()),
-            "pages": pages, "warnings": warnings,
+            "pages": pages, "warnings": warnings, **(extra or {}),
         }
         if reason:
             record["reason"] = reason
         self.manifest["files"][key] = record
         write_manifest(self.settings.manifest_path, self.manifest)
-        return len(new)
+        return len(new), over
 
-    def _embed_and_upsert(self, chunks: list[Chunk], key: str) -> None:
+    def _embed_and_upsert(self, chunks: list[Chunk], key: str) -> int:
+        """Embed and write chunks; returns how many are longer than the embedder's window."""
         if not chunks:
-            return
+            return 0
+        over = 0
+        if isinstance(self.embedder, WindowedEmbedder):
+            window = self.embedder.max_seq_length
+            self.summary.window = window
+            over = sum(n > window for n in self.embedder.token_counts([c.text for c in chunks]))
         bar = tqdm(total=len(chunks), desc=f"embedding {Path(key).name}", unit="chunk",
                    leave=False, disable=not self.progress)
         with bar:
@@ -439,6 +549,7 @@ class _Run:
                 bar.update(len(batch))
                 if self.sleep:
                     time.sleep(self.sleep)
+        return over
 
     def _handle_gone(self, seen: set[str], prune: bool) -> None:
         gone = [

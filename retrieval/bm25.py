@@ -2,78 +2,19 @@
 
 The index is built once from a list of chunks and kept in memory as term-major postings
 (term -> chunk positions and precomputed BM25 weights), so a query costs one vectorised
-accumulation per query term: tens of milliseconds at 100,000 chunks. Tokens are lowercased word
-characters with English stop words removed and a light suffix stemmer ("resetting", "resets" and
-"reset" match), applied identically to chunks and queries.
+accumulation per query term: tens of milliseconds at 100,000 chunks. Tokens are the project's
+content words (`retrieval.text`: lower-cased words without stop words, lightly stemmed, so that
+"resetting", "resets" and "reset" match), applied identically to chunks and queries.
 """
 
 from __future__ import annotations
 
-import re
 from collections import Counter
-from functools import lru_cache
 
 import numpy as np
 
+from retrieval.text import content_words
 from retrieval.types import Chunk
-
-_TOKEN = re.compile(r"\w+", re.UNICODE)
-STOP_WORDS = frozenset(
-    "a about above after again against all am an and any are as at be because been before being "
-    "below between both but by can could did do does doing down during each few for from further "
-    "had has have having he her here hers herself him himself his how i if in into is it its "
-    "itself just me more most my myself no nor not now of off on once only or other our ours "
-    "ourselves out over own same she should so some such than that the their theirs them "
-    "themselves then there these they this those through to too under until up very was we were "
-    "what when where which while who whom why will with would you your yours yourself "
-    "yourselves".split()
-)
-
-
-# Vocabularies are small next to token counts: caching stems makes indexing 100k chunks cheap.
-@lru_cache(maxsize=1 << 20)
-def stem(word: str) -> str:
-    """Strip common English inflections so that word forms of one stem match.
-
-    A deliberately small rule set (plural -s/-es/-ies, -ing, -ed, a final -e, doubled final
-    consonants): cheap, predictable, and applied to queries and chunks alike, so its
-    imperfections cancel out.
-
-    Args:
-        word: A lowercased token.
-
-    Returns:
-        The stem.
-    """
-    if len(word) <= 3 or not word.isalpha():
-        return word
-    if word.endswith("ies") and len(word) > 4:
-        word = word[:-3] + "y"
-    elif word.endswith("sses"):
-        word = word[:-2]
-    elif word.endswith("s") and not word.endswith(("ss", "us", "is")):
-        word = word[:-1]
-    for suffix in ("ing", "ed"):
-        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
-            word = word[: -len(suffix)]
-            if len(word) > 3 and word[-1] == word[-2] and word[-1] not in "aeiouls":
-                word = word[:-1]  # resetting -> resett -> reset
-            break
-    if word.endswith("e") and len(word) > 4:
-        word = word[:-1]  # configure / configured / configuring -> configur
-    return word
-
-
-def tokenize(text: str) -> list[str]:
-    """Split text into lowercased, stemmed tokens without stop words.
-
-    Args:
-        text: Any text.
-
-    Returns:
-        The tokens, in order, repeats kept.
-    """
-    return [stem(t) for t in _TOKEN.findall(text.lower()) if t not in STOP_WORDS]
 
 
 class BM25Index:
@@ -108,7 +49,7 @@ class BM25Index:
         tfs: list[int] = []
         lengths = np.zeros(len(self.chunks), dtype=np.float32)
         for doc, chunk in enumerate(self.chunks):
-            counts = Counter(tokenize(chunk.text))
+            counts = Counter(content_words(chunk.text))
             lengths[doc] = sum(counts.values())
             for term, tf in counts.items():
                 term_ids.append(vocab.setdefault(term, len(vocab)))
@@ -124,9 +65,17 @@ class BM25Index:
         n = max(len(self.chunks), 1)
         avgdl = float(lengths.mean()) if len(self.chunks) and lengths.mean() > 0 else 1.0
         idf = np.log1p((n - df + 0.5) / (df + 0.5))  # Lucene's non-negative idf
+        self._idf = idf
+        self._idf_unseen = float(np.log1p((n + 0.5) / 0.5))
         norm = k1 * (1.0 - b + b * lengths[self._docs] / avgdl)
         term_of_posting = terms[order]
         self._weights = (idf[term_of_posting] * tf * (k1 + 1.0) / (tf + norm)).astype(np.float32)
+
+    def idf(self, term: str) -> float:
+        """Inverse document frequency of a content word (`retrieval.text.content_words`) in the
+        indexed chunks; a word no chunk holds gets the highest value."""
+        t = self._vocab.get(term)
+        return self._idf_unseen if t is None else float(self._idf[t])
 
     def __len__(self) -> int:
         return len(self.chunks)
@@ -178,7 +127,7 @@ class BM25Index:
         if n < 1 or not self.chunks:
             return []
         scores = np.zeros(len(self.chunks), dtype=np.float32)
-        for term in set(tokenize(query)):
+        for term in set(content_words(query)):
             t = self._vocab.get(term)
             if t is None:
                 continue

@@ -89,6 +89,17 @@ class Hit:
         return self.chunk.citation
 
 
+class PassageLike(Protocol):
+    """Anything with passage text and a citation (`Hit` and `Chunk` both are): what prompts are
+    built from and what answers are verified against."""
+
+    @property
+    def text(self) -> str: ...  # noqa: D102
+
+    @property
+    def citation(self) -> Citation: ...  # noqa: D102
+
+
 class Searcher(Protocol):
     """What the agent, fine-tuning and eval need from retrieval."""
 

@@ -165,6 +165,39 @@ def build_manual(path: Path) -> None:
     pdf.output(str(path))
 
 
+# A specification table of a fictional TV series, for the table tests and bench/tables.py.
+SPEC_ROWS = [["Model", "Screen size", "Power consumption", "Weight"],
+             ["QN55Q80", "55 in", "105 W", "17.2 kg"],
+             ["QN65Q80", "65 in", "138 W", "25.1 kg"],
+             ["QN75Q80", "75 in", "182 W", "34.0 kg"]]
+
+
+def build_spec_sheet(path: Path, rows: list[list[str]] = SPEC_ROWS) -> Path:
+    """Write a one-page specification sheet whose ruled table is drawn column by column.
+
+    Column-major drawing is how some producers write tables, and what makes pypdf's text of one
+    a soup ("Model QN55Q80 QN65Q80 ... Weight 17.2 kg 25.1 kg ..."): its text follows the
+    content stream. Not part of `samples/docs/` (the demo's documents).
+    """
+    pdf = FPDF(format="letter")
+    pdf.set_creation_date(FIXED_DATE)
+    pdf.set_font("helvetica", size=11)
+    pdf.add_page()
+    pdf.multi_cell(0, 7, "Specifications. The table below lists the screen size, power "
+                         "consumption and weight of each model of the series.")
+    x0, y0, widths, height = pdf.l_margin, pdf.get_y() + 4, [40, 35, 45, 30], 9
+    for c in range(len(rows[0])):
+        for r, row in enumerate(rows):
+            pdf.set_xy(x0 + sum(widths[:c]), y0 + r * height)
+            pdf.cell(widths[c], height, row[c], border=1)
+    pdf.set_xy(x0, y0 + len(rows) * height + 6)
+    pdf.multi_cell(0, 7, "Weights are without the stand. Power consumption is measured in the "
+                         "standard picture mode.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pdf.output(str(path))
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     """Build the sample documents; returns the exit code."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

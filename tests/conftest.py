@@ -141,3 +141,35 @@ def embedded_model_path(model_cache) -> str:
     from finetune.model import resolve_base_model
 
     return resolve_base_model("default")
+
+
+class PassageQuotingModel:
+    """A fast, deterministic stand-in for the local model that answers any number of questions.
+
+    It replies in the shared format (v2) with the first sentence of passage [1] as its quote
+    and its answer, and that passage's label as its source: verbatim, so verification keeps it. No model,
+    no queue: the REST service tests and `bench/serve.py` run it behind a real server
+    (`CASEWISE_SERVE_TEST_LLM=tests.conftest:PassageQuotingModel`).
+    """
+
+    name = "passage-quoting (test backend)"
+    _FIRST = re.compile(r"^\[1\] \[(?P<label>[^\]]+)\][^\n]*\n(?P<text>.+?)(?=\n\[2\] |\n\n|\Z)",
+                        re.MULTILINE | re.DOTALL)
+
+    def complete(self, messages: list[dict], *, max_new_tokens: int = 256) -> str:
+        from finetune.format import ABSTAIN_ANSWER
+
+        user = next(m["content"] for m in reversed(messages) if m["role"] == "user")
+        found = self._FIRST.search(user)
+        if found is None:
+            return f"Reasoning: No passage is given.\nAnswer: {ABSTAIN_ANSWER}"
+        # Format v2 numbers each sentence on its own line: "(1.1) To reset the router ...".
+        sentence = re.sub(r"^\(1\.1\)\s*", "", found["text"].strip().splitlines()[0]).strip()
+        reply = (f"Reasoning: Passage [1] answers the question.\nQuote: 1.1\n"
+                 f"Answer: {sentence}\nSources: [{found['label']}]")
+        prefix = messages[-1]["content"] if messages[-1]["role"] == "assistant" else ""
+        # A final assistant message is a prefix the reply continues (agent.llm.ChatBackend).
+        return reply[len(prefix):] if prefix and reply.startswith(prefix) else reply
+
+    def stream(self, messages: list[dict], *, max_new_tokens: int = 256) -> Iterator[str]:
+        yield from re.findall(r"\S+\s*", self.complete(messages, max_new_tokens=max_new_tokens))

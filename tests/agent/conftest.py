@@ -1,8 +1,10 @@
-"""Fixtures for agent tests: a fake searcher over a few chunks, scored with `HashEmbedder`."""
+"""Fixtures for agent tests: a fake searcher over a few chunks (scored with `HashEmbedder`), a
+real index writer, and a real `python -m agent serve` in a subprocess (`ServeProcess`)."""
 
 from __future__ import annotations
 
 import hashlib
+import sys
 
 import pytest
 
@@ -84,3 +86,111 @@ def build_index(settings, chunks: list[Chunk], embedder) -> None:
             c.source, {"hash": c.doc_hash, "chunk_ids": [], "type": c.type, "status": "ok"})
         entry["chunk_ids"].append(c.id)
     write_manifest(settings.manifest_path, manifest)
+
+
+# --- a real server in a subprocess (tests/agent/test_serve*.py, bench/serve.py) ----------------
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServeProcess:
+    """`python -m agent serve` in a subprocess on a free localhost port.
+
+    Args:
+        home: Index directory (`--home`).
+        flags: Further `serve` flags.
+        fake_model: Answer with `tests.conftest.PassageQuotingModel` (fast) instead of the
+            embedded model.
+        env: Extra environment variables.
+        log: File for the server's stdout and stderr (default: beside `home`).
+    """
+
+    def __init__(self, home, *flags: str, fake_model: bool = True, env: dict | None = None,
+                 log=None) -> None:
+        import os
+        from pathlib import Path
+
+        from tests.conftest import REPO
+
+        self.home = Path(home)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.argv = [sys.executable, "-m", "agent", "serve", "--home", str(home),
+                     "--port", str(self.port), *flags]
+        self.env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1",
+                    "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+                    "ANONYMIZED_TELEMETRY": "False", **(env or {})}
+        if fake_model:
+            self.env["CASEWISE_SERVE_TEST_LLM"] = "tests.conftest:PassageQuotingModel"
+        self.log_path = Path(log or self.home.parent / f"serve-{self.port}.log")
+        self.cwd = REPO
+        self.proc = None
+
+    def start(self, timeout: float = 240) -> ServeProcess:
+        """Start the server and wait until /healthz answers 200."""
+        import subprocess
+        import time
+
+        import httpx
+
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(self.argv, cwd=self.cwd, env=self.env, stdout=log,
+                                     stderr=subprocess.STDOUT)
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"server not healthy after {timeout} s:\n{self.log()}")
+
+    def log(self) -> str:
+        """What the server printed so far."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs (the crash test)."""
+        self.proc.kill()
+        self.proc.wait(timeout=30)
+
+    def stop(self) -> int:
+        """SIGTERM and wait (uvicorn shuts down gracefully); returns the exit code."""
+        import subprocess
+
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.terminate()
+        try:
+            return self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(timeout=30)
+
+
+def parse_sse(lines) -> list[tuple[str | None, str]]:
+    """`(event, data)` pairs of a server-sent event stream given as text lines."""
+    events, event, data = [], None, []
+    for line in lines:
+        if line == "":
+            if data:
+                events.append((event, "\n".join(data)))
+            event, data = None, []
+        elif line.startswith("event:"):
+            event = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].removeprefix(" "))
+    if data:
+        events.append((event, "\n".join(data)))
+    return events

@@ -108,8 +108,11 @@ def test_ask_json_with_the_real_model(real_home, embedded_model_path, capsys):
     assert main(argv) == 0
     result = json.loads(capsys.readouterr().out)
     assert {"answer", "reasoning", "citations", "abstained", "refused", "faq_match",
-            "timings"} <= set(result)
-    assert result["answer"] and result["refused"] is False
+            "timings", "mode", "claims", "removed_claims", "raw", "answer_id"} <= set(result)
+    assert result["answer"] and result["refused"] is False and result["raw"]
+    assert result["mode"] in ("generated", "quoted", "abstained")
+    for claim in result["claims"]:  # every shown sentence has its supporting passage
+        assert claim["supported"] and claim["citation"] and claim["evidence"]
     assert result["faq_match"]["question"] == "How can I restore my router to factory defaults?"
     assert {"retrieve", "generate", "total"} <= set(result["timings"])
     for c in result["citations"]:
@@ -180,9 +183,9 @@ def test_repl_through_a_pseudo_terminal(real_home, embedded_model_path):
     term.send("/sources\n")
     assert "[router_manual.pdf p.4] Factory reset" in term.expect(PROMPT)
     # Ctrl-C stops the current answer and keeps the session.
-    # Interrupt as soon as the answer starts streaming (a fixed sleep raced a fast machine).
+    # Interrupt as soon as the agent starts working (a fixed sleep raced a fast machine).
     term.send("How do I change the Wi-Fi password?\n")
-    term.expect("Reasoning:")
+    term.expect("(searching the documents")
     term.send("\x03")
     assert "[stopped]" in term.expect(PROMPT)
     term.send("/history\n")
@@ -202,3 +205,45 @@ def test_repl_through_a_pseudo_terminal(real_home, embedded_model_path):
     assert "No conversation yet" in term.expect(PROMPT)
     term.send("\x04")
     assert term.wait() == 0
+
+
+# --- the answer display (no model) --------------------------------------------------------------
+
+
+def _answer(**kw):
+    from agent.state import AgentAnswer, Claim
+    from retrieval.types import Hit
+
+    hits = [Hit(RESET, 0.1, 1, None, similarity=0.8), Hit(LIGHTS, 0.1, 2, None, similarity=0.5)]
+    evidence = "All settings are erased."
+    claims = [Claim(evidence, True, RESET.citation, 1, evidence)]
+    defaults = dict(question=QUESTION, answer=f'The manual says (router_manual.pdf p.4): "{evidence}"',
+                    citations=[RESET.citation], contexts=hits, mode="quoted", claims=claims,
+                    removed_claims=[Claim("Wait 4 minutes.", False, reason="no")])
+    return AgentAnswer(**{**defaults, **kw})
+
+
+def test_sources_highlight_the_supporting_sentence():
+    from agent.cli import format_passages
+
+    text = format_passages(_answer())
+    first, second = text.split("\n[2] ")
+    assert first.startswith("[1] [router_manual.pdf p.4] Factory reset (similarity 0.80) "
+                            "supports sentence 1")
+    assert "**All settings are erased.**" in first and "**" not in second
+    assert "\033[1;33mAll settings are erased.\033[0m" in format_passages(_answer(), tty=True)
+
+
+def test_the_mode_is_shown_and_a_quote_is_marked(capsys):
+    from agent.cli import _print_result, format_mode
+
+    _print_result(_answer(), streamed=False, out=sys.stdout)
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith('The manual says (router_manual.pdf p.4): "')
+    assert out[1] == ("[quoted verbatim from the documentation: no generated sentence could be "
+                      "verified]")
+    assert out[2] == "Sources: [router_manual.pdf p.4] Factory reset"
+    generated = _answer(mode="generated", answer="All settings are erased.")
+    assert format_mode(generated) == ("[generated: 1 sentence, each checked against its passage; "
+                                      "1 unsupported sentence removed]")
+    assert format_mode(_answer(mode="refused", refused=True)) is None

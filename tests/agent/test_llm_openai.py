@@ -29,6 +29,8 @@ class FakeOpenAI(BaseHTTPRequestHandler):
             type(self).fail_first -= 1
             self.send_response(503)
             self.send_header("Content-Type", "application/json")
+            # Tells the client how long to wait; the openai client honours it.
+            self.send_header("retry-after-ms", "10")
             self.end_headers()
             self.wfile.write(b'{"error": {"message": "warming up"}}')
             return
@@ -98,11 +100,32 @@ def test_prefilled_assistant_message_is_not_sent_and_the_reply_continues_it(serv
     assert "".join(llm.stream(prefilled)).strip() == REPLY[len("Reasoning:"):].strip()
 
 
-def test_retries_server_errors_then_succeeds(server):
+def test_retries_server_errors_then_succeeds_waiting_as_the_server_asks(server):
     FakeOpenAI.fail_first = 2
-    llm = OpenAIChatModel(server, "smollm2", timeout=5, retries=2, backoff=0.01)
+    llm = OpenAIChatModel(server, "smollm2", timeout=5, retries=2)
+    start = time.perf_counter()
     assert llm.complete(MESSAGES) == REPLY
     assert len(FakeOpenAI.requests) == 3
+    # The client's own backoff would wait ~0.4-1.5 s for two retries; the server asked 10 ms.
+    assert time.perf_counter() - start < 0.4
+
+
+def test_server_errors_beyond_the_retries_give_one_clear_error(server):
+    FakeOpenAI.fail_first = 5
+    llm = OpenAIChatModel(server, "smollm2", timeout=5, retries=1)
+    with pytest.raises(ModelServerError) as err:
+        llm.complete(MESSAGES)
+    assert len(FakeOpenAI.requests) == 2
+    assert str(err.value).startswith(f"cannot reach the model server at {server}/v1: ")
+    assert "after 2 attempts" in str(err.value)
+
+
+def test_complete_many_answers_every_conversation_in_order(server):
+    llm = OpenAIChatModel(server, "smollm2", timeout=5)
+    conversations = [[{"role": "user", "content": f"q{i}"}] for i in range(5)]
+    assert llm.complete_many(conversations, max_new_tokens=8) == [REPLY] * 5
+    sent = sorted(r["body"]["messages"][0]["content"] for r in FakeOpenAI.requests)
+    assert sent == [f"q{i}" for i in range(5)]
 
 
 def _free_port() -> int:
@@ -113,7 +136,7 @@ def _free_port() -> int:
 
 def test_unreachable_server_gives_one_clear_error():
     url = f"http://127.0.0.1:{_free_port()}"
-    llm = OpenAIChatModel(url, "smollm2", timeout=1, retries=1, backoff=0.01)
+    llm = OpenAIChatModel(url, "smollm2", timeout=1, retries=1)
     start = time.perf_counter()
     with pytest.raises(CasewiseError) as err:
         llm.complete(MESSAGES)

@@ -37,7 +37,7 @@ def test_malformed_lines_reported_with_line_number_and_skipped(tmp_path):
     qs, problems = load_questions(f)
     assert [q.id for q in qs] == ["a", "d"]
     assert [p.line for p in problems] == [2, 3, 5, 6]
-    assert "invalid JSON" in problems[0].reason
+    assert "malformed JSON" in problems[0].reason
     assert "question" in problems[1].reason
     assert "duplicate id" in problems[2].reason
     assert str(problems[0]).startswith(f"{f}:2:")

@@ -25,7 +25,8 @@ def test_data_missing_faq_file(tmp_path, capsys):
                  "--no-token-count"])
     assert code == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: FAQ file") and "nope.csv" in err and "Traceback" not in err
+    assert err.startswith("error: ") and "nope.csv: does not exist" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
 def test_data_missing_index(faq_csv, tmp_path, capsys):

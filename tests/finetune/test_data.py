@@ -1,5 +1,5 @@
 """Training-data builders: P and k honoured, abstain/refusal shares, split by answer group,
-redaction, validation with line numbers, synthetic questions."""
+redaction, synthetic questions (the FAQ reader itself: tests/ingest/test_faq_reader.py)."""
 
 from __future__ import annotations
 
@@ -16,12 +16,13 @@ from finetune.data import (
     build_dataset,
     clip_passage,
     dataset_stats,
-    read_faq,
+    quote_sentences,
     synthetic_question_ok,
     synthetic_rows,
     write_dataset,
 )
 from finetune.format import ABSTAIN_ANSWER, REFUSAL_ANSWER, parse_answer
+from retrieval.text import overlap
 from tests.finetune.conftest import TOPICS
 
 PASSAGE_HEAD = re.compile(r"^\[(\d+)\] (\[[^\]]+\])", re.MULTILINE)
@@ -65,11 +66,24 @@ def test_gold_target_quotes_the_gold_passage(searcher):
                                                           eval_fraction=0))
     for e in ds.train:
         target = e.messages[-1]["content"]
-        quote = re.search(r'says "(.+?)" ', target).group(1)
-        idx = int(re.search(r"Passage \[(\d+)\]", target).group(1))
+        parsed = parse_answer(target)
+        idx = int(re.search(r"Passage \[(\d+)\]", parsed.reasoning).group(1))
         blocks = re.split(r"\n\n(?=\[\d+\] )", e.messages[-2]["content"].split("\n\nQuestion:")[0])
-        assert quote in blocks[idx - 1]
         assert e.meta["gold"] in blocks[idx - 1]
+        # The quoted sentence numbers point into the gold passage, at sentences the answer repeats.
+        assert parsed.quote and {p for p, _ in parsed.quote} == {idx}
+        for p, s in parsed.quote:
+            line = next(x for x in blocks[idx - 1].splitlines() if x.startswith(f"({p}.{s}) "))
+            assert overlap(line.split(") ", 1)[1], parsed.answer) >= 0.75
+
+
+def test_quote_sentences_are_the_ones_the_answer_repeats():
+    passage = ("Intro text here. Press the Power button for five seconds. The light blinks. "
+               "Unrelated warranty words.")
+    assert quote_sentences(passage, "Press the Power button for five seconds. The light blinks.") \
+        == [2, 3]
+    # a paraphrase that repeats no sentence well enough still points at the closest one
+    assert quote_sentences(passage, "Hold Power for 5 s") == [2]
 
 
 def test_faq_chunks_are_never_passages(searcher):
@@ -127,54 +141,6 @@ def test_redaction_on_by_default_and_optional(searcher, tmp_path):
     assert ds.counts["redactions"] == {"email": 1, "phone": 1, "card": 1, "iban": 1}
     raw = build_dataset(rows, searcher, DataConfig(p_gold=1.0, eval_fraction=0, redact=False))
     assert "jane.doe@example.com" in json.dumps([e.to_json() for e in raw.train])
-
-
-def test_redaction_keeps_manual_vocabulary():
-    from finetune.redact import redact
-
-    text = "Model QN65Q90RAFXZA, firmware 1.2.3.4, 3840 x 2160 at 120 Hz, PIN 0000, on 2021-05-06."
-    assert redact(text) == (text, {})
-
-
-def test_malformed_rows_reported_with_line_numbers(tmp_path):
-    path = tmp_path / "faq.csv"
-    path.write_text(
-        'question,answer,page\n'
-        'Q one?,"multi\nline answer",3\n'      # lines 2-3
-        'Q two?,,4\n'                          # line 4: empty answer
-        'Q three?,A three,x\n'                 # line 5: bad page, row kept
-        'Q four?,A four,5,extra\n'             # line 6: too many fields
-        'Q five?,A five,6\n'                   # line 7
-    )
-    rows, problems = read_faq(path)
-    assert [r.line for r in rows] == [2, 5, 7]
-    assert rows[1].page is None
-    reported = {p.line: p.reason for p in problems}
-    assert set(reported) == {4, 5, 6}
-    assert "empty answer" in reported[4] and "page" in reported[5] and "more fields" in reported[6]
-    assert str(problems[0]).startswith(f"{path}:4:")
-
-
-def test_jsonl_broken_line(tmp_path):
-    path = tmp_path / "faq.jsonl"
-    path.write_text('{"question": "a?", "answer": "b", "id": 7}\n{broken\n\n[1]\n'
-                    '{"question": "c?", "answer": "d", "page": 2}\n')
-    rows, problems = read_faq(path)
-    assert [(r.line, r.id, r.page) for r in rows] == [(1, "7", None), (5, None, 2)]
-    assert [p.line for p in problems] == [2, 4]
-
-
-def test_missing_columns_and_empty_file(tmp_path):
-    bad = tmp_path / "bad.csv"
-    bad.write_text("q,a\nx,y\n")
-    with pytest.raises(DataError, match="no answer or question column"):
-        read_faq(bad)
-    empty = tmp_path / "empty.csv"
-    empty.write_text("question,answer\n,\n")
-    with pytest.raises(DataError, match="no valid row"):
-        read_faq(empty)
-    with pytest.raises(DataError, match="does not exist"):
-        read_faq(tmp_path / "nope.csv")
 
 
 def test_duplicates_dropped(searcher):

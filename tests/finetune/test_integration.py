@@ -47,7 +47,9 @@ def test_embedded_model_trains_reloads_and_answers(embedded_model_path, tmp_path
     assert type(model).__name__ == "PeftModelForCausalLM"
     text = generate_chat(model, tokenizer, ds.train[0].messages[:-1], max_new_tokens=60)
     parsed = parse_answer(text)
-    # The shared format: a reasoning that quotes the passage and the passage's citation.
-    assert text.startswith("Reasoning:") and "Reset" in parsed.reasoning, text
+    # The shared format (v2): a reasoning naming the passage, the quoted sentence numbers and the
+    # passage's citation.
+    assert text.startswith("Reasoning:") and "Passage [1]" in parsed.reasoning, text
+    assert parsed.quote and parsed.quote[0][0] == 1, text
     assert [c.label() for c in parsed.citations] == ["manual.pdf p.10"], text
     assert not parsed.abstained and not parsed.refused

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from finetune.data import DataConfig, build_dataset, dataset_stats, write_dataset
-from finetune.train import TrainConfigError, main, merge_adapter, parse, train
+from finetune.train import TrainConfigError, main, merge_adapter, parse
 from tests.finetune.conftest import KeywordSearcher, faq_rows_records, manual_chunks
 
 
@@ -234,11 +234,62 @@ def test_early_stopping_needs_best_model(tiny_model_dir, data_dir, tmp_path):
         main(argv)
 
 
-def test_shipped_configs_parse():
-    for name in ("configs/smollm2-cpu.yaml",):
-        data, sft, model_args, speed, _ = parse(["--config", name])
-        assert model_args.load_in_4bit and model_args.use_bnb_nested_quant
-        assert model_args.bnb_4bit_quant_type == "nf4"
-        assert sft.completion_only_loss and sft.load_best_model_at_end
-        assert data.early_stopping_patience > 0
-    assert callable(train)
+def test_shipped_cpu_config_trains_a_whole_epoch_densely():
+    data, sft, model_args, speed, _ = parse(["--config", "configs/smollm2-cpu.yaml"])
+    # Measured fastest on CPU (bench/finetune_cpu.py): dense bf16 LoRA, no dropout masks.
+    assert not model_args.load_in_4bit and model_args.dtype == "bfloat16"
+    assert model_args.lora_dropout == 0.0
+    # At least one epoch: no step cap below it, evaluated before training and to the end.
+    assert sft.num_train_epochs >= 1 and sft.max_steps == -1
+    assert sft.eval_on_start and sft.completion_only_loss and sft.load_best_model_at_end
+    assert data.early_stopping_patience > 0 and data.max_eval_examples == 0
+    # Trains on data built the way the agent prompts.
+    assert data.train_file == "runs/data/emanual/train.jsonl"
+
+
+@pytest.mark.parametrize("name", ["configs/smollm2-gpu.yaml", "configs/llama-3.1-8b-qlora.yaml"])
+def test_gpu_configs_keep_qlora(name):
+    import yaml
+
+    cfg = yaml.safe_load(open(name))
+    # QLoRA (NF4 + double quantisation) stays the default on GPUs, as the design card says.
+    assert cfg["load_in_4bit"] and cfg["use_bnb_nested_quant"] and cfg["bnb_4bit_quant_type"] == "nf4"
+    assert cfg["require_gpu"] and cfg["early_stopping_patience"] > 0
+    assert cfg["load_best_model_at_end"] and cfg["eval_strategy"] == "steps"
+
+
+@pytest.mark.slow  # two processes, about a minute: the multi-GPU launch path, dry-run on CPU
+@pytest.mark.parametrize("launcher", ["accelerate", "torchrun"])
+def test_multi_process_launch_dry_run_on_cpu(tiny_model_dir, data_dir, tmp_path, launcher):
+    """The data-parallel launch, dry-run on CPU (gloo instead of NCCL).
+
+    `accelerate launch --config_file configs/accelerate-multi-gpu.yaml --cpu` runs the config
+    as written (one process: accelerate's CPU launcher starts one); `torchrun --nproc_per_node 2`
+    runs two data-parallel ranks, the launch `accelerate` does on GPUs: each rank trains on its
+    shard of every batch and rank 0 writes the adapter and the report.
+    """
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    out = tmp_path / "run"
+    if launcher == "accelerate":
+        prefix = ["-m", "accelerate.commands.launch", "--config_file",
+                  str(REPO / "configs" / "accelerate-multi-gpu.yaml"), "--cpu",
+                  "--num_processes", "1", "--mixed_precision", "no"]
+        processes = 1
+    else:
+        prefix = ["-m", "torch.distributed.run", "--nproc_per_node", "2"]
+        processes = 2
+    cmd = [sys.executable, *prefix, "-m", "finetune", "train",
+           *train_argv(tiny_model_dir, data_dir, out, "--gradient_checkpointing", "false")]
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((out / "training_report.json").read_text())
+    assert report["global_step"] == 6 and (out / "adapter_model.safetensors").is_file()
+    # Each optimizer step consumes per_device_train_batch_size (2) x processes examples.
+    steps_per_epoch = -(-report["train_examples"] // (2 * processes))
+    assert report["epochs"] == pytest.approx(6 / steps_per_epoch, rel=1e-3)

@@ -55,3 +55,60 @@ def write_jsonl(path: Path, rows: list) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n")
     return path
+
+
+SCANNED_LINES = [
+    "Service bulletin 7: descaling",
+    "The descaling valve of the espresso unit",
+    "must be replaced every eighteen months.",
+    "Order the replacement valve from your dealer.",
+]
+
+
+def scan_image(lines: list[str], size: int = 44, blur: float = 0.0):
+    """A page-sized greyscale image of printed lines: what a scanner hands over."""
+    from PIL import Image, ImageDraw, ImageFilter, ImageFont
+
+    image = Image.new("L", (1275, 1650), 255)  # US Letter at 150 dpi
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default(size=size)
+    for i, line in enumerate(lines):
+        draw.text((120, 160 + i * int(size * 1.8)), line, fill=0, font=font)
+    return image.filter(ImageFilter.GaussianBlur(blur)) if blur else image
+
+
+def scanned_pdf(path: Path, lines: list[str] | None = None, *, text_pages: int = 1,
+                size: int = 44, blur: float = 0.0) -> Path:
+    """A PDF whose first `text_pages` pages have a text layer and whose last page is a scan.
+
+    The scan is text rendered to an image and placed on a page with no text layer, the way a
+    scanner or a "print to image" PDF stores it.
+    """
+    from fpdf import FPDF
+
+    pdf = FPDF(format="letter")
+    pdf.set_font("helvetica", size=12)
+    for n in range(text_pages):
+        pdf.add_page()
+        pdf.multi_cell(0, 8, f"Espresso unit manual, page {n + 1}. Fill the water tank to the "
+                             "MAX mark and press the cup button to brew a coffee.")
+    pdf.add_page()
+    pdf.image(scan_image(lines or SCANNED_LINES, size, blur), x=0, y=0, w=pdf.w, h=pdf.h)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pdf.output(str(path))
+    return path
+
+
+
+def table_pdf(path: Path) -> Path:
+    """A one-page specification sheet with a ruled table drawn column by column."""
+    return _samples().build_spec_sheet(path)
+
+
+def _samples():
+    sys.path.insert(0, str(REPO / "samples"))
+    try:
+        import build_samples
+    finally:
+        sys.path.remove(str(REPO / "samples"))
+    return build_samples

@@ -16,9 +16,17 @@ def test_help_documents_flags_and_exit_codes(capsys):
     assert exit_.value.code == 0
     out = capsys.readouterr().out
     for flag in ("--home", "--embedder", "--chroma-url", "--prune", "--rebuild", "--chunk-size",
-                 "--chunk-overlap", "--quiet", "--json"):
+                 "--chunk-overlap", "--redact", "--no-redact", "--ocr", "--quiet", "--json"):
         assert flag in out
     assert "exit codes:" in out and "some files failed" in out
+    assert "zendesk-export.json" in out and "--ocr on" in out  # examples of the new inputs
+
+
+def test_bad_ocr_mode_is_a_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([str(tmp_path), "--ocr", "sometimes"])
+    assert exit_.value.code == 2
+    assert "invalid choice: 'sometimes'" in capsys.readouterr().err
 
 
 def test_module_entry_point_help_runs():

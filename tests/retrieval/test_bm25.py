@@ -1,16 +1,8 @@
 import pytest
 
-from retrieval.bm25 import BM25Index, stem, tokenize
+from retrieval.bm25 import BM25Index
 
 from .conftest import make_chunks
-
-
-def test_tokenize_lowercases_drops_stop_words_and_stems():
-    assert tokenize("How do I RESET the Routers?") == ["reset", "router"]
-    assert stem("resetting") == stem("resets") == stem("reset") == "reset"
-    assert stem("configured") == stem("configuring") == stem("configure")
-    assert stem("batteries") == "battery"
-    assert tokenize("XJ42 2.4GHz") == ["xj42", "2", "4ghz"]
 
 
 def test_keyword_only_match_ranks_the_chunk_with_the_rare_term_first():
@@ -55,3 +47,9 @@ def test_top_n_is_respected_and_deterministic():
 def test_bad_parameters_are_rejected():
     with pytest.raises(ValueError, match="b"):
         BM25Index([], b=2.0)
+
+
+def test_idf_is_higher_for_rarer_terms_and_highest_for_unseen_ones():
+    index = BM25Index(make_chunks())
+    assert index.idf("xj42") > index.idf("reset") > 0
+    assert index.idf("never-indexed") > index.idf("xj42")

@@ -51,3 +51,36 @@ def test_minilm_vectors_are_normalised_and_paraphrases_are_nearer(minilm):
     similar, unrelated = docs @ query
     assert similar > unrelated + 0.2
     assert minilm.embed_documents([]) == []
+
+
+@pytest.mark.integration
+def test_repeated_queries_come_from_the_cache(minilm, monkeypatch):
+    question = "How do I pair the remote control with the TV?"
+    first = np.array(minilm.embed_query(question))
+    reference = minilm._model.encode([question], normalize_embeddings=True)[0]
+    assert np.abs(first - reference).max() < 1e-5
+    calls = []
+    real_forward = minilm._model.forward
+    monkeypatch.setattr(minilm._model, "forward", lambda f: calls.append(1) or real_forward(f))
+    again = minilm.embed_query(question)
+    assert again == first.tolist() and calls == []  # served from the cache
+    again.append(0.0)  # a caller's change must not reach the cache
+    assert len(minilm.embed_query(question)) == 384
+    minilm.embed_query("A question never asked before")
+    assert calls == [1]
+
+
+@pytest.mark.integration
+def test_passages_in_bfloat16_stay_within_rounding_of_float32(minilm):
+    texts = ["Open Settings > General > Reset and enter the PIN to restore factory settings.",
+             "Bluetooth headphones pair from Settings > Sound > Sound Output."]
+    native = minilm._bf16_documents
+    try:
+        minilm._bf16_documents = False
+        full = np.array(minilm.embed_documents(texts))
+        minilm._bf16_documents = True
+        half = np.array(minilm.embed_documents(texts))
+    finally:
+        minilm._bf16_documents = native
+    assert np.allclose(np.linalg.norm(half, axis=1), 1.0, atol=1e-6)
+    assert (full * half).sum(axis=1).min() > 0.999

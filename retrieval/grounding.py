@@ -1,0 +1,473 @@
+"""Model-free grounding: is each sentence of an answer supported by a retrieved passage?
+
+`verify(answer, question, passages)` splits an answer into claims (its sentences,
+`retrieval.text.sentences`) and checks each against every passage, never only the ones the model
+cited (its citations are hints that break ties). A claim is supported by a passage when, within
+a window of at most `MAX_WINDOW` consecutive sentences of that passage (plus its section
+heading):
+
+1. every anchor of the claim appears: numbers with their units ("10 seconds" never supports
+   "45 seconds" or "4 minutes"; number words count as digits), quoted strings, menu paths
+   (labels in order), URLs/domains/e-mail addresses, and names (UI labels and product names
+   such as "Reset button" or "Dolby Atmos", `retrieval.text.names`);
+2. at least `MIN_COVERAGE` of the claim's distinct content words occur there;
+3. the passage names the question's subject: every name, quoted string and menu path of the
+   question (a passage about the Universal Guide does not support an answer about the Universal
+   Remote);
+4. the passage is not instruction-like (`looks_like_injection`): planted text never supports.
+
+A yes/no answer is a claim about the question: "Yes." to "Does the TV support Dolby Atmos?" is
+checked as "the TV supports Dolby Atmos" (and a "No" needs a window that negates). A claim that
+repeats an instruction-like passage (its URL, or its words) or is itself an instruction ("ignore
+previous instructions") is rejected with that reason.
+
+`choose_quote` picks what to show when no claim survives: the sentences the model selected by
+number (format v2's `Quote`), else the best-ranked sentence (embedding similarity with the
+question plus word overlap) and the sentences that follow it, up to `QUOTE_MAX_SENTENCES` and
+`QUOTE_MAX_WORDS`. `answer_relevance` is the bar any answer, quoted or generated, must reach to
+be shown rather than abstaining: a sentence can be supported by a passage and still not answer
+the question.
+
+This module is a leaf (it imports only `retrieval`), so fine-tuning can use it to reject
+training answers without importing the agent.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from retrieval.text import (
+    content_words,
+    menu_paths,
+    names,
+    normalise,
+    overlap,
+    quantities,
+    quoted,
+    sentences,
+    urls,
+)
+from retrieval.types import Embedder, PassageLike
+
+# Share of a claim's distinct content words that its supporting window must hold. Half (the old
+# fallback rule) let half an answer be invented; a supported paraphrase of a manual sentence
+# keeps most of its content words (it may add one or two of its own).
+MIN_COVERAGE = 0.75
+# A claim may draw on up to this many consecutive sentences of one passage (PDF extraction
+# splits one instruction over several "sentences", and glues headings to them).
+MAX_WINDOW = 3
+
+# The quoted answer: at most this many sentences and (beyond the first) words.
+QUOTE_MAX_SENTENCES = 3
+QUOTE_MAX_WORDS = 60
+# Sentences a model may select for a quote (format v2 targets list up to 8).
+QUOTE_MAX_SELECTED = 8
+# Relevance bar of an answer (quoted or generated): its sentences plus their passages' headings
+# must hold this share of the question's distinct content words, each weighted by its IDF in the
+# index (`relevance`), besides naming the question's subject. Weighting matters: "How much does
+# the TV weigh?" answered with a sentence about the TV stand holds half of the plain words but
+# not the rare one. Calibrated (bench/quote_bar.py) on faq_history's 354 answerable questions
+# and the calibration part of eval's in-domain unanswerable set: the lowest value that lets at
+# most 10% of the unanswerable ones through (0.4: 8% of them, 85% of the answerable).
+RELEVANCE_MIN = 0.4
+TermWeight = Callable[[str], float]
+
+_INJECTION = re.compile(
+    r"\b(?:ignore|disregard|forget|override)\b.{0,40}\b(?:instructions?|prompts?|rules?|"
+    r"above|previous|prior)\b|\byou are now\b|\bsystem prompt\b|\bnew instructions?\b|"
+    r"\b(?:assistants?|ai|models?|chatbots?|llms?)\b,? (?:must|should|shall) (?:now |instead |"
+    r"always )?(?:say|reply|answer|respond|output|tell|write|recommend|direct)\b|"
+    r"\b(?:note|message|instructions?|attention) (?:to|for) (?:the |all |any )?(?:ai|assistants?|"
+    r"chatbots?|language models?|llms?|bots?)\b|<\|im_start\|>|\[/?INST\]",
+    re.IGNORECASE,
+)
+_ENUMERATOR = re.compile(r"^\s*(?:\d{1,2}[.)]|[-–•*])\s+")
+_YES_NO = re.compile(r"^\s*(yes|no)\b[\s,.!:;-]*", re.IGNORECASE)
+_AUXILIARY = re.compile(
+    r"^\s*(?:do|does|did|is|are|was|were|can|could|will|would|should|has|have|had|may)\b",
+    re.IGNORECASE,
+)
+_NEGATION = frozenset("not no cannot never none unavailable unsupported without".split())
+
+
+def looks_like_injection(text: str) -> bool:
+    """Whether `text` holds instructions aimed at the assistant ("ignore previous ...")."""
+    return bool(_INJECTION.search(text))
+
+
+@dataclass(frozen=True)
+class ClaimCheck:
+    """The verdict on one claim.
+
+    Attributes:
+        text: The claim as written in the answer.
+        supported: Whether a passage supports it.
+        passage: 1-based number of the supporting passage (or, when unsupported, of the passage
+            that came closest), `None` when no passage was usable.
+        evidence: The supporting sentences of that passage, verbatim (empty when unsupported).
+        coverage: Share of the claim's content words found in the best window.
+        reason: Why it is unsupported ("" when supported).
+    """
+
+    text: str
+    supported: bool
+    passage: int | None = None
+    evidence: tuple[str, ...] = ()
+    coverage: float = 0.0
+    reason: str = ""
+
+
+def question_subjects(question: str) -> list[str]:
+    """What a supporting passage must name: the question's names, quoted strings and menu paths
+    (normalised)."""
+    out = list(names(question))
+    out += [normalise(q) for q in quoted(question)]
+    out += [" ".join(path) for path in menu_paths(question)]
+    return [s for s in dict.fromkeys(out) if s]
+
+
+def _has(haystack: str, needle: str) -> bool:
+    return f" {needle} " in f" {haystack} "
+
+
+def _has_path(haystack: str, labels: list[str]) -> bool:
+    position = 0
+    padded = f" {haystack} "
+    for label in labels:
+        found = padded.find(f" {label} ", position)
+        if found < 0:
+            return False
+        position = found + len(label) + 1
+    return True
+
+
+@dataclass(frozen=True)
+class _Anchors:
+    quantities: tuple
+    quoted: tuple[str, ...]
+    paths: tuple[tuple[str, ...], ...]
+    urls: tuple[str, ...]
+    names: tuple[str, ...]
+
+    @classmethod
+    def of(cls, text: str) -> _Anchors:
+        return cls(tuple(quantities(text)), tuple(normalise(q) for q in quoted(text)),
+                   tuple(tuple(p) for p in menu_paths(text)),
+                   tuple(normalise(u) for u in urls(text)), tuple(names(text)))
+
+    def missing(self, window: str, window_quantities: set) -> str | None:
+        """The first anchor absent from the (normalised) window, as shown to a reader."""
+        values = {q.value for q in window_quantities}
+        for q in self.quantities:
+            if (q not in window_quantities) if q.unit else (q.value not in values):
+                return f'"{q}"'
+        for item in (*self.quoted, *self.urls):
+            if not _has(window, item):
+                return f'"{item}"'
+        for path in self.paths:
+            if not _has_path(window, list(path)):
+                return f'"{" > ".join(path)}"'
+        for item in self.names:
+            if not _has(window, item):
+                return f'"{item}"'
+        return None
+
+
+@dataclass
+class _Sentence:
+    text: str
+    norm: str
+    words: set[str]
+    quantities: set
+
+
+def _prepare(passage: PassageLike) -> tuple[list[_Sentence], str, set[str]]:
+    sents = sentences(passage.text) or [passage.text.strip()]
+    heading = passage.citation.section or ""
+    return ([_Sentence(s, normalise(s), set(content_words(s)), set(quantities(s)))
+             for s in sents], normalise(heading), set(content_words(heading)))
+
+
+def _claim_text(claim: str, question: str) -> tuple[str, bool]:
+    """The text to check for `claim` and whether it asserts a negative yes/no answer."""
+    text = _ENUMERATOR.sub("", claim).strip()
+    m = _YES_NO.match(text)
+    if not m:
+        return text, False
+    rest = text[m.end():]
+    negative = m.group(1).lower() == "no"
+    if _AUXILIARY.match(question):
+        # "Yes." to "Does the TV support X?" claims that the TV supports X.
+        proposition = _AUXILIARY.sub("", question).strip().rstrip("?")
+        return f"{proposition}. {rest}".strip(), negative
+    return rest, negative
+
+
+def check_claim(
+    claim: str,
+    question: str,
+    passages: Sequence[PassageLike],
+    hints: Sequence[int] = (),
+) -> ClaimCheck:
+    """Check one claim against every passage (see the module docstring for the rules).
+
+    Args:
+        claim: One sentence of an answer.
+        question: The question it answers (its subject must be named by the passage).
+        passages: The retrieved passages, numbered from 1 in this order.
+        hints: 1-based numbers of passages the model cited; they win ties, never decide.
+
+    Returns:
+        The verdict, with the supporting passage and sentences when supported.
+    """
+    text, negative = _claim_text(claim, question)
+    if looks_like_injection(text):
+        return ClaimCheck(claim, False, reason="is an instruction to the assistant, not an answer")
+    words = set(content_words(text))
+    if not words:
+        return ClaimCheck(claim, False, reason="states nothing that a passage could support")
+    anchors = _Anchors.of(text)
+    subjects = question_subjects(question)
+    best: tuple | None = None  # (coverage, hinted, -window, passage, evidence)
+    closest: tuple[float, int, str] | None = None  # (coverage, passage, why not)
+    planted: int | None = None
+    for number, passage in enumerate(passages, start=1):
+        if looks_like_injection(passage.text):
+            if overlap(text, passage.text) >= MIN_COVERAGE or any(
+                    _has(normalise(passage.text), u) for u in anchors.urls):
+                planted = planted or number
+            continue
+        sents, heading, heading_words = _prepare(passage)
+        whole = " ".join(s.norm for s in sents) + " " + heading
+        missing_subject = next((s for s in subjects if not _has(whole, s)), None)
+        for start in range(len(sents)):
+            for size in range(1, MAX_WINDOW + 1):
+                window = sents[start : start + size]
+                if len(window) < size:
+                    break
+                held = set().union(heading_words, *(s.words for s in window))
+                coverage = len(words & held) / len(words)
+                norm = " ".join(s.norm for s in window) + " " + heading
+                why = None
+                if missing_subject:
+                    why = f'does not name "{missing_subject}" (the question\'s subject)'
+                elif coverage < MIN_COVERAGE:
+                    why = (f"holds only {coverage:.0%} of its content words (needs "
+                           f"{MIN_COVERAGE:.0%})")
+                elif (gap := anchors.missing(norm, set().union(*(s.quantities for s in window)))):
+                    why = f"does not contain {gap}"
+                elif negative and not _NEGATION & set(norm.split()):
+                    why = "does not say no: a 'no' needs a passage that negates"
+                if why is None:
+                    key = (coverage, number in hints, -size, -number)
+                    if best is None or key > best[:4]:
+                        best = (*key, tuple(s.text for s in window))
+                elif closest is None or coverage > closest[0]:
+                    closest = (coverage, number, why)
+    if best is not None:
+        return ClaimCheck(claim, True, passage=-best[3], evidence=best[4], coverage=best[0])
+    if planted is not None:
+        return ClaimCheck(claim, False, passage=planted,
+                          reason=f"repeats an instruction planted in passage [{planted}]")
+    if closest is None:
+        return ClaimCheck(claim, False, reason="no passage can support it (none usable)")
+    coverage, number, why = closest
+    return ClaimCheck(claim, False, passage=number, coverage=coverage,
+                      reason=f"passage [{number}], the closest, {why}")
+
+
+def split_claims(answer: str) -> list[str]:
+    """The claims of an answer: its sentences."""
+    return sentences(answer)
+
+
+def verify(
+    answer: str,
+    question: str,
+    passages: Sequence[PassageLike],
+    hints: Sequence[int] = (),
+) -> list[ClaimCheck]:
+    """Check every sentence of `answer` against `passages` (see `check_claim`).
+
+    Returns:
+        One verdict per claim, in answer order.
+    """
+    return [check_claim(c, question, passages, hints) for c in split_claims(answer)]
+
+
+# --------------------------------------------------------------------------- quoted answers
+
+
+@dataclass(frozen=True)
+class Quote:
+    """Sentences to show verbatim, from one passage.
+
+    Attributes:
+        passage: 1-based passage number.
+        sentences: 1-based numbers of the quoted sentences in that passage, in order.
+        texts: The sentences, verbatim.
+        selected_by: `"model"` (numbers the model wrote) or `"ranker"`.
+    """
+
+    passage: int
+    sentences: tuple[int, ...]
+    texts: tuple[str, ...]
+    selected_by: str = "ranker"
+
+    @property
+    def text(self) -> str:
+        """The quoted sentences joined by spaces."""
+        return " ".join(self.texts)
+
+
+def relevance(question: str, text: str, weight: TermWeight | None = None) -> float:
+    """Share of the question's distinct content words found in `text`, each weighted by
+    `weight(word)` (the index's IDF; `None`: all words count the same). 0.0 for a question
+    without content words."""
+    words = set(content_words(question))
+    found = set(content_words(text))
+    weights = {w: weight(w) if weight else 1.0 for w in words}
+    total = sum(weights.values())
+    return sum(v for w, v in weights.items() if w in found) / total if total else 0.0
+
+
+def unusable_passages(question: str, passages: Sequence[PassageLike],
+                      numbers: Sequence[int]) -> str | None:
+    """Why the passages `numbers` (1-based) cannot carry an answer to `question` (one is
+    instruction-like, or none names a subject of the question), or `None`."""
+    for p in numbers:
+        if looks_like_injection(passages[p - 1].text):
+            return f"passage [{p}] is instruction-like"
+    wholes = " ".join(normalise(passages[p - 1].text + " " + (passages[p - 1].citation.section
+                                                              or "")) for p in numbers)
+    missing = next((s for s in question_subjects(question) if not _has(wholes, s)), None)
+    if missing:
+        return f'no passage it comes from names "{missing}" (the question\'s subject)'
+    return None
+
+
+def answer_relevance(
+    question: str,
+    passages: Sequence[PassageLike],
+    shown: Sequence[tuple[int, str]],
+    weight: TermWeight | None = None,
+) -> str | None:
+    """Why the sentences `shown` (`(passage number, text)` pairs) do not answer `question` well
+    enough to be shown, or `None` when they do.
+
+    The bar: no sentence comes from an instruction-like passage, every question subject
+    (`question_subjects`) is named by one of their passages, and the sentences plus their
+    passages' headings reach `RELEVANCE_MIN` (`relevance`).
+    """
+    numbers = list(dict.fromkeys(p for p, _ in shown))
+    why = unusable_passages(question, passages, numbers)
+    if why:
+        return why
+    headings = " ".join(passages[p - 1].citation.section or "" for p in numbers)
+    share = relevance(question, " ".join(t for _, t in shown) + " " + headings, weight)
+    if share < RELEVANCE_MIN:
+        return (f"it holds {share:.0%} of the question's (IDF-weighted) content words (needs "
+                f"{RELEVANCE_MIN:.0%})")
+    return None
+
+
+def quote_relevance(
+    question: str, passages: Sequence[PassageLike], quote: Quote, weight: TermWeight | None = None
+) -> str | None:
+    """Why `quote` does not answer `question` well enough to be shown (`answer_relevance`), or
+    `None` when it does."""
+    return answer_relevance(question, passages, [(quote.passage, t) for t in quote.texts], weight)
+
+
+def selected_quotes(selection: Sequence[tuple[int, int]],
+                    passages: Sequence[PassageLike]) -> list[Quote]:
+    """The model's sentence selection as quotes, one per passage, invalid numbers dropped."""
+    by_passage: dict[int, list[int]] = {}
+    for p, s in list(selection)[:QUOTE_MAX_SELECTED]:
+        if 1 <= p <= len(passages):
+            n_sentences = len(sentences(passages[p - 1].text) or [passages[p - 1].text])
+            if 1 <= s <= n_sentences:
+                by_passage.setdefault(p, []).append(s)
+    out = []
+    for p, numbers in by_passage.items():
+        sents = sentences(passages[p - 1].text) or [passages[p - 1].text.strip()]
+        numbers = sorted(set(numbers))
+        out.append(Quote(p, tuple(numbers), tuple(sents[s - 1] for s in numbers), "model"))
+    return out
+
+
+def rank_sentences(
+    question: str, passages: Sequence[PassageLike], embedder: Embedder | None = None
+) -> list[tuple[float, int, int]]:
+    """Every sentence of the usable passages scored against the question, best first.
+
+    Score: word overlap with the question (`retrieval.text.overlap`) plus, with an embedder,
+    the cosine similarity of the sentence and question vectors.
+
+    Returns:
+        `(score, passage, sentence)` triples, numbers 1-based.
+    """
+    items = [(p, s, text) for p, passage in enumerate(passages, start=1)
+             if not looks_like_injection(passage.text)
+             for s, text in enumerate(sentences(passage.text) or [passage.text.strip()], start=1)]
+    if not items:
+        return []
+    scores = [overlap(question, text) for _, _, text in items]
+    if embedder is not None:
+        import numpy as np
+
+        vectors = np.asarray(embedder.embed_documents([text for _, _, text in items]))
+        query = np.asarray(embedder.embed_query(question))
+        norms = np.linalg.norm(vectors, axis=1) * (np.linalg.norm(query) or 1.0)
+        cosine = vectors @ query / np.where(norms == 0, 1.0, norms)
+        scores = [a + float(b) for a, b in zip(scores, cosine, strict=True)]
+    ranked = sorted(zip(scores, items, strict=True), key=lambda t: (-t[0], t[1][0], t[1][1]))
+    return [(score, p, s) for score, (p, s, _) in ranked]
+
+
+def ranked_quote(
+    question: str, passages: Sequence[PassageLike], embedder: Embedder | None = None
+) -> Quote | None:
+    """The best-ranked sentence and the ones that follow it in its passage (up to
+    `QUOTE_MAX_SENTENCES` sentences and `QUOTE_MAX_WORDS` words), or `None`."""
+    ranked = rank_sentences(question, passages, embedder)
+    if not ranked:
+        return None
+    _, p, s = ranked[0]
+    sents = sentences(passages[p - 1].text) or [passages[p - 1].text.strip()]
+    numbers, words = [s], len(sents[s - 1].split())
+    for j in range(s + 1, len(sents) + 1):
+        if len(numbers) >= QUOTE_MAX_SENTENCES or words + len(sents[j - 1].split()) > QUOTE_MAX_WORDS:
+            break
+        numbers.append(j)
+        words += len(sents[j - 1].split())
+    return Quote(p, tuple(numbers), tuple(sents[j - 1] for j in numbers), "ranker")
+
+
+def choose_quote(
+    question: str,
+    passages: Sequence[PassageLike],
+    selection: Sequence[tuple[int, int]] = (),
+    embedder: Embedder | None = None,
+    weight: TermWeight | None = None,
+) -> tuple[list[Quote], str]:
+    """What to quote when no generated claim survives, and why not when nothing qualifies.
+
+    The model's selection (its quotes that reach `quote_relevance`) comes first; otherwise the
+    ranker's quote if it reaches the bar.
+
+    Returns:
+        `(quotes, reason)`: the quotes to show (empty when none reaches the bar) and, when
+        empty, why.
+    """
+    chosen = [q for q in selected_quotes(selection, passages)
+              if quote_relevance(question, passages, q, weight) is None]
+    if chosen:
+        return chosen, ""
+    ranked = ranked_quote(question, passages, embedder)
+    if ranked is None:
+        return [], "no usable passage"
+    why = quote_relevance(question, passages, ranked, weight)
+    return ([], why) if why else ([ranked], "")

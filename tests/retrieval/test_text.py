@@ -1,0 +1,91 @@
+"""The one text module: words, stems, content words, sentences, overlap and anchors."""
+
+from retrieval.text import (
+    Quantity,
+    content_words,
+    keywords,
+    menu_paths,
+    names,
+    normalise,
+    overlap,
+    quantities,
+    quoted,
+    sentences,
+    stem,
+    urls,
+)
+
+
+def test_content_words_lowercase_drop_stop_words_and_stem():
+    assert content_words("How do I RESET the Routers?") == ["reset", "router"]
+    assert stem("resetting") == stem("resets") == stem("reset") == "reset"
+    assert stem("configured") == stem("configuring") == stem("configure")
+    assert stem("batteries") == "battery"
+    assert content_words("XJ42 2.4GHz") == ["xj42", "2", "4ghz"]
+    # contraction fragments and question filler carry no topic
+    assert content_words("Please tell me, is it possible? I don't know") == []
+    assert keywords("Could you tell me how the factory reset works?") == ["factory", "reset",
+                                                                          "works"]
+
+
+def test_normalise_ignores_case_punctuation_and_spacing():
+    assert normalise("  The TV's  Wi-Fi:\tOFF! ") == "the tv s wi fi off"
+    assert normalise("snake_case") == "snake case"
+
+
+def test_overlap_counts_distinct_content_words_of_the_first_text():
+    assert overlap("hold the reset buttons", "Press and hold the Reset button.") == 1.0
+    assert overlap("hold reset for four minutes", "hold reset") == 0.5
+    assert overlap("the of and", "anything") == 0.0
+
+
+def test_sentences_keep_enumerations_abbreviations_and_decimals_together():
+    text = ("1. Turn off your modem. 2. Connect the WAN port (see p. 4). Wait approx. two "
+            "minutes, e.g. for the LED. Speed is 2.4 GHz! Done?\nNext line")
+    assert sentences(text) == [
+        "1. Turn off your modem.", "2. Connect the WAN port (see p. 4).",
+        "Wait approx. two minutes, e.g. for the LED.", "Speed is 2.4 GHz!", "Done?", "Next line",
+    ]
+    assert sentences("") == []
+
+
+def test_quantities_read_number_words_and_canonical_units():
+    found = quantities("Hold for ten seconds (10 s), then 4 minutes; 2.4GHz, 12 V / 1.5 A, 90%, "
+                       "192.168.8.1 at 02:00, 1 to 24 hours, a 10-second press, 1,000 items.")
+    assert found == [
+        Quantity("10", "second"), Quantity("10", "second"), Quantity("4", "minute"),
+        Quantity("2.4", "ghz"), Quantity("12", "v"), Quantity("1.5", "a"),
+        Quantity("90", "percent"), Quantity("192.168.8.1"), Quantity("02:00"), Quantity("1"),
+        Quantity("24", "hour"), Quantity("10", "second"), Quantity("1000"),
+    ]
+    # digits inside names and number words inside other words are not quantities
+    assert quantities("The AX3000 and someone onerous") == []
+
+
+def test_quoted_strings_but_not_apostrophes():
+    text = "Refer to 'Using the APPS Service.' and press \"Reset\"; don't worry, it's fine."
+    assert quoted(text) == ["Using the APPS Service", "Reset"]
+
+
+def test_menu_paths_as_label_lists():
+    assert menu_paths("Settings >General> Network >Open Network Settings> Wireless.") == [
+        ["settings", "general", "network", "open network settings", "wireless"]]
+    assert menu_paths("In the admin console open Wireless > Basic Settings and click Save.") \
+        == [["wireless", "basic settings"]]
+    assert menu_paths("Open Wireless > Security.") == [["wireless", "security"]]
+    assert menu_paths("No path here.") == []
+
+
+def test_urls_domains_and_emails():
+    assert urls("Visit evil.example.com now, or http://192.168.8.1/admin. Mail bob@x.org.") == [
+        "evil.example.com", "http://192.168.8.1/admin", "bob@x.org"]
+    assert urls("Press the Reset button. The end.") == []
+
+
+def test_names_are_capitalised_runs_with_their_ui_noun():
+    assert names("Does the TV support Dolby Atmos?") == ["tv", "dolby atmos"]
+    assert names("What is Universal remote?") == ["universal remote"]
+    assert names("Press the Home button. The Universal Guide app lists content.") == [
+        "home button", "universal guide app"]
+    # sentence-initial words are capitalised for grammar; all-caps and mixed case still count
+    assert names("Select an option. HDMI works. AirPlay is fun.") == ["hdmi", "airplay"]
