@@ -50,6 +50,17 @@ Commands:
   Ctrl-D     exit (the session is saved; resume it with --session ID)"""
 
 
+EXAMPLES = """\
+examples:
+  python -m agent                                        # chat over ./.casewise
+  python -m agent --session ticket-42                    # resume a saved conversation
+  python -m agent ask "How do I reset the router?"
+  python -m agent ask "How do I reset the router?" --json --adapter runs/smollm2-faq
+  python -m agent --llm-url http://localhost:8000/v1 --llm-model meta-llama/Llama-3.1-8B-Instruct
+  python -m agent ask "..." --chroma-url http://chroma.internal:8000
+  python -m agent serve --help                           # the REST service"""
+
+
 def _add_common(parser: argparse.ArgumentParser, suppress: bool) -> None:
     # On the subcommand the defaults are suppressed so that flags given before the subcommand
     # (`python -m agent --home X ask ...`) are not overwritten by the subparser's defaults.
@@ -57,6 +68,9 @@ def _add_common(parser: argparse.ArgumentParser, suppress: bool) -> None:
     g = parser.add_argument_group("index and model")
     g.add_argument("--home", default=d(None), help="index directory (default: CASEWISE_HOME or "
                    "./.casewise)")
+    g.add_argument("--chroma-url", default=d(None), metavar="URL",
+                   help="Chroma server holding the index, e.g. http://localhost:8000 (default "
+                   "CASEWISE_CHROMA_URL, else the embedded store under --home)")
     g.add_argument("--model", default=d("default"), help="local base model: 'default' "
                    "(embedded SmolLM2-135M-Instruct), a model directory or a hub id")
     g.add_argument("--adapter", default=d(None), metavar="PATH",
@@ -88,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m agent",
         description="Ask the support assistant. Without a subcommand: interactive chat.",
-        epilog=HELP,
+        epilog=HELP + "\n\n" + EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_common(parser, suppress=False)
@@ -96,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     chat = sub.add_parser("chat", help="interactive chat (the default)", epilog=HELP,
                           formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_common(chat, suppress=True)
-    ask = sub.add_parser("ask", help="answer one question and exit")
+    ask = sub.add_parser("ask", help="answer one question and exit", epilog=EXAMPLES,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
     ask.add_argument("question", help="the question (quote it)")
     ask.add_argument("--json", action="store_true",
                      help="print one JSON object: answer, mode (generated, quoted, abstained, "
@@ -229,6 +244,11 @@ def make_llm(args: argparse.Namespace) -> ChatBackend:
                          backend=args.backend)
 
 
+def resolve_settings(args: argparse.Namespace) -> Settings:
+    """The settings the flags name (`--home`, `--chroma-url`), over the environment's."""
+    return Settings.resolve(home=args.home, chroma_url=args.chroma_url)
+
+
 def apply_reset_memory(args: argparse.Namespace, settings: Settings) -> None:
     """`--reset-memory`: move the memory file aside (once: the flag is cleared) and say where."""
     if args.reset_memory:
@@ -256,7 +276,7 @@ def build_assistant(args: argparse.Namespace, llm: ChatBackend | None = None) ->
         warning = adapter_format_warning(args.adapter)
         if warning:
             print(f"warning: {warning}", file=sys.stderr)
-    settings = Settings.resolve(home=args.home)
+    settings = resolve_settings(args)
     apply_reset_memory(args, settings)
     assistant = Assistant.from_settings(settings, llm, top_k=args.top_k,
                                         faq_threshold=args.faq_threshold,

@@ -69,7 +69,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from agent.api import Assistant
-from agent.cli import apply_reset_memory, build_assistant, make_llm
+from agent.cli import apply_reset_memory, build_assistant, make_llm, resolve_settings
 from agent.feedback import FEEDBACK_FILE, FeedbackStore, UnknownAnswerError
 from agent.llm import ChatBackend, LlamaCppChatModel, LocalChatModel, OpenAIChatModel
 from agent.state import MODES
@@ -954,7 +954,7 @@ def build_service(args: argparse.Namespace, keys: KeyRing, config: ServeConfig) 
         llm.load()  # a wrong model or adapter path fails before the server listens
     served = llm if isinstance(llm, OpenAIChatModel) else _OneAtATime(llm)
     assistant = build_assistant(args, llm=served)
-    settings = Settings.resolve(home=args.home)
+    settings = resolve_settings(args)
     try:
         feedback = FeedbackStore(settings.home / FEEDBACK_FILE)
     except CasewiseError:
@@ -1008,7 +1008,7 @@ def run_serve(args: argparse.Namespace) -> int:
             f"use the assistant. Create a key (`python -m agent serve --api-keys keys.txt "
             f"--new-key helpdesk`) and pass --api-keys keys.txt, or set {ENV_API_KEYS}")
     _check_port(config.host, config.port)
-    settings = Settings.resolve(home=args.home)
+    settings = resolve_settings(args)
     apply_reset_memory(args, settings)  # here, once, not again by each worker
     where = f"http://{config.host}:{config.port}"
     auth = f"{len(keys)} API key(s)" if len(keys) else "no API keys (loopback only)"

@@ -30,6 +30,12 @@ def _data_parser(sub) -> None:
         help="build RAFT-style training data from an FAQ history and the index",
         description="Build retrieval-augmented chat examples (train.jsonl, eval.jsonl, "
         "stats.json) from an FAQ/ticket history and the document index.",
+        epilog="examples:\n"
+        "  python -m finetune data --faq history.csv --home .casewise --out data/faq\n"
+        "  python -m finetune data --faq zendesk_export.json --out data/faq --k 3 "
+        "--max-passage-chars 0\n"
+        "  python -m finetune data --faq feedback.jsonl --out data/feedback --synthetic 200",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--faq", required=True, help="ticket history: CSV or JSONL (question,answer"
                    "[,id,section,page]) or a help-desk export (Zendesk JSON, Freshdesk CSV, "
@@ -69,6 +75,10 @@ def _merge_parser(sub) -> None:
         "merge",
         help="merge a LoRA adapter into its base model",
         description="Write base model + adapter as one dense model (safetensors + tokenizer).",
+        epilog="examples:\n"
+        "  python -m finetune merge --adapter runs/smollm2-faq --out runs/smollm2-faq-merged\n"
+        "  python -m agent --model runs/smollm2-faq-merged      # chat with the merged model",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--adapter", required=True, help="adapter directory (output of train)")
     p.add_argument("--out", required=True, help="output directory for the merged model")
@@ -108,7 +118,10 @@ def _export_parser(sub) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The `python -m finetune` parser (the `train` subcommand has its own TRL parser)."""
-    parser = argparse.ArgumentParser(prog="python -m finetune", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m finetune", description=__doc__.split("\n")[0],
+        epilog="examples:\n" + __doc__.split("\n\n")[1].replace("    python", "  python"),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     _data_parser(sub)
     sub.add_parser("train", help="fine-tune with QLoRA/LoRA (python -m finetune train --help)",

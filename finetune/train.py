@@ -20,6 +20,7 @@ LoRA support), the tokenizer, `training_config.yaml` (every resolved setting), `
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -685,6 +686,14 @@ def _check_gpu_requirement(argv: list[str], config_path: str) -> None:
         )
 
 
+EXAMPLES = """examples:
+  python -m finetune train --config configs/smollm2-cpu.yaml                 # 2 CPU cores
+  python -m finetune train --config configs/smollm2-gpu.yaml --output_dir runs/smollm2-gpu
+  python -m finetune train --config configs/llama-3.1-8b-qlora.yaml         # production, GPU
+  python -m finetune train --config configs/smollm2-cpu.yaml --num_train_epochs 2 --max_train_minutes 30
+"""
+
+
 def parse(argv: Sequence[str]):
     """Parse `argv` with `TrlParser` into `(DataArgs, SFTConfig, ModelConfig, SpeedArgs, path)`.
 
@@ -699,7 +708,8 @@ def parse(argv: Sequence[str]):
         raise TrainConfigError(f"config file {config_path} does not exist: see configs/*.yaml")
     _check_gpu_requirement(argv, config_path)
     parser = TrlParser((DataArgs, SFTConfig, ModelConfig, SpeedArgs),
-                       prog="python -m finetune train")
+                       prog="python -m finetune train", epilog=EXAMPLES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     try:
         data, sft, model_args, speed = parser.parse_args_and_config(args=argv)
     except ValueError as e:

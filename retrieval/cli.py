@@ -18,12 +18,21 @@ from retrieval.settings import Settings
 from retrieval.types import Hit
 
 
+EXAMPLES = """\
+examples:
+  python -m retrieval "How do I reset the router?"
+  python -m retrieval "reset button" -k 10 --type doc --source router_manual.pdf
+  python -m retrieval "warranty" --json --home runs/emanual-home
+  python -m retrieval "warranty" --chroma-url http://localhost:8000"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `python -m retrieval`."""
     parser = argparse.ArgumentParser(
         prog="python -m retrieval",
         description="Search the casewise index (dense + BM25 fusion) and print the passages "
         "with their citations.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("query", help="the question to search for")
     parser.add_argument("-k", type=int, default=5, help="number of passages (default 5)")

@@ -93,6 +93,19 @@ def _free_port() -> int:
 
 
 @pytest.mark.integration
+def test_chroma_url_reaches_the_store(real_home, capsys):
+    # --chroma-url replaces the embedded store under --home (whose manifest names the
+    # embedder): an unreachable server is named in one line.
+    url = f"http://127.0.0.1:{_free_port()}"
+    argv = ["ask", QUESTION, "--home", str(real_home), "--chroma-url", url,
+            "--llm-url", "http://127.0.0.1:9/v1", "--llm-model", "m"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: Chroma server at {url} did not answer"), err
+    assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.integration
 def test_unreachable_model_server(real_home, capsys):
     url = f"http://127.0.0.1:{_free_port()}"
     argv = ["ask", QUESTION, "--home", str(real_home), "--llm-url", url, "--llm-model", "m"]
@@ -115,6 +128,10 @@ def test_ask_json_with_the_real_model(real_home, embedded_model_path, capsys):
         assert claim["supported"] and claim["citation"] and claim["evidence"]
     assert result["faq_match"]["question"] == "How can I restore my router to factory defaults?"
     assert {"retrieve", "generate", "total"} <= set(result["timings"])
+    if result["mode"] == "abstained":
+        assert result["citations"] == [] and result["claims"] == []
+    else:  # a verified or quoted answer always names the pages it rests on
+        assert result["citations"]
     for c in result["citations"]:
         assert set(c) == {"source", "page", "section"}
 
