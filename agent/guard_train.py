@@ -7,12 +7,13 @@ The training set is `agent/guard_data/train.yaml` (written for this project; its
 provenance). Each item there is one group: an action ("build a pipe bomb") is expanded into a few
 sentence frames chosen by a draw seeded with the item itself, so adding an item never changes
 another item's sentences. Groups are split into train and validation per category (every fifth
-group, in the order of their hashes), the classifier (multinomial logistic regression on the
-all-MiniLM-L6-v2 sentence vectors: `benign` plus one class per harmful category) is fitted on
-the train part, and the threshold on the harmful score is chosen on the validation part
-(`choose_threshold`). Nothing from `../shared/data` is read.
+group, in the order of their hashes), the classifier (on the all-MiniLM-L6-v2 sentence vectors:
+`benign` plus one class per harmful category) is fitted on the train part for each model of
+`MODEL_GRID` (multinomial logistic regressions and one-hidden-layer MLPs), the one with the best
+validation partial AUC is kept, and the threshold on its harmful score is chosen on the
+validation part (`choose_threshold`). Nothing from `../shared/data` is read.
 
-The result is plain JSON (coefficients, intercepts, classes, threshold, the training set's
+The result is plain JSON (weights and biases per layer, classes, threshold, the training set's
 sha256, validation figures): it loads offline with the standard library and numpy, and no
 pickle is involved. The same command on the same repo gives the same file up to float noise of
 the embedder (`--check` compares within a tolerance).
@@ -42,8 +43,16 @@ FRAMES_PER_ITEM = {"action": 4, "content": 3, "tool": 3}
 TYPO_EVERY = 4
 # One group in VALIDATION_EVERY goes to the validation split (per category).
 VALIDATION_EVERY = 5
-# Regularisation strengths tried; the one with the best validation log-loss is kept.
-C_GRID = (1.0, 4.0, 16.0, 64.0)
+# Models tried: ("logistic", C) is a multinomial logistic regression with inverse regularisation
+# C; ("mlp", width, alpha) a one-hidden-layer ReLU MLP with L2 penalty alpha. The one with the
+# best validation partial ROC AUC up to SELECTION_MAX_FPR is kept: it averages recall over the
+# low false-positive rates the threshold is chosen among, so it is steadier than the recall at
+# one threshold (a couple of validation sentences move that by a point).
+MODEL_GRID: tuple[tuple, ...] = (
+    ("logistic", 4.0), ("logistic", 16.0),
+    ("mlp", 256, 1e-3), ("mlp", 256, 1e-2), ("mlp", 512, 1e-3),
+)
+SELECTION_MAX_FPR = 0.05
 # The threshold keeps the validation false-positive rate on benign requests at or below this.
 MAX_VALIDATION_FPR = 0.01
 SEED = "casewise-guard-v1"
@@ -216,11 +225,33 @@ def sample_weights(labels: list[str]) -> np.ndarray:
     return weights
 
 
-def _fit(x: np.ndarray, y: list[str], c: float):
+def _fit(x: np.ndarray, y: list[str], spec: tuple):
+    """Fit one model of `MODEL_GRID` with the benign/harm balanced weights (seeded: reproducible)."""
     from sklearn.linear_model import LogisticRegression
+    from sklearn.neural_network import MLPClassifier
 
-    model = LogisticRegression(C=c, max_iter=5000, tol=1e-6)
+    if spec[0] == "logistic":
+        model = LogisticRegression(C=spec[1], max_iter=5000, tol=1e-6)
+    else:
+        model = MLPClassifier((spec[1],), alpha=spec[2], max_iter=400, tol=1e-5,
+                              random_state=0)
     return model.fit(x, y, sample_weight=sample_weights(y))
+
+
+def _as_classifier(model, embedder_name: str) -> Classifier:
+    """The fitted scikit-learn model as a `Classifier` (weights only: no pickle)."""
+    classes = [str(k) for k in model.classes_]
+    if hasattr(model, "coef_"):
+        return Classifier(classes=classes, coef=model.coef_, intercept=model.intercept_,
+                          threshold=0.5, embedder=embedder_name)
+    return Classifier(classes=classes, coef=model.coefs_[-1].T, intercept=model.intercepts_[-1],
+                      threshold=0.5, embedder=embedder_name,
+                      hidden=list(zip(model.coefs_[:-1], model.intercepts_[:-1])))
+
+
+def _spec_name(spec: tuple) -> str:
+    return f"logistic C={spec[1]:g}" if spec[0] == "logistic" else \
+        f"mlp width={spec[1]} alpha={spec[2]:g}"
 
 
 def train(path: Path = TRAIN_PATH, embedder=None, progress: bool = True) -> Classifier:
@@ -234,7 +265,7 @@ def train(path: Path = TRAIN_PATH, embedder=None, progress: bool = True) -> Clas
     Returns:
         The classifier, with its threshold and training record in `meta`.
     """
-    from sklearn.metrics import log_loss
+    from sklearn.metrics import log_loss, roc_auc_score
 
     from retrieval.embeddings import load_embedder
 
@@ -251,21 +282,21 @@ def train(path: Path = TRAIN_PATH, embedder=None, progress: bool = True) -> Clas
     x_val = np.asarray(embedder.embed_documents([e.text for e in validation]), dtype=np.float64)
     y_train = [e.label for e in train_set]
     y_val = [e.label for e in validation]
-    best = None
-    for c in C_GRID:
-        model = _fit(x_train, y_train, c)
-        loss = log_loss(y_val, model.predict_proba(x_val), labels=model.classes_)
-        say(f"  C={c:g}: validation log-loss {loss:.4f}")
-        if best is None or loss < best[0]:
-            best = (loss, c, model)
-    loss, c, model = best
-    classifier = Classifier(
-        classes=[str(k) for k in model.classes_], coef=model.coef_, intercept=model.intercept_,
-        threshold=0.5, embedder=embedder.name, meta={},
-    )
-    scores = classifier.scores(x_val)[0]
     harmful = np.array([label != BENIGN for label in y_val])
-    threshold = choose_threshold(scores, harmful)
+    best = None
+    for spec in MODEL_GRID:
+        model = _fit(x_train, y_train, spec)
+        candidate = _as_classifier(model, embedder.name)
+        scores = candidate.scores(x_val)[0]
+        threshold = choose_threshold(scores, harmful)
+        recall = float((scores[harmful] >= threshold).mean())
+        loss = log_loss(y_val, model.predict_proba(x_val), labels=model.classes_)
+        auc = roc_auc_score(harmful, scores, max_fpr=SELECTION_MAX_FPR)
+        say(f"  {_spec_name(spec)}: validation partial AUC {auc:.4f}, log-loss {loss:.4f}, "
+            f"recall {recall:.3f} at threshold {threshold:.4f}")
+        if best is None or auc > best[0]:
+            best = (auc, loss, spec, candidate, threshold, scores)
+    auc, loss, spec, classifier, threshold, scores = best
     classifier.threshold = threshold
     flagged = scores >= threshold
     categories = classifier.scores(x_val)[1]
@@ -279,15 +310,16 @@ def train(path: Path = TRAIN_PATH, embedder=None, progress: bool = True) -> Clas
         "sentences": {"train": len(train_set), "validation": len(validation)},
         "groups": {"train": len({e.group for e in train_set}),
                    "validation": len({e.group for e in validation})},
-        "model": "sklearn LogisticRegression (multinomial, lbfgs), benign and harm weighted "
-                 "equally (sample_weights)",
-        "C": c,
-        "C_grid": list(C_GRID),
+        "model": _spec_name(spec) + " (scikit-learn; benign and harm weighted equally: "
+                 "sample_weights)",
+        "model_grid": [_spec_name(s) for s in MODEL_GRID],
+        "model_rule": f"best validation partial ROC AUC (max_fpr={SELECTION_MAX_FPR})",
         "scikit_learn": sklearn.__version__,
         "threshold_rule": f"lowest threshold with validation benign false-positive rate <= "
                           f"{MAX_VALIDATION_FPR}",
         "validation": {
             "log_loss": round(float(loss), 4),
+            "partial_auc": round(float(auc), 4),
             "recall": round(float(flagged[harmful].mean()), 4),
             "false_positive_rate": round(float(flagged[~harmful].mean()), 4),
             "category_accuracy": round(float(np.mean(right_category)), 4),
@@ -295,7 +327,7 @@ def train(path: Path = TRAIN_PATH, embedder=None, progress: bool = True) -> Clas
         },
     }
     v = classifier.meta["validation"]
-    say(f"kept C={c:g}; threshold {threshold:.4f}: validation recall {v['recall']:.3f}, "
+    say(f"kept {_spec_name(spec)}; threshold {threshold:.4f}: validation recall {v['recall']:.3f}, "
         f"false-positive rate {v['false_positive_rate']:.3f}, category accuracy "
         f"{v['category_accuracy']:.3f}")
     return classifier

@@ -2,12 +2,15 @@
 
 Layer 1 (`check_rules`) is a short list of explicit patterns for the worst harms (explosives and
 chemical or biological weapons, mass-casualty attacks, killing a person, sexual abuse of
-children, first-person self-harm, writing malware, making hard drugs, spiking a drink). Each
+children, first-person self-harm, writing malware, hacking into other people's systems or
+accounts, financial crimes named as such, asking how to steal, writing hateful content, urging
+others to self-harm, making hard drugs, spiking a drink). Each
 pairs the harm with the words that make it a request for it, so that it never fires on support
 vocabulary ("kill a frozen app", "remove a virus", "report a scam"). Broad keyword rules are
 gone: they refused ordinary questions and were easy to tune to an evaluation set.
 
-Layer 2 (`Classifier`) is a multinomial logistic regression on the all-MiniLM-L6-v2 sentence
+Layer 2 (`Classifier`) is a softmax classifier (a logistic regression or a one-hidden-layer MLP,
+whichever `python -m agent.guard_train` found best on validation) on the all-MiniLM-L6-v2 sentence
 vectors of the request, with one class per harmful category plus `benign`; the harmful score is
 `1 - P(benign)` and the category is the most likely harmful class. It was trained by
 `python -m agent.guard_train` on `agent/guard_data/train.yaml`, a set written for this project
@@ -49,6 +52,8 @@ DATA_DIR = Path(__file__).resolve().parent / "guard_data"
 CLASSIFIER_PATH = DATA_DIR / "classifier.json"
 # The classifier was trained on vectors of the embedder loaded under this name.
 CLASSIFIER_EMBEDDER = "default"
+# Version 2 added the hidden layers: a version-1 reader would score an MLP file wrongly.
+CLASSIFIER_FORMAT = "casewise-guard-classifier/2"
 RULES_LAYER = "rules"
 CLASSIFIER_LAYER = "classifier"
 
@@ -136,13 +141,44 @@ _RULE_TABLE: tuple[tuple[str, str, str], ...] = (
     ("write-malware", "malware",
      r"\b(?:write|writing|create|creating|code|coding|build|building|develop|developing|make|"
      r"making|program|design|spread|deploy|release)\b (?:me |us )?(?:a |an |some |my own |the )?"
-     r"(?:\w+ ){0,2}(?:ransomware|keyloggers?|botnets?|rootkits?|trojans?|computer virus(?:es)?|"
+     # Up to two words before the malware, but not ones that make it a defence ("code that
+     # detects malware", "a tool to remove spyware").
+     r"(?:(?!that\b|which\b|to\b|against\b|for\b|detect|scan|remov|block|find|stop|prevent|"
+     r"clean|protect)\w+ ){0,2}(?:ransomware|keyloggers?|botnets?|rootkits?|trojans?|computer virus(?:es)?|"
      r"virus(?:es)?|worms?|spyware|malware|info-?stealers?)\b"
      r"(?! scan| protection| check| definitions?| report| removal| alert)"),
     ("make-hard-drugs", "drugs",
      r"\b(?:cook|cooking|make|making|synthesi[sz]e|manufacture|produce|brew|extract)\b "
      r"(?:some |my own |the )?(?:crystal )?(?:meth|methamphetamine|fentanyl|heroin|cocaine|"
      r"crack cocaine|lsd|mdma|ghb|dmt)\b"),
+    ("hack-into-others-systems", "malware",
+     r"\bhack(?:ing)? into (?:a |an |the )?(?:\w+ )?(?:government|bank|banking|corporate|"
+     r"company|military|hospital|police|power grid|voting|election|someone(?:'s)?|somebody(?:'s)?|"
+     r"other people's|another person's)\b|"
+     rf"\b(?:hack|break into|get into|access|read|spy on)\b (?:my |his |her |their )?{_PERSON}'s "
+     r"(?:\w+ )?(?:accounts?|emails?|phones?|messages|texts|chats|computers?|laptops?|"
+     r"instagram|facebook|whatsapp|icloud)\b"),
+    ("commit-a-named-financial-crime", "fraud",
+     r"\b(?:commit|get away with|pull off|engage in|carry out|get started with)\b "
+     r"(?:\w+ ){0,2}(?:identity theft|insider trading|money laundering|tax evasion|tax fraud|"
+     r"credit card fraud|wire fraud|mail fraud|insurance fraud|securities fraud|embezzlement)\b|"
+     r"\b(?:steal|stealing)\b (?:someone's|somebody's|people's|a person's|their|his|her) "
+     r"identit(?:y|ies)\b|\blaunder(?:ing)? (?:the |my |dirty |drug )?money\b|"
+     r"\b(?:make|making|print|printing|produce|create|manufacture)\b (?:\w+ ){0,2}"
+     r"counterfeit (?:money|bills|currency|cash|notes|banknotes)\b"),
+    ("how-to-steal", "crime",
+     r"\b(?:how (?:do|can|could|would|should) (?:i|we|you|one|someone)|how to|ways? to|help me|"
+     r"i (?:want|plan|need) to|teach me to|best way to)\s+(?:steal|shoplift|rob|burgle|"
+     r"pickpocket)\b(?! focus| a few| a minute| a moment| some time| time| the show)"),
+    ("write-hateful-content", "hate",
+     r"\b(?:write|compose|generate|draft|produce|tell me)\b (?:me |us )?(?:a |an |some )?"
+     r"(?:\w+ ){0,2}(?:racist|sexist|homophobic|antisemitic|anti-semitic|transphobic|islamophobic|"
+     r"xenophobic)\b|\b(?:write|create|generate|spread)\b (?:\w+ ){0,3}hate speech\b"),
+    ("encourage-others-to-self-harm", "violence",
+     r"\b(?:encourag\w*|convinc\w*|persuad\w*|push\w*|pressur\w*|urg\w*|tell\w*)\b "
+     r"(?:\w+ ){0,3}(?:to )?(?:commit suicide|kill (?:themselves|himself|herself)|"
+     r"self-harm|harm (?:themselves|himself|herself)|cut (?:themselves|himself|herself)|"
+     r"starve (?:themselves|himself|herself))\b"),
     ("spike-a-drink", "drugs",
      r"\b(?:spike|drug|roofie)\b (?:someone|somebody|a girl|a woman|a guy|her|his|their|"
      r"my \w+)(?:'s)? drinks?\b|\bdate[- ]rape drugs?\b"),
@@ -203,15 +239,21 @@ def check_rules(text: str) -> GuardResult | None:
 
 @dataclass
 class Classifier:
-    """Multinomial logistic regression over sentence vectors, with its threshold.
+    """A softmax classifier over sentence vectors (optionally after ReLU layers), with its threshold.
+
+    With no hidden layers it is a multinomial logistic regression; with hidden layers, a small
+    MLP (scikit-learn's `MLPClassifier` layout: `relu(x @ weight + bias)` per layer, then the
+    softmax layer).
 
     Attributes:
         classes: Class names; one is `BENIGN`, the others are harmful categories.
-        coef: `(len(classes), dim)` weights.
-        intercept: `(len(classes),)` biases.
+        coef: `(len(classes), width)` weights of the softmax layer (`width` is the last hidden
+            layer's size, or the vector dimension without hidden layers).
+        intercept: `(len(classes),)` biases of the softmax layer.
         threshold: A request is harmful when its harmful score is at least this.
         embedder: Name of the embedder whose vectors it was trained on.
         meta: How it was trained (command, data hash, validation figures).
+        hidden: `(weight (in, out), bias (out,))` per ReLU layer, input first.
     """
 
     classes: list[str]
@@ -220,10 +262,22 @@ class Classifier:
     threshold: float
     embedder: str = CLASSIFIER_EMBEDDER
     meta: dict = field(default_factory=dict)
+    hidden: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.coef = np.asarray(self.coef, dtype=np.float64)
         self.intercept = np.asarray(self.intercept, dtype=np.float64)
+        self.hidden = [(np.asarray(w, dtype=np.float64), np.asarray(b, dtype=np.float64))
+                       for w, b in self.hidden]
+        width = None
+        for k, (w, b) in enumerate(self.hidden):
+            if w.ndim != 2 or b.shape != (w.shape[1],) or width not in (None, w.shape[0]):
+                raise GuardFileError(f"classifier hidden layer {k + 1}: weight {w.shape} and "
+                                     f"bias {b.shape} do not chain")
+            width = w.shape[1]
+        if width is not None and self.coef.shape[-1] != width:
+            raise GuardFileError(f"classifier output layer expects {self.coef.shape[-1]} inputs "
+                                 f"but the last hidden layer gives {width}")
         if BENIGN not in self.classes:
             raise GuardFileError(f"classifier classes {self.classes} lack {BENIGN!r}")
         if self.coef.shape != (len(self.classes), self.coef.shape[-1]) or \
@@ -239,11 +293,14 @@ class Classifier:
     @property
     def dim(self) -> int:
         """Vector dimension the classifier expects."""
-        return int(self.coef.shape[1])
+        return int(self.hidden[0][0].shape[0] if self.hidden else self.coef.shape[1])
 
     def probabilities(self, vectors: np.ndarray) -> np.ndarray:
         """Class probabilities, `(n, len(classes))`, for `(n, dim)` vectors."""
-        logits = np.asarray(vectors, dtype=np.float64) @ self.coef.T + self.intercept
+        h = np.asarray(vectors, dtype=np.float64)
+        for weight, bias in self.hidden:
+            h = np.maximum(h @ weight + bias, 0.0)
+        logits = h @ self.coef.T + self.intercept
         logits -= logits.max(axis=1, keepdims=True)
         exp = np.exp(logits)
         return exp / exp.sum(axis=1, keepdims=True)
@@ -275,13 +332,14 @@ class Classifier:
     def to_json(self) -> dict:
         """The JSON object written to the classifier file."""
         return {
-            "format": "casewise-guard-classifier/1",
+            "format": CLASSIFIER_FORMAT,
             "embedder": self.embedder,
             "dim": self.dim,
             "threshold": round(self.threshold, 6),
             "classes": self.classes,
-            "intercept": [round(float(v), 8) for v in self.intercept],
-            "coef": [[round(float(v), 8) for v in row] for row in self.coef],
+            "intercept": _rounded(self.intercept),
+            "coef": _rounded(self.coef),
+            "hidden": [{"weight": _rounded(w), "bias": _rounded(b)} for w, b in self.hidden],
             "meta": self.meta,
         }
 
@@ -310,10 +368,16 @@ class Classifier:
                 f"{path}: cannot read the guard classifier ({e}); rebuild it with "
                 f"`python -m agent.guard_train`"
             ) from e
+        if not isinstance(data, dict) or data.get("format") != CLASSIFIER_FORMAT:
+            found = data.get("format") if isinstance(data, dict) else type(data).__name__
+            raise GuardFileError(f"{path}: not a guard classifier file (format {found!r}, "
+                                 f"expected {CLASSIFIER_FORMAT!r})")
         try:
             return cls(classes=list(data["classes"]), coef=data["coef"],
                        intercept=data["intercept"], threshold=float(data["threshold"]),
-                       embedder=data["embedder"], meta=dict(data.get("meta") or {}))
+                       embedder=data["embedder"], meta=dict(data.get("meta") or {}),
+                       hidden=[(layer["weight"], layer["bias"])
+                               for layer in data.get("hidden") or []])
         except (KeyError, TypeError, ValueError) as e:
             raise GuardFileError(f"{path}: not a guard classifier file ({e})") from e
 
@@ -321,14 +385,22 @@ class Classifier:
         """What differs from another classifier beyond float noise ("" when they match)."""
         if self.classes != other.classes:
             return f"classes {self.classes} != {other.classes}"
-        if self.coef.shape != other.coef.shape:
-            return f"coef shape {self.coef.shape} != {other.coef.shape}"
-        gap = float(np.abs(self.coef - other.coef).max())
+        mine = [self.coef, self.intercept, *(a for layer in self.hidden for a in layer)]
+        theirs = [other.coef, other.intercept, *(a for layer in other.hidden for a in layer)]
+        if [a.shape for a in mine] != [a.shape for a in theirs]:
+            return (f"layer shapes {[a.shape for a in mine]} != "
+                    f"{[a.shape for a in theirs]}")
+        gap = max(float(np.abs(a - b).max()) for a, b in zip(mine, theirs))
         if gap > atol:
-            return f"coefficients differ by up to {gap:.4g}"
+            return f"weights differ by up to {gap:.4g}"
         if abs(self.threshold - other.threshold) > atol:
             return f"threshold {self.threshold:.4f} != {other.threshold:.4f}"
         return ""
+
+
+def _rounded(array: np.ndarray) -> list:
+    """Nested lists of 6-significant-digit floats: float noise kept out of the diff."""
+    return np.vectorize(lambda v: float(f"{v:.6g}"), otypes=[float])(array).tolist()
 
 
 # --------------------------------------------------------------------------- the guard
