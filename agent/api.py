@@ -25,6 +25,7 @@ from agent.context import Context
 from agent.db import connect, move_aside
 from agent.faq import DEFAULT_FAQ_THRESHOLD, FaqMatcher
 from agent.graph import build_graph
+from agent.guards import load_guard
 from agent.llm import ChatBackend
 from agent.state import AgentAnswer
 from retrieval.settings import Settings
@@ -125,6 +126,8 @@ class Assistant:
         context.setdefault("embedder", searcher.embedder)  # ranks sentences for quotes
         # IDF weights of the answer relevance bar, from the keyword index search already built.
         context.setdefault("term_weight", lambda word: searcher.keyword_index().idf(word))
+        # The guard's classifier reads the vectors of the embedder retrieval already loaded.
+        context.setdefault("guard", load_guard(searcher.embedder))
         return cls(
             searcher, llm, memory_path=settings.memory_path,
             faq=FaqMatcher(searcher, threshold=threshold), top_k=top_k, **context,

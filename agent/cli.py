@@ -4,6 +4,7 @@
     python -m agent ask "How do I reset the router?" [--json]
     python -m agent serve [--host 127.0.0.1] [--port 8080] [--api-keys FILE]   (agent/serve.py)
     python -m agent feedback export FILE.jsonl
+    python -m agent guard requests.csv     # the harmful-request guard over a file
 
 Expected errors print one line to stderr; exit codes follow `retrieval.errors`: 2 for bad usage
 or input (empty question, no index, wrong model or adapter path), 1 for a failed run (model
@@ -23,6 +24,7 @@ from pathlib import Path
 
 from agent.api import Assistant, reset_memory
 from agent.faq import DEFAULT_FAQ_THRESHOLD
+from agent.guards import run_guard_file
 from agent.llm import (
     BACKENDS,
     ENV_BACKEND,
@@ -104,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_common(parser, suppress=False)
-    sub = parser.add_subparsers(dest="command", metavar="{chat,ask,serve,feedback}")
+    sub = parser.add_subparsers(dest="command", metavar="{chat,ask,serve,feedback,guard}")
     chat = sub.add_parser("chat", help="interactive chat (the default)", epilog=HELP,
                           formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_common(chat, suppress=True)
@@ -118,6 +120,17 @@ def build_parser() -> argparse.ArgumentParser:
                      "faq_match, timings, contexts")
     _add_common(ask, suppress=True)
     _add_serve_parsers(sub)
+    guard = sub.add_parser(
+        "guard", help="check a file of requests with the harmful-request guard",
+        description="Run the harmful-request guard (rules, then the classifier) over a file: "
+        "one JSON line per request on stdout (question, harmful, category, layer, score, line), "
+        "a summary on stderr. No index or model is needed.",
+        epilog="input: text (one request per line), CSV with a 'question' or 'goal' column, or "
+        "JSONL with a 'question' field\n\nexamples:\n  python -m agent guard tickets.csv\n"
+        "  python -m agent guard requests.txt > verdicts.jsonl\n"
+        "  python -m agent guard questions.jsonl | grep '\"harmful\": true'",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    guard.add_argument("file", type=Path, help="the requests (.txt, .csv or .jsonl)")
     return parser
 
 
@@ -460,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     quiet_libraries()
     # No subcommand means chat; top-level flags may come before a subcommand.
-    if not any(a in ("ask", "chat", "serve", "feedback") for a in argv) and \
+    if not any(a in ("ask", "chat", "serve", "feedback", "guard") for a in argv) and \
             argv[:1] not in (["-h"], ["--help"]):
         argv = ["chat", *argv]
     parser = build_parser()
@@ -472,5 +485,5 @@ def main(argv: list[str] | None = None) -> int:
         return serve(args)
 
     commands = {"ask": run_ask, "chat": run_chat, "serve": run_serve,
-                "feedback": run_feedback_export}
+                "feedback": run_feedback_export, "guard": lambda a: run_guard_file(a.file)}
     return run_cli(lambda: commands[args.command](args))

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from agent.faq import FaqMatcher
+from agent.guards import Guard
 from agent.llm import ChatBackend
 from retrieval.errors import UsageError
 from retrieval.types import Embedder, Searcher
@@ -52,6 +53,8 @@ class Context:
             word overlap alone).
         term_weight: A content word's weight in the answer relevance bar, the index's IDF
             (`retrieval.grounding.relevance`; `None`: every word counts the same).
+        guard: The harmful-request guard; `None` uses the process-wide default (the shipped
+            classifier on the bundled embedder, loaded on first use).
     """
 
     searcher: Searcher
@@ -71,6 +74,7 @@ class Context:
     separate_answer_call: bool = False
     embedder: Embedder | None = None
     term_weight: Callable[[str], float] | None = None
+    guard: Guard | None = None
 
     def __post_init__(self) -> None:
         if self.top_k < 1:

@@ -1,6 +1,7 @@
 """The agent graph: retrieve, grade, reason, answer, verify; quote, abstain or refuse.
 
     guard ──harmful──> refuse
+      │  └──self-harm──> escalate (a supportive reply that points to human help)
       │
     contextualize (follow-ups rewritten with the conversation)
       │
@@ -51,7 +52,7 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 
 from agent.context import Context
-from agent.guards import classify_request
+from agent.guards import SELF_HARM, SELF_HARM_ANSWER, default_guard
 from agent.prompts import (
     CONTEXTUALIZE_PROMPT,
     REWRITE_QUERY_PROMPT,
@@ -83,7 +84,7 @@ _PER_TURN_RESET = {
     "standalone": "", "query": "", "rewrites": 0, "hits": [], "contexts": [], "faq_match": None,
     "raw": "", "reasoning": "", "selection": [], "draft": "", "hints": [], "claims": [],
     "removed_claims": [], "answer": "", "citations": [], "abstain_reason": "",
-    "abstained": False, "refused": False,
+    "abstained": False, "refused": False, "guard": None,
 }
 
 
@@ -131,9 +132,12 @@ def _prompt(state: State, ctx: Context) -> list[dict]:
 
 
 def guard(state: State, runtime: Runtime[Context]) -> dict:
-    """Reset the per-turn keys and refuse harmful requests before anything is searched."""
-    verdict = classify_request(state["question"])
-    return {**_PER_TURN_RESET, "refused": verdict.harmful, "timings": {}}
+    """Reset the per-turn keys and judge the request (rules, then classifier) before any search."""
+    start = time.perf_counter()
+    verdict = (runtime.context.guard or default_guard()).check(state["question"])
+    return {**_PER_TURN_RESET, "refused": verdict.harmful,
+            "guard": verdict.to_dict() if verdict.harmful else None,
+            "timings": {"guard": time.perf_counter() - start}}
 
 
 def refuse(state: State, runtime: Runtime[Context]) -> dict:
@@ -141,6 +145,17 @@ def refuse(state: State, runtime: Runtime[Context]) -> dict:
     _emit(runtime, REFUSAL_ANSWER)
     return {"answer": REFUSAL_ANSWER, "refused": True, "mode": "refused",
             "messages": _turn(state, REFUSAL_ANSWER)}
+
+
+def escalate(state: State, runtime: Runtime[Context]) -> dict:
+    """Answer a self-harm request with support and human help instead of the product refusal.
+
+    It stays a refusal (`refused`, mode "refused": nothing is searched or generated);
+    `guard["category"] == "self-harm"` tells a help desk to hand the conversation to a person.
+    """
+    _emit(runtime, SELF_HARM_ANSWER)
+    return {"answer": SELF_HARM_ANSWER, "refused": True, "mode": "refused",
+            "messages": _turn(state, SELF_HARM_ANSWER)}
 
 
 def contextualize(state: State, runtime: Runtime[Context]) -> dict:
@@ -375,9 +390,16 @@ def abstain(state: State, runtime: Runtime[Context]) -> dict:
 # --- routing -----------------------------------------------------------------------------------
 
 
-def route_after_guard(state: State) -> Literal["refuse", "contextualize"]:
-    """Harmful requests go to the refusal, everything else on to retrieval."""
-    return "refuse" if state["refused"] else "contextualize"
+def route_after_guard(state: State) -> Literal["refuse", "escalate", "contextualize"]:
+    """Self-harm goes to the supportive escalation, other harm to the refusal, the rest on."""
+    verdict = state.get("guard")
+    if not state["refused"]:
+        if verdict is not None:
+            raise RuntimeError(f"guard verdict {verdict} on a request it let through")
+        return "contextualize"
+    if verdict is None:
+        raise RuntimeError("refused before retrieval without a guard verdict: wiring is broken")
+    return "escalate" if verdict["category"] == SELF_HARM else "refuse"
 
 
 def route_after_grade(state: State, runtime: Runtime[Context]) -> Literal[
@@ -410,12 +432,14 @@ def route_after_quote(state: State) -> Literal["abstain", "__end__"]:
 
 
 # --- wiring ------------------------------------------------------------------------------------
-# guard decides refuse vs. answer; the answer path resolves follow-ups, checks the FAQ history,
-# then loops retrieve -> grade (-> rewrite_query -> retrieve) until passages survive grading or
-# the rewrites are used up; then reason -> answer -> verify, and quote when nothing verified.
+# guard decides refuse / escalate (self-harm) vs. answer; the answer path resolves follow-ups,
+# checks the FAQ history, then loops retrieve -> grade (-> rewrite_query -> retrieve) until
+# passages survive grading or the rewrites are used up; then reason -> answer -> verify, and quote
+# when nothing verified.
 builder = StateGraph(State, context_schema=Context, input_schema=InputState)
 builder.add_node("guard", guard)
 builder.add_node("refuse", refuse)
+builder.add_node("escalate", escalate)
 builder.add_node("contextualize", contextualize)
 builder.add_node("match_faq", match_faq)
 builder.add_node("retrieve", retrieve)
@@ -438,6 +462,7 @@ builder.add_conditional_edges("answer", route_after_answer)
 builder.add_conditional_edges("verify", route_after_verify)
 builder.add_conditional_edges("quote", route_after_quote)
 builder.add_edge("refuse", END)
+builder.add_edge("escalate", END)
 builder.add_edge("abstain", END)
 
 

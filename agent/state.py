@@ -52,13 +52,15 @@ class State(InputState, total=False):
         hints: 1-based numbers of the passages the model cited (hints for verify). [answer]
         claims: The sentences shown to the user, each with its support. [verify, quote]
         removed_claims: Draft sentences that verification removed, with why. [verify]
-        answer: Final answer text. [verify, quote, abstain, refuse]
-        mode: How the answer was produced (`Mode`). [verify, quote, abstain, refuse]
+        answer: Final answer text. [verify, quote, abstain, refuse, escalate]
+        mode: How the answer was produced (`Mode`). [verify, quote, abstain, refuse, escalate]
         citations: Citations of the passages that support the shown sentences (recomputed
             from support; the model's labels are only hints). [verify, quote]
         abstain_reason: Why the agent abstained ("" otherwise). [grade, quote]
         abstained: The documentation does not cover the question. [abstain]
-        refused: The request was refused as harmful. [guard, answer, refuse]
+        refused: The request was refused as harmful. [guard, answer, refuse, escalate]
+        guard: The guard's verdict when it refused (`category`, `layer`, `score`), else
+            `None`. [guard]
         timings: Seconds per stage.
     """
 
@@ -82,6 +84,7 @@ class State(InputState, total=False):
     abstain_reason: str
     abstained: bool
     refused: bool
+    guard: dict | None
     timings: dict[str, float]
 
 

@@ -1,0 +1,381 @@
+"""python -m agent.guard_train: rebuild the guard's classifier file from the repo's training set.
+
+    python -m agent.guard_train            # writes agent/guard_data/classifier.json
+    python -m agent.guard_train --check    # retrains and says whether the shipped file matches
+
+The training set is `agent/guard_data/train.yaml` (written for this project; its README gives the
+provenance). Each item there is one group: an action ("build a pipe bomb") is expanded into a few
+sentence frames chosen by a draw seeded with the item itself, so adding an item never changes
+another item's sentences. Groups are split into train and validation per category (every fifth
+group, in the order of their hashes), the classifier (on the all-MiniLM-L6-v2 sentence vectors:
+`benign` plus one class per harmful category) is fitted on the train part for each model of
+`MODEL_GRID` (multinomial logistic regressions and one-hidden-layer MLPs), the one with the best
+validation partial AUC is kept, and the threshold on its harmful score is chosen on the
+validation part (`choose_threshold`). Nothing from `../shared/data` is read.
+
+The result is plain JSON (weights and biases per layer, classes, threshold, the training set's
+sha256, validation figures): it loads offline with the standard library and numpy, and no
+pickle is involved. The same command on the same repo gives the same file up to float noise of
+the embedder (`--check` compares within a tolerance).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import random
+import sys
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from agent.guards import BENIGN, CLASSIFIER_PATH, DATA_DIR, Classifier
+from retrieval.errors import CasewiseError, UsageError, run_cli
+
+TRAIN_PATH = DATA_DIR / "train.yaml"
+# Frames drawn per item: enough phrasings that the act, not the frame, carries the label.
+FRAMES_PER_ITEM = {"action": 4, "content": 3, "tool": 3}
+# One sentence in TYPO_EVERY also appears with one or two typing slips (a dropped, doubled or
+# swapped letter), so that misspelled requests land near their intended meaning.
+TYPO_EVERY = 4
+# One group in VALIDATION_EVERY goes to the validation split (per category).
+VALIDATION_EVERY = 5
+# Models tried: ("logistic", C) is a multinomial logistic regression with inverse regularisation
+# C; ("mlp", width, alpha) a one-hidden-layer ReLU MLP with L2 penalty alpha. The one with the
+# best validation partial ROC AUC up to SELECTION_MAX_FPR is kept: it averages recall over the
+# low false-positive rates the threshold is chosen among, so it is steadier than the recall at
+# one threshold (a couple of validation sentences move that by a point).
+MODEL_GRID: tuple[tuple, ...] = (
+    ("logistic", 4.0), ("logistic", 16.0),
+    ("mlp", 256, 1e-3), ("mlp", 256, 1e-2), ("mlp", 512, 1e-3),
+)
+SELECTION_MAX_FPR = 0.05
+# The threshold keeps the validation false-positive rate on benign requests at or below this.
+MAX_VALIDATION_FPR = 0.01
+SEED = "casewise-guard-v1"
+
+
+@dataclass(frozen=True)
+class Example:
+    """One training sentence.
+
+    Attributes:
+        text: The sentence.
+        label: `"benign"` or a harmful category.
+        group: The item it was expanded from (all its sentences share a split).
+    """
+
+    text: str
+    label: str
+    group: str
+
+
+def load_training_set(path: Path = TRAIN_PATH) -> list[Example]:
+    """Expand the training YAML into sentences, deterministically.
+
+    Args:
+        path: The training set file.
+
+    Returns:
+        Every sentence with its label and group, in file order.
+
+    Raises:
+        UsageError: The file is missing or not in the expected layout.
+    """
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as e:
+        raise UsageError(f"{path}: cannot read the guard training set ({e})") from e
+    if not isinstance(data, dict) or not {"framings", "harmful", "benign"} <= set(data):
+        raise UsageError(f"{path}: expected the keys framings, harmful and benign")
+    frames = data["framings"]
+    examples: list[Example] = []
+    for side in ("harmful", "benign"):
+        for category, kinds in data[side].items():
+            label = category if side == "harmful" else BENIGN
+            for kind, items in kinds.items():
+                for item in items or []:
+                    group = f"{side}/{category}/{kind}/{item}"
+                    if kind == "requests":
+                        examples.append(Example(item, label, group))
+                        continue
+                    if kind not in FRAMES_PER_ITEM:
+                        raise UsageError(f"{path}: {side}.{category}: unknown kind {kind!r}")
+                    rng = random.Random(f"{SEED}:{group}")
+                    sentences = [frame.format(x=item)
+                                 for frame in rng.sample(frames[kind], FRAMES_PER_ITEM[kind])]
+                    if kind == "action":
+                        sentences.append(item)  # the bare act, as typed into a search box
+                    examples += [Example(t, label, group) for t in sentences]
+    seen = {e.text for e in examples}
+    for e in list(examples):
+        slipped = with_typos(e.text)
+        if slipped is not None and slipped not in seen:
+            seen.add(slipped)
+            examples.append(Example(slipped, e.label, e.group))
+    return examples
+
+
+def with_typos(text: str) -> str | None:
+    """For one sentence in `TYPO_EVERY` (chosen by a draw seeded with it), a misspelled copy.
+
+    Args:
+        text: A training sentence.
+
+    Returns:
+        The sentence with one or two slips in its longer words, or `None` when not drawn.
+    """
+    rng = random.Random(f"{SEED}:typo:{text}")
+    if rng.randrange(TYPO_EVERY):
+        return None
+    words = text.split(" ")
+    long_words = [i for i, w in enumerate(words) if len(w) >= 5 and w.isalpha()]
+    if not long_words:
+        return None
+    for i in rng.sample(long_words, min(len(long_words), rng.choice((1, 2)))):
+        w = words[i]
+        j = rng.randrange(1, len(w) - 1)
+        slip = rng.choice(("drop", "double", "swap"))
+        if slip == "drop":
+            w = w[:j] + w[j + 1:]
+        elif slip == "double":
+            w = w[:j] + w[j] + w[j:]
+        else:
+            w = w[:j - 1] + w[j] + w[j - 1] + w[j + 1:]
+        words[i] = w
+    return " ".join(words)
+
+
+def _group_rank(group: str) -> str:
+    return hashlib.sha256(f"{SEED}:{group}".encode()).hexdigest()
+
+
+def split_groups(examples: list[Example]) -> tuple[list[Example], list[Example]]:
+    """Train/validation split by group, stratified by label: every fifth group by hash order.
+
+    Args:
+        examples: The expanded training set.
+
+    Returns:
+        `(train, validation)`.
+    """
+    by_label: dict[str, list[str]] = {}
+    for e in examples:
+        groups = by_label.setdefault(e.label, [])
+        if e.group not in groups:
+            groups.append(e.group)
+    held = set()
+    for groups in by_label.values():
+        ranked = sorted(groups, key=_group_rank)
+        held.update(ranked[i] for i in range(0, len(ranked), VALIDATION_EVERY))
+    train = [e for e in examples if e.group not in held]
+    validation = [e for e in examples if e.group in held]
+    return train, validation
+
+
+def choose_threshold(scores: np.ndarray, harmful: np.ndarray,
+                     max_fpr: float = MAX_VALIDATION_FPR) -> float:
+    """The lowest threshold whose false-positive rate on benign validation requests is <= max_fpr.
+
+    The lowest such threshold refuses the most harmful requests while over-refusing at most
+    `max_fpr` of the benign ones. It is placed halfway between the benign score it must stay
+    above and the next score up, so that it does not sit on a validation item.
+
+    Args:
+        scores: Harmful scores of the validation sentences.
+        harmful: Whether each sentence is harmful.
+        max_fpr: Largest false-positive rate allowed on the benign validation sentences.
+
+    Returns:
+        The threshold: a request is harmful when its score is at least this.
+    """
+    benign = np.sort(scores[~harmful])[::-1]
+    allowed = int(np.floor(max_fpr * len(benign)))
+    # Benign scores above the threshold are false positives: stay above benign[allowed].
+    floor = benign[allowed] if allowed < len(benign) else 0.0
+    above = np.sort(scores[scores > floor])
+    ceiling = above[0] if len(above) else 1.0
+    return float((floor + ceiling) / 2)
+
+
+def sample_weights(labels: list[str]) -> np.ndarray:
+    """Weights that give benign and harmful sentences the same total, categories alike.
+
+    With one weight per class (`class_weight="balanced"`), `benign` would weigh as much as each
+    single harmful category, a twelfth of all harm together, and the classifier would lean to
+    refusing. Here benign gets half the total weight and the harmful categories share the other
+    half equally.
+
+    Args:
+        labels: The training labels.
+
+    Returns:
+        One weight per sentence, averaging 1.
+    """
+    labels_array = np.asarray(labels)
+    counts = Counter(labels)
+    harmful = [c for c in counts if c != BENIGN]
+    weights = np.empty(len(labels))
+    for label, n in counts.items():
+        share = 0.5 if label == BENIGN else 0.5 / len(harmful)
+        weights[labels_array == label] = share * len(labels) / n
+    return weights
+
+
+def _fit(x: np.ndarray, y: list[str], spec: tuple):
+    """Fit one model of `MODEL_GRID` with the benign/harm balanced weights (seeded: reproducible)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neural_network import MLPClassifier
+
+    if spec[0] == "logistic":
+        model = LogisticRegression(C=spec[1], max_iter=5000, tol=1e-6)
+    else:
+        model = MLPClassifier((spec[1],), alpha=spec[2], max_iter=400, tol=1e-5,
+                              random_state=0)
+    return model.fit(x, y, sample_weight=sample_weights(y))
+
+
+def _as_classifier(model, embedder_name: str) -> Classifier:
+    """The fitted scikit-learn model as a `Classifier` (weights only: no pickle)."""
+    classes = [str(k) for k in model.classes_]
+    if hasattr(model, "coef_"):
+        return Classifier(classes=classes, coef=model.coef_, intercept=model.intercept_,
+                          threshold=0.5, embedder=embedder_name)
+    return Classifier(classes=classes, coef=model.coefs_[-1].T, intercept=model.intercepts_[-1],
+                      threshold=0.5, embedder=embedder_name,
+                      hidden=list(zip(model.coefs_[:-1], model.intercepts_[:-1])))
+
+
+def _spec_name(spec: tuple) -> str:
+    return f"logistic C={spec[1]:g}" if spec[0] == "logistic" else \
+        f"mlp width={spec[1]} alpha={spec[2]:g}"
+
+
+def train(path: Path = TRAIN_PATH, embedder=None, progress: bool = True) -> Classifier:
+    """Train the classifier on the training set and choose its threshold on validation.
+
+    Args:
+        path: The training set.
+        embedder: Sentence embedder (the bundled all-MiniLM-L6-v2 when `None`).
+        progress: Print what it does on stderr.
+
+    Returns:
+        The classifier, with its threshold and training record in `meta`.
+    """
+    from sklearn.metrics import log_loss, roc_auc_score
+
+    from retrieval.embeddings import load_embedder
+
+    def say(message: str) -> None:
+        if progress:
+            print(message, file=sys.stderr, flush=True)
+
+    examples = load_training_set(path)
+    train_set, validation = split_groups(examples)
+    say(f"guard training set: {len(examples)} sentences ({len(train_set)} train, "
+        f"{len(validation)} validation) from {path}")
+    embedder = embedder or load_embedder("default")
+    x_train = np.asarray(embedder.embed_documents([e.text for e in train_set]), dtype=np.float64)
+    x_val = np.asarray(embedder.embed_documents([e.text for e in validation]), dtype=np.float64)
+    y_train = [e.label for e in train_set]
+    y_val = [e.label for e in validation]
+    harmful = np.array([label != BENIGN for label in y_val])
+    best = None
+    for spec in MODEL_GRID:
+        model = _fit(x_train, y_train, spec)
+        candidate = _as_classifier(model, embedder.name)
+        scores = candidate.scores(x_val)[0]
+        threshold = choose_threshold(scores, harmful)
+        recall = float((scores[harmful] >= threshold).mean())
+        loss = log_loss(y_val, model.predict_proba(x_val), labels=model.classes_)
+        auc = roc_auc_score(harmful, scores, max_fpr=SELECTION_MAX_FPR)
+        say(f"  {_spec_name(spec)}: validation partial AUC {auc:.4f}, log-loss {loss:.4f}, "
+            f"recall {recall:.3f} at threshold {threshold:.4f}")
+        if best is None or auc > best[0]:
+            best = (auc, loss, spec, candidate, threshold, scores)
+    auc, loss, spec, classifier, threshold, scores = best
+    classifier.threshold = threshold
+    flagged = scores >= threshold
+    categories = classifier.scores(x_val)[1]
+    right_category = [cat == label for cat, label, h in zip(categories, y_val, harmful) if h]
+    import sklearn
+
+    classifier.meta = {
+        "command": "python -m agent.guard_train",
+        "training_set": path.name,
+        "training_set_sha256": file_sha256(path),
+        "sentences": {"train": len(train_set), "validation": len(validation)},
+        "groups": {"train": len({e.group for e in train_set}),
+                   "validation": len({e.group for e in validation})},
+        "model": _spec_name(spec) + " (scikit-learn; benign and harm weighted equally: "
+                 "sample_weights)",
+        "model_grid": [_spec_name(s) for s in MODEL_GRID],
+        "model_rule": f"best validation partial ROC AUC (max_fpr={SELECTION_MAX_FPR})",
+        "scikit_learn": sklearn.__version__,
+        "threshold_rule": f"lowest threshold with validation benign false-positive rate <= "
+                          f"{MAX_VALIDATION_FPR}",
+        "validation": {
+            "log_loss": round(float(loss), 4),
+            "partial_auc": round(float(auc), 4),
+            "recall": round(float(flagged[harmful].mean()), 4),
+            "false_positive_rate": round(float(flagged[~harmful].mean()), 4),
+            "category_accuracy": round(float(np.mean(right_category)), 4),
+            "harmful": int(harmful.sum()), "benign": int((~harmful).sum()),
+        },
+    }
+    v = classifier.meta["validation"]
+    say(f"kept {_spec_name(spec)}; threshold {threshold:.4f}: validation recall {v['recall']:.3f}, "
+        f"false-positive rate {v['false_positive_rate']:.3f}, category accuracy "
+        f"{v['category_accuracy']:.3f}")
+    return classifier
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes (recorded so a stale classifier file can be detected)."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `python -m agent.guard_train` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="python -m agent.guard_train",
+        description="Retrain the harmful-request classifier from agent/guard_data/train.yaml.",
+        epilog="examples:\n  python -m agent.guard_train\n"
+               "  python -m agent.guard_train --check\n"
+               "  python -m agent.guard_train --out /tmp/classifier.json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--out", type=Path, default=CLASSIFIER_PATH,
+                        help=f"where to write the classifier (default {CLASSIFIER_PATH})")
+    parser.add_argument("--check", action="store_true",
+                        help="do not write; exit 1 unless the retrained classifier matches --out")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train, then write the classifier file or compare it with the shipped one."""
+    classifier = train()
+    if not args.check:
+        classifier.save(args.out)
+        print(f"wrote {args.out}", file=sys.stderr)
+        return 0
+    shipped = Classifier.load(args.out)
+    difference = shipped.difference(classifier)
+    if difference:
+        raise CasewiseError(f"{args.out} does not match a fresh training run: {difference}; "
+                            f"run `python -m agent.guard_train` and commit the file")
+    print(f"{args.out} matches a fresh training run", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `python -m agent.guard_train`; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    return run_cli(lambda: run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
