@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -259,6 +261,9 @@ def cached_dense_gguf(adapter: str | Path | None, quant: str = "bf16", *,
     target = cache_root() / "gguf" / f"{digest.hexdigest()[:24]}.gguf"
     if build and not target.is_file():
         target.parent.mkdir(parents=True, exist_ok=True)
+        what = "the embedded model" + (f" with the adapter {adapter}" if adapter else "")
+        print(f"casewise: converting {what} to a {quant} GGUF for llama.cpp, once (cached as "
+              f"{target})", file=sys.stderr, flush=True)
         # export_gguf writes through a temporary file and renames: never half a file.
         export_gguf(target, adapter=str(adapter) if adapter else None, base="default",
                     quant=quant)
@@ -382,7 +387,16 @@ def _quantize(src: Path, dst: Path, quant: str) -> None:
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftype
     params.nthread = os.cpu_count() or 1
-    if llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params) != 0:
+    # llama.cpp logs every tensor it converts (hundreds of lines) through llama-cpp-python's
+    # logger; keep its errors only.
+    log = logging.getLogger("llama-cpp-python")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        failed = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
+    finally:
+        log.setLevel(level)
+    if failed:
         raise ExportError(f"llama.cpp could not quantise {src} to {quant}")
 
 
