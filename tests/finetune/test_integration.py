@@ -14,7 +14,9 @@ from finetune.train import main
 from tests.finetune.conftest import KeywordSearcher, manual_chunks
 
 
-@pytest.mark.integration  # about 90 s on 2 idle cores: NF4 quantisation, training, generation
+@pytest.mark.integration
+@pytest.mark.slow  # 75 s on 2 cores, the longest test by 3x (make test-all): it keeps make test
+# under 8 minutes; the tiny random Llama covers training, resume and reload in the default run
 def test_embedded_model_trains_reloads_and_answers(embedded_model_path, tmp_path):
     # One short example repeated: a handful of steps are enough to imprint the format.
     row = FaqRow("How do I reset the TV to factory settings?",
