@@ -13,7 +13,8 @@ thing everywhere:
 - `normalise`: the words joined by single spaces (case, punctuation and spacing aside);
 - `sentences`: a sentence splitter that keeps menu paths, decimals, enumerations ("1. Turn off
   ...") and common abbreviations in one piece;
-- `overlap`: the share of one text's distinct content words found in another.
+- `overlap`: the share of one text's distinct content words found in another;
+- `char_ngrams`: the letter sequences inside each word (the guard's spelling-robust features).
 
 And the anchors that answer verification checks verbatim (`retrieval.grounding`): `quantities`
 (numbers with their unit, number words read as digits: "ten seconds" == "10 s"), `quoted`
@@ -120,6 +121,32 @@ def overlap(text: str, other: str) -> float:
     if not mine:
         return 0.0
     return len(mine & set(content_words(other))) / len(mine)
+
+
+def char_ngrams(text: str, sizes: tuple[int, ...] = (2, 3, 4, 5)) -> list[str]:
+    """The character n-grams of each word of `text`, the word padded with one space each side.
+
+    "bomb" gives " b", "bo", ..., " bom", ..., "omb ": a misspelled word ("b0mb", "bommb") or a
+    cognate in another language ("bomba") still shares most of them with the word it stands
+    for, which is why the guard's second scorer reads them. Words are `words(text)`, so case
+    and punctuation do not count. A word shorter than a size gives its padded whole once.
+
+    Args:
+        text: Any text.
+        sizes: The n-gram lengths.
+
+    Returns:
+        The n-grams in order, repeats kept (a term-frequency vectoriser counts them).
+    """
+    grams: list[str] = []
+    for word in words(text):
+        padded = f" {word} "
+        for n in sizes:
+            if n >= len(padded):  # the whole padded word, once, however many sizes exceed it
+                grams.append(padded)
+                break
+            grams += [padded[i:i + n] for i in range(len(padded) - n + 1)]
+    return grams
 
 
 def sentences(text: str) -> list[str]:

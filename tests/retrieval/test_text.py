@@ -1,6 +1,7 @@
 """The one text module: words, stems, content words, sentences, overlap and anchors."""
 
 from retrieval.text import (
+    char_ngrams,
     Quantity,
     content_words,
     keywords,
@@ -89,3 +90,17 @@ def test_names_are_capitalised_runs_with_their_ui_noun():
         "home button", "universal guide app"]
     # sentence-initial words are capitalised for grammar; all-caps and mixed case still count
     assert names("Select an option. HDMI works. AirPlay is fun.") == ["hdmi", "airplay"]
+
+
+def test_char_ngrams_pad_each_word_and_keep_short_words_whole():
+    assert char_ngrams("Go b0mb!", (2, 3)) == [
+        " g", "go", "o ", " go", "go ",
+        " b", "b0", "0m", "mb", "b ", " b0", "b0m", "0mb", "mb "]
+    # " a " is no longer than 3: its padded whole, once, for 3 and 4 together.
+    assert char_ngrams("A", (2, 3, 4)) == [" a", "a ", " a "]
+
+
+def test_char_ngrams_of_a_misspelling_mostly_match_the_word():
+    word, slip = set(char_ngrams("explosive")), set(char_ngrams("expolsive"))
+    assert len(word & slip) / len(word) > 0.4  # one swap keeps 8 of 17
+    assert not set(char_ngrams("explosive")) & set(char_ngrams("quiz"))
