@@ -10,7 +10,11 @@ another item's sentences. Groups are split into train and validation per categor
 group, in the order of their hashes), the classifier (on the all-MiniLM-L6-v2 sentence vectors:
 `benign` plus one class per harmful category) is fitted on the train part for each model of
 `MODEL_GRID` (multinomial logistic regressions and one-hidden-layer MLPs), the one with the best
-validation partial AUC is kept, and the threshold on its harmful score is chosen on the
+validation partial AUC is kept. Beside it a character n-gram model (`agent.guards.CharModel`:
+a logistic regression on TF-IDF of `retrieval.text.char_ngrams`, harmful against benign) is
+fitted on the same train part for each C of `CHAR_GRID`, the best by validation partial AUC
+kept. Each of the two is calibrated on the validation part (Platt scaling), the guard's score
+is the mean of the two calibrated probabilities, and the threshold on it is chosen on the
 validation part (`choose_threshold`). Nothing from `../shared/data` is read.
 
 The result is plain JSON (weights and biases per layer, classes, threshold, the training set's
@@ -22,6 +26,7 @@ the embedder (`--check` compares within a tolerance).
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import random
 import sys
@@ -32,8 +37,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from agent.guards import BENIGN, CLASSIFIER_PATH, DATA_DIR, Classifier
+from agent.guards import BENIGN, CLASSIFIER_PATH, DATA_DIR, CharModel, Classifier
 from retrieval.errors import CasewiseError, UsageError, run_cli
+from retrieval.text import char_ngrams
 
 TRAIN_PATH = DATA_DIR / "train.yaml"
 # Frames drawn per item: enough phrasings that the act, not the frame, carries the label.
@@ -53,6 +59,11 @@ MODEL_GRID: tuple[tuple, ...] = (
     ("mlp", 256, 1e-3), ("mlp", 256, 1e-2), ("mlp", 512, 1e-3),
 )
 SELECTION_MAX_FPR = 0.05
+# The character model: inverse regularisation strengths tried, n-gram sizes, and the fewest
+# training sentences an n-gram must occur in (rarer ones are noise and would bloat the file).
+CHAR_GRID: tuple[float, ...] = (4.0, 16.0, 64.0)
+CHAR_SIZES = (2, 3, 4, 5)
+CHAR_MIN_DF = 2
 # The threshold keeps the validation false-positive rate on benign requests at or below this.
 MAX_VALIDATION_FPR = 0.01
 SEED = "casewise-guard-v1"
@@ -238,6 +249,49 @@ def _fit(x: np.ndarray, y: list[str], spec: tuple):
     return model.fit(x, y, sample_weight=sample_weights(y))
 
 
+def fit_char_model(texts: list[str], labels: list[str], c: float) -> CharModel:
+    """Fit the character n-gram model (harmful against benign, `sample_weights` balance).
+
+    Args:
+        texts: Training sentences.
+        labels: Their labels (`"benign"` or a harmful category).
+        c: Inverse L2 regularisation strength of the logistic regression.
+
+    Returns:
+        The model, with the vectoriser's vocabulary and idf (no pickle).
+    """
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    vectorizer = TfidfVectorizer(analyzer=functools.partial(char_ngrams, sizes=CHAR_SIZES),
+                                 sublinear_tf=True, min_df=CHAR_MIN_DF)
+    features = vectorizer.fit_transform(texts)
+    harmful = np.array([label != BENIGN for label in labels])
+    model = LogisticRegression(C=c, max_iter=5000, tol=1e-6)
+    model.fit(features, harmful, sample_weight=sample_weights(labels))
+    vocabulary = sorted(vectorizer.vocabulary_, key=vectorizer.vocabulary_.get)
+    return CharModel(vocabulary=vocabulary, idf=vectorizer.idf_, coef=model.coef_[0],
+                     intercept=float(model.intercept_[0]), sizes=CHAR_SIZES)
+
+
+def fit_platt(scores: np.ndarray, harmful: np.ndarray) -> tuple[float, float]:
+    """Platt scaling on the validation split: `(a, b)` of `sigmoid(a * logit(p) + b)`.
+
+    Args:
+        scores: A scorer's probabilities on the validation sentences.
+        harmful: Whether each sentence is harmful.
+
+    Returns:
+        `(a, b)`.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    p = np.clip(scores, 1e-7, 1 - 1e-7)
+    # Nearly unregularised: two parameters on about a thousand sentences.
+    model = LogisticRegression(C=1e4, max_iter=1000).fit(np.log(p / (1 - p))[:, None], harmful)
+    return float(model.coef_[0][0]), float(model.intercept_[0])
+
+
 def _as_classifier(model, embedder_name: str) -> Classifier:
     """The fitted scikit-learn model as a `Classifier` (weights only: no pickle)."""
     classes = [str(k) for k in model.classes_]
@@ -296,10 +350,28 @@ def train(path: Path = TRAIN_PATH, embedder=None, progress: bool = True) -> Clas
             f"recall {recall:.3f} at threshold {threshold:.4f}")
         if best is None or auc > best[0]:
             best = (auc, loss, spec, candidate, threshold, scores)
-    auc, loss, spec, classifier, threshold, scores = best
+    auc, loss, spec, classifier, vector_threshold, vector_scores = best
+    texts_train = [e.text for e in train_set]
+    texts_val = [e.text for e in validation]
+    best_chars = None
+    for c in CHAR_GRID:
+        char_model = fit_char_model(texts_train, y_train, c)
+        char_scores = char_model.probabilities(texts_val)
+        char_auc = roc_auc_score(harmful, char_scores, max_fpr=SELECTION_MAX_FPR)
+        say(f"  characters C={c:g} ({len(char_model.vocabulary)} n-grams): validation partial "
+            f"AUC {char_auc:.4f}")
+        if best_chars is None or char_auc > best_chars[0]:
+            best_chars = (char_auc, c, char_model, char_scores)
+    char_auc, char_c, char_model, char_scores = best_chars
+    classifier.char_model = char_model
+    classifier.calibration = {"vector": fit_platt(vector_scores, harmful),
+                              "chars": fit_platt(char_scores, harmful)}
+    scores = classifier.scores(x_val, texts_val)[0]
+    threshold = choose_threshold(scores, harmful)
     classifier.threshold = threshold
     flagged = scores >= threshold
-    categories = classifier.scores(x_val)[1]
+    char_threshold = choose_threshold(char_scores, harmful)
+    categories = classifier.scores(x_val, texts_val)[1]
     right_category = [cat == label for cat, label, h in zip(categories, y_val, harmful) if h]
     import sklearn
 
@@ -314,16 +386,32 @@ def train(path: Path = TRAIN_PATH, embedder=None, progress: bool = True) -> Clas
                  "sample_weights)",
         "model_grid": [_spec_name(s) for s in MODEL_GRID],
         "model_rule": f"best validation partial ROC AUC (max_fpr={SELECTION_MAX_FPR})",
+        "char_model": f"logistic C={char_c:g} on char n-gram TF-IDF (sizes "
+                      f"{list(CHAR_SIZES)}, min_df {CHAR_MIN_DF}, sublinear tf; "
+                      f"{len(char_model.vocabulary)} n-grams), harmful against benign",
+        "char_grid": [f"C={c:g}" for c in CHAR_GRID],
+        "combination": "mean of the two Platt-calibrated probabilities (calibration fitted "
+                       "on the validation split)",
         "scikit_learn": sklearn.__version__,
         "threshold_rule": f"lowest threshold with validation benign false-positive rate <= "
                           f"{MAX_VALIDATION_FPR}",
         "validation": {
-            "log_loss": round(float(loss), 4),
-            "partial_auc": round(float(auc), 4),
+            "partial_auc": round(float(roc_auc_score(harmful, scores,
+                                                     max_fpr=SELECTION_MAX_FPR)), 4),
             "recall": round(float(flagged[harmful].mean()), 4),
             "false_positive_rate": round(float(flagged[~harmful].mean()), 4),
             "category_accuracy": round(float(np.mean(right_category)), 4),
             "harmful": int(harmful.sum()), "benign": int((~harmful).sum()),
+            # Each scorer alone at its own validation threshold, for comparison.
+            "vector_alone": {"partial_auc": round(float(auc), 4),
+                             "log_loss": round(float(loss), 4),
+                             "threshold": round(vector_threshold, 6),
+                             "recall": round(float((vector_scores[harmful]
+                                                    >= vector_threshold).mean()), 4)},
+            "chars_alone": {"partial_auc": round(float(char_auc), 4),
+                            "threshold": round(char_threshold, 6),
+                            "recall": round(float((char_scores[harmful]
+                                                   >= char_threshold).mean()), 4)},
         },
     }
     v = classifier.meta["validation"]

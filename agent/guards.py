@@ -12,12 +12,16 @@ gone: they refused ordinary questions and were easy to tune to an evaluation set
 Layer 2 (`Classifier`) is a softmax classifier (a logistic regression or a one-hidden-layer MLP,
 whichever `python -m agent.guard_train` found best on validation) on the all-MiniLM-L6-v2 sentence
 vectors of the request, with one class per harmful category plus `benign`; the harmful score is
-`1 - P(benign)` and the category is the most likely harmful class. It was trained by
+`1 - P(benign)` and the category is the most likely harmful class. Beside it runs a character
+n-gram model (`CharModel`: a logistic regression on TF-IDF of the letters inside words), which
+still recognises a misspelled or non-English request whose word pieces the English embedder
+does not know; the guard's score is the mean of the two scorers' probabilities, each
+calibrated on the validation split (Platt scaling). Both were trained by
 `python -m agent.guard_train` on `agent/guard_data/train.yaml`, a set written for this project
 (harmful requests by category in many phrasings, and support questions that use the same
 words); its threshold was chosen on a validation split of that set. The shipped file
-`agent/guard_data/classifier.json` is plain JSON (coefficients, threshold, provenance): it loads
-offline with numpy, without pickle. The embedder is the one retrieval already loaded when the
+`agent/guard_data/classifier.json` is plain JSON (coefficients, n-grams, calibration,
+threshold, provenance): it loads offline with numpy, without pickle. The embedder is the one retrieval already loaded when the
 caller passes it (`load_guard(searcher.embedder)`); only when none is given, or it is another
 model, does the guard load the bundled one itself, once per process.
 
@@ -44,6 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from retrieval.errors import EXIT_FAILED, UsageError
+from retrieval.text import char_ngrams
 from retrieval.types import Embedder
 
 BENIGN = "benign"
@@ -52,8 +57,9 @@ DATA_DIR = Path(__file__).resolve().parent / "guard_data"
 CLASSIFIER_PATH = DATA_DIR / "classifier.json"
 # The classifier was trained on vectors of the embedder loaded under this name.
 CLASSIFIER_EMBEDDER = "default"
-# Version 2 added the hidden layers: a version-1 reader would score an MLP file wrongly.
-CLASSIFIER_FORMAT = "casewise-guard-classifier/2"
+# Version 2 added the hidden layers, version 3 the character model and the calibration: an
+# older reader would score a newer file wrongly.
+CLASSIFIER_FORMAT = "casewise-guard-classifier/3"
 RULES_LAYER = "rules"
 CLASSIFIER_LAYER = "classifier"
 
@@ -218,6 +224,23 @@ def readings(text: str) -> list[str]:
     return [base] if unleeted == base else [base, unleeted]
 
 
+def all_readings(texts: list[str]) -> tuple[list[int], list[str]]:
+    """Every reading of every text, flat, with the index of the text each belongs to.
+
+    Args:
+        texts: Requests.
+
+    Returns:
+        `(owners, sentences)`: `sentences[k]` is a reading of `texts[owners[k]]`.
+    """
+    owners, sentences = [], []
+    for i, text in enumerate(texts):
+        for reading in readings(text):
+            owners.append(i)
+            sentences.append(reading)
+    return owners, sentences
+
+
 def check_rules(text: str) -> GuardResult | None:
     """Layer 1: the first explicit rule that matches any reading of the request.
 
@@ -238,12 +261,85 @@ def check_rules(text: str) -> GuardResult | None:
 
 
 @dataclass
+class CharModel:
+    """Layer 2's spelling-robust scorer: a logistic regression on character n-gram TF-IDF.
+
+    A request's features are the character n-grams of its words (`retrieval.text.char_ngrams`)
+    found in `vocabulary`, weighted `(1 + log count) * idf` and scaled to unit length (what
+    scikit-learn's `TfidfVectorizer(sublinear_tf=True)` computes, so training and this reader
+    agree); the harmful probability is the logistic of their dot product with `coef`. It sees
+    "b0mbb" and "bomba" near "bomb", where the sentence embedder, trained on English words,
+    sees unknown word pieces.
+
+    Attributes:
+        vocabulary: The n-grams with a weight, in feature order.
+        idf: `(len(vocabulary),)` inverse document frequencies.
+        coef: `(len(vocabulary),)` weights of the harmful class.
+        intercept: Bias of the harmful class.
+        sizes: The n-gram lengths (ascending).
+    """
+
+    vocabulary: list[str]
+    idf: np.ndarray
+    coef: np.ndarray
+    intercept: float
+    sizes: tuple[int, ...] = (2, 3, 4, 5)
+
+    def __post_init__(self) -> None:
+        self.idf = np.asarray(self.idf, dtype=np.float64)
+        self.coef = np.asarray(self.coef, dtype=np.float64)
+        self.sizes = tuple(int(n) for n in self.sizes)
+        n = len(self.vocabulary)
+        if self.idf.shape != (n,) or self.coef.shape != (n,):
+            raise GuardFileError(f"character model shapes do not fit its {n} n-grams: idf "
+                                 f"{self.idf.shape}, coef {self.coef.shape}")
+        if list(self.sizes) != sorted(self.sizes) or not self.sizes or self.sizes[0] < 1:
+            raise GuardFileError(f"character model sizes {self.sizes} must be ascending and >= 1")
+        self._index = {gram: i for i, gram in enumerate(self.vocabulary)}
+
+    def probabilities(self, texts: list[str]) -> np.ndarray:
+        """The harmful probability of each text, `(len(texts),)`."""
+        logits = np.empty(len(texts))
+        for k, text in enumerate(texts):
+            counts = Counter(i for gram in char_ngrams(text, self.sizes)
+                             if (i := self._index.get(gram)) is not None)
+            if not counts:
+                logits[k] = self.intercept
+                continue
+            ids = np.fromiter(counts, dtype=np.int64, count=len(counts))
+            weights = (1.0 + np.log(np.fromiter(counts.values(), dtype=np.float64,
+                                                count=len(counts)))) * self.idf[ids]
+            logits[k] = weights @ self.coef[ids] / np.linalg.norm(weights) + self.intercept
+        return 1.0 / (1.0 + np.exp(-logits))
+
+    def to_json(self) -> dict:
+        """The JSON object kept under `char_model` in the classifier file."""
+        return {"sizes": list(self.sizes), "intercept": float(f"{self.intercept:.6g}"),
+                "vocabulary": self.vocabulary, "idf": _rounded(self.idf),
+                "coef": _rounded(self.coef)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> CharModel:
+        """The model from `to_json`'s object (KeyError/TypeError/ValueError when malformed)."""
+        return cls(vocabulary=[str(g) for g in data["vocabulary"]], idf=data["idf"],
+                   coef=data["coef"], intercept=float(data["intercept"]),
+                   sizes=tuple(data["sizes"]))
+
+
+@dataclass
 class Classifier:
     """A softmax classifier over sentence vectors (optionally after ReLU layers), with its threshold.
 
     With no hidden layers it is a multinomial logistic regression; with hidden layers, a small
     MLP (scikit-learn's `MLPClassifier` layout: `relu(x @ weight + bias)` per layer, then the
     softmax layer).
+
+    With a `char_model`, the harmful score is the mean of two calibrated probabilities: the
+    sentence model's `1 - P(benign)` and the character model's P(harmful), each mapped through
+    its own Platt scaling (`calibration`, fitted on the validation split) so that both speak
+    the same probability scale before they are averaged. Equal weights, not fitted ones: on
+    the validation split (same phrasings as training) the sentence model looks best, yet it is
+    the character model that holds on misspelled and non-English requests.
 
     Attributes:
         classes: Class names; one is `BENIGN`, the others are harmful categories.
@@ -254,6 +350,10 @@ class Classifier:
         embedder: Name of the embedder whose vectors it was trained on.
         meta: How it was trained (command, data hash, validation figures).
         hidden: `(weight (in, out), bias (out,))` per ReLU layer, input first.
+        char_model: The character n-gram scorer averaged in, or `None` for the sentence model
+            alone.
+        calibration: `{"vector": (a, b), "chars": (a, b)}`: each scorer's probability p becomes
+            `sigmoid(a * logit(p) + b)` before the mean (only with a `char_model`).
     """
 
     classes: list[str]
@@ -263,8 +363,15 @@ class Classifier:
     embedder: str = CLASSIFIER_EMBEDDER
     meta: dict = field(default_factory=dict)
     hidden: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
+    char_model: CharModel | None = None
+    calibration: dict[str, tuple[float, float]] | None = None
 
     def __post_init__(self) -> None:
+        if self.char_model is not None:
+            if not self.calibration or set(self.calibration) != {"vector", "chars"}:
+                raise GuardFileError("a classifier with a character model needs the calibration "
+                                     "of both scorers ('vector' and 'chars')")
+            self.calibration = {k: (float(a), float(b)) for k, (a, b) in self.calibration.items()}
         self.coef = np.asarray(self.coef, dtype=np.float64)
         self.intercept = np.asarray(self.intercept, dtype=np.float64)
         self.hidden = [(np.asarray(w, dtype=np.float64), np.asarray(b, dtype=np.float64))
@@ -305,17 +412,21 @@ class Classifier:
         exp = np.exp(logits)
         return exp / exp.sum(axis=1, keepdims=True)
 
-    def scores(self, vectors: np.ndarray) -> tuple[np.ndarray, list[str]]:
-        """Harmful scores (`1 - P(benign)`) and the most likely harmful category per vector.
+    def scores(self, vectors: np.ndarray,
+               texts: list[str] | None = None) -> tuple[np.ndarray, list[str]]:
+        """Harmful scores and the most likely harmful category per request.
 
         Args:
             vectors: `(n, dim)` sentence vectors.
+            texts: The `n` texts the vectors are of (needed when there is a `char_model`).
 
         Returns:
-            `(scores, categories)`.
+            `(scores, categories)`: the score is `1 - P(benign)` without a character model,
+            the mean of the two calibrated probabilities with one.
 
         Raises:
             GuardFileError: The vectors do not have the classifier's dimension.
+            ValueError: A character model but no texts, or not one text per vector.
         """
         vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float64))
         if vectors.shape[1] != self.dim:
@@ -327,7 +438,36 @@ class Classifier:
         harmful = p.copy()
         harmful[:, self._benign] = -1.0
         categories = [self.classes[i] for i in harmful.argmax(axis=1)]
-        return 1.0 - p[:, self._benign], categories
+        each = self.scorer_probabilities(vectors, texts, p)
+        if self.char_model is None:
+            return each["vector"], categories
+        combined = (_platt(each["vector"], self.calibration["vector"])
+                    + _platt(each["chars"], self.calibration["chars"])) / 2
+        return combined, categories
+
+    def scorer_probabilities(self, vectors: np.ndarray, texts: list[str] | None = None,
+                             probabilities: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Each scorer's own harmful probability, before calibration (to measure them apart).
+
+        Args:
+            vectors: `(n, dim)` sentence vectors.
+            texts: The `n` texts (needed when there is a `char_model`).
+            probabilities: `self.probabilities(vectors)` when the caller has it already.
+
+        Returns:
+            `{"vector": 1 - P(benign)}`, plus `"chars"` with a character model.
+
+        Raises:
+            ValueError: A character model but no texts, or not one text per vector.
+        """
+        p = self.probabilities(vectors) if probabilities is None else probabilities
+        each = {"vector": 1.0 - p[:, self._benign]}
+        if self.char_model is not None:
+            if texts is None or len(texts) != len(p):
+                raise ValueError("this classifier has a character model: pass one text per "
+                                 "vector")
+            each["chars"] = self.char_model.probabilities(texts)
+        return each
 
     def to_json(self) -> dict:
         """The JSON object written to the classifier file."""
@@ -340,6 +480,9 @@ class Classifier:
             "intercept": _rounded(self.intercept),
             "coef": _rounded(self.coef),
             "hidden": [{"weight": _rounded(w), "bias": _rounded(b)} for w, b in self.hidden],
+            "char_model": self.char_model.to_json() if self.char_model is not None else None,
+            "calibration": ({k: [float(f"{v:.6g}") for v in ab]
+                             for k, ab in self.calibration.items()} if self.calibration else None),
             "meta": self.meta,
         }
 
@@ -377,7 +520,10 @@ class Classifier:
                        intercept=data["intercept"], threshold=float(data["threshold"]),
                        embedder=data["embedder"], meta=dict(data.get("meta") or {}),
                        hidden=[(layer["weight"], layer["bias"])
-                               for layer in data.get("hidden") or []])
+                               for layer in data.get("hidden") or []],
+                       char_model=(CharModel.from_json(data["char_model"])
+                                   if data.get("char_model") else None),
+                       calibration=data.get("calibration"))
         except (KeyError, TypeError, ValueError) as e:
             raise GuardFileError(f"{path}: not a guard classifier file ({e})") from e
 
@@ -385,8 +531,15 @@ class Classifier:
         """What differs from another classifier beyond float noise ("" when they match)."""
         if self.classes != other.classes:
             return f"classes {self.classes} != {other.classes}"
-        mine = [self.coef, self.intercept, *(a for layer in self.hidden for a in layer)]
-        theirs = [other.coef, other.intercept, *(a for layer in other.hidden for a in layer)]
+        if (self.char_model is None) != (other.char_model is None):
+            return "one has a character model, the other not"
+        if self.char_model is not None and \
+                self.char_model.vocabulary != other.char_model.vocabulary:
+            return "the character models' n-gram vocabularies differ"
+        mine = [self.coef, self.intercept, *(a for layer in self.hidden for a in layer),
+                *_char_arrays(self)]
+        theirs = [other.coef, other.intercept, *(a for layer in other.hidden for a in layer),
+                  *_char_arrays(other)]
         if [a.shape for a in mine] != [a.shape for a in theirs]:
             return (f"layer shapes {[a.shape for a in mine]} != "
                     f"{[a.shape for a in theirs]}")
@@ -396,6 +549,23 @@ class Classifier:
         if abs(self.threshold - other.threshold) > atol:
             return f"threshold {self.threshold:.4f} != {other.threshold:.4f}"
         return ""
+
+
+def _char_arrays(classifier: Classifier) -> list[np.ndarray]:
+    """The character model's and the calibration's numbers, for `Classifier.difference`."""
+    if classifier.char_model is None:
+        return []
+    c = classifier.char_model
+    return [c.idf, c.coef, np.array([c.intercept]),
+            np.array([v for k in sorted(classifier.calibration)
+                      for v in classifier.calibration[k]])]
+
+
+def _platt(p: np.ndarray, ab: tuple[float, float]) -> np.ndarray:
+    """`sigmoid(a * logit(p) + b)`: Platt scaling of a probability."""
+    p = np.clip(p, 1e-7, 1 - 1e-7)
+    a, b = ab
+    return 1.0 / (1.0 + np.exp(-(a * np.log(p / (1 - p)) + b)))
 
 
 def _rounded(array: np.ndarray) -> list:
@@ -467,13 +637,9 @@ class Guard:
         results: list[GuardResult] = []
         for start in range(0, len(texts), batch_size):
             batch = texts[start:start + batch_size]
-            owners, sentences = [], []
-            for i, text in enumerate(batch):
-                for reading in readings(text):
-                    owners.append(i)
-                    sentences.append(reading)
+            owners, sentences = all_readings(batch)
             vectors = np.asarray(self.embedder.embed_documents(sentences), dtype=np.float64)
-            scores, categories = self.classifier.scores(vectors)
+            scores, categories = self.classifier.scores(vectors, sentences)
             best: dict[int, tuple[float, str]] = {}
             for i, score, category in zip(owners, scores, categories):
                 if i not in best or score > best[i][0]:
