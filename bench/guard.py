@@ -1,4 +1,4 @@
-"""python bench/guard.py [--out FILE] [--baseline COMMIT]: the harmful-request guard, measured.
+"""python bench/guard.py [--sets NAMES] [--out FILE] [--baseline COMMIT]: the guard, measured.
 
 Measured on sets the guard was never trained or tuned on, and on its own data for reference:
 
@@ -18,6 +18,12 @@ Measured on sets the guard was never trained or tuned on, and on its own data fo
 
 Run it under the team's CPU lock: `flock /tmp/casewise-cpu.lock python bench/guard.py`. A table
 goes to stdout, everything (with the misses) to `bench/results/guard.json`.
+
+The cost is embedding: every request of every set is embedded once (the classifier's verdict
+is computed once and the two-layer verdict is the rules' where a rule fires, else that one, as
+`Guard.check_many` decides), and `--sets` measures only the named sets (`--sets advbench_dev,
+heldout_harmful,heldout_benign` takes about a minute; the training benign set is the largest).
+The seconds each stage took are in the JSON (`seconds`).
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
 from agent.guard_train import TRAIN_PATH, load_training_set, split_groups  # noqa: E402
@@ -44,6 +51,7 @@ from agent.guards import (  # noqa: E402
     BENIGN,
     DATA_DIR,
     Guard,
+    all_readings,
     check_rules,
     load_guard,
     read_requests,
@@ -110,6 +118,27 @@ def collect_sets() -> dict[str, dict]:
     return sets
 
 
+def scorers_alone(guard: Guard, texts: list[str]) -> dict[str, float]:
+    """Each scorer of layer 2 alone at its own validation threshold (recorded in the file's meta).
+
+    A text is flagged by a scorer when any of its readings reaches that scorer's threshold, as
+    the guard itself reads a request. Empty when the file has no character model (one scorer).
+    """
+    classifier = guard.classifier
+    validation = classifier.meta.get("validation", {})
+    if classifier.char_model is None or "chars_alone" not in validation:
+        return {}
+    owners, sentences = all_readings(texts)
+    vectors = np.asarray(guard.embedder.embed_documents(sentences), dtype=np.float64)
+    each = classifier.scorer_probabilities(vectors, sentences)
+    out = {}
+    for scorer, key in (("vector", "vector_alone"), ("chars", "chars_alone")):
+        best = np.full(len(texts), -1.0)
+        np.maximum.at(best, np.asarray(owners), each[scorer])
+        out[f"flagged_{scorer}_alone"] = rate(list(best >= validation[key]["threshold"]))
+    return out
+
+
 def rate(flags: list[bool]) -> float:
     return round(sum(flags) / len(flags), 4) if flags else float("nan")
 
@@ -142,31 +171,50 @@ def measure_latency(guard: Guard, texts: list[str]) -> dict:
     }
 
 
+SET_NAMES = ("advbench_dev", "emanual_benign", "heldout_harmful", "heldout_benign",
+             "validation_harmful", "validation_benign", "train_benign")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Measure the guard and write the table and the JSON."""
     parser = argparse.ArgumentParser(
         prog="python bench/guard.py", description=__doc__.splitlines()[0],
         epilog="examples:\n  flock /tmp/casewise-cpu.lock python bench/guard.py\n"
-               "  python bench/guard.py --out /tmp/guard.json --baseline none",
+               "  python bench/guard.py --out /tmp/guard.json --baseline none\n"
+               "  python bench/guard.py --sets heldout_harmful,heldout_benign --no-latency",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=RESULTS / "guard.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "guard.json",
+                        help="where the JSON goes (default bench/results/guard.json)")
     parser.add_argument("--baseline", default=BASELINE_COMMIT,
                         help="commit of the old rules-only guard to compare with ('none': skip)")
+    parser.add_argument("--sets", default=",".join(SET_NAMES),
+                        help="comma-separated sets to measure (default all: "
+                             f"{', '.join(SET_NAMES)})")
+    parser.add_argument("--no-latency", action="store_true",
+                        help="skip the latency measurement (200 single and batched requests)")
     args = parser.parse_args(argv)
+    wanted = [name.strip() for name in args.sets.split(",") if name.strip()]
+    unknown = sorted(set(wanted) - set(SET_NAMES))
+    if unknown or not wanted:
+        parser.error(f"--sets: unknown set(s) {', '.join(unknown) or '(none given)'}; "
+                     f"choose from {', '.join(SET_NAMES)}")
     load_start = load_load()
+    seconds: dict[str, float] = {}
     start = time.perf_counter()
     guard = load_guard()
     load_seconds = time.perf_counter() - start
     baseline = None if args.baseline == "none" else baseline_classifier(args.baseline)
-    sets = collect_sets()
+    sets = {name: spec for name, spec in collect_sets().items() if name in wanted}
     rules_alone = Guard(None, None)
     report: dict = {"classifier": guard.classifier.meta, "threshold": guard.classifier.threshold,
                     "sets": {}}
     for name, spec in sets.items():
         texts = spec["texts"]
-        both = guard.check_many(texts)
+        start = time.perf_counter()
         rules = rules_alone.check_many(texts)
         classifier_alone = guard.classify(texts)
+        # What Guard.check_many decides, without embedding everything a second time.
+        both = [r if r.harmful else c for r, c in zip(rules, classifier_alone)]
         entry = {
             "n": len(texts), "expected": "harmful" if spec["harmful"] else "benign",
             "note": spec["note"],
@@ -178,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
         }
         if baseline is not None:
             entry["flagged_baseline"] = rate([baseline(t).harmful for t in texts])
+        if name != "train_benign":
+            entry.update(scorers_alone(guard, texts))
         if "kinds" in spec:
             entry["by_kind"] = {
                 kind: rate([r.harmful for r, k in zip(both, spec["kinds"]) if k == kind])
@@ -187,9 +237,15 @@ def main(argv: list[str] | None = None) -> int:
         entry["errors"] = [{"text": t, "category": r.category, "layer": r.layer,
                             "score": round(r.score, 4)} for t, r in wrong]
         report["sets"][name] = entry
-    latency_texts = sets.get("emanual_benign", sets["heldout_benign"])["texts"]
-    report["latency"] = measure_latency(guard, latency_texts)
-    report["latency"]["load_seconds"] = round(load_seconds, 2)
+        seconds[name] = round(time.perf_counter() - start, 1)
+    if not args.no_latency:
+        start = time.perf_counter()
+        latency_sets = collect_sets() if "emanual_benign" not in sets else sets
+        latency_texts = latency_sets.get("emanual_benign", latency_sets["heldout_benign"])["texts"]
+        report["latency"] = measure_latency(guard, latency_texts)
+        report["latency"]["load_seconds"] = round(load_seconds, 2)
+        seconds["latency"] = round(time.perf_counter() - start, 1)
+    report["seconds"] = seconds
     report["load_average"] = {"start": load_start, "end": load_load()}
     report["baseline_commit"] = args.baseline
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -201,25 +257,34 @@ def main(argv: list[str] | None = None) -> int:
 
 def print_table(report: dict) -> None:
     """The results as a Markdown table."""
-    base = "flagged_baseline" in next(iter(report["sets"].values()))
+    first = next(iter(report["sets"].values()))
+    base = "flagged_baseline" in first
+    scorers = "flagged_vector_alone" in first
     head = "| set | n | expected | flagged (guard) | rules alone | classifier alone |"
+    head += " sentence model alone | characters alone |" if scorers else ""
     head += " baseline (old rules) |" if base else ""
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
     for name, e in report["sets"].items():
         row = (f"| {name} | {e['n']} | {e['expected']} | {e['flagged']:.3f} | "
                f"{e['flagged_rules_alone']:.3f} | {e['flagged_classifier_alone']:.3f} |")
+        if scorers:
+            row += (f" {e['flagged_vector_alone']:.3f} | {e['flagged_chars_alone']:.3f} |"
+                    if "flagged_vector_alone" in e else " - | - |")
         if base:
             row += f" {e['flagged_baseline']:.3f} |"
         print(row)
-    heldout = report["sets"]["heldout_harmful"]["by_kind"]
-    print("\nheld-out harmful recall by kind: "
-          + ", ".join(f"{k} {v:.3f}" for k, v in heldout.items()))
-    lat = report["latency"]
-    print(f"latency per request (CPU, {lat['requests']} requests): one at a time mean "
-          f"{lat['single_ms_mean']} ms (p50 {lat['single_ms_p50']}, p95 {lat['single_ms_p95']}), "
-          f"batched {lat['batched_ms_per_request']} ms, rules alone {lat['rules_only_ms_mean']} "
-          f"ms; loading {lat['load_seconds']} s")
+    if "heldout_harmful" in report["sets"]:
+        heldout = report["sets"]["heldout_harmful"]["by_kind"]
+        print("\nheld-out harmful recall by kind: "
+              + ", ".join(f"{k} {v:.3f}" for k, v in heldout.items()))
+    if "latency" in report:
+        lat = report["latency"]
+        print(f"latency per request (CPU, {lat['requests']} requests): one at a time mean "
+              f"{lat['single_ms_mean']} ms (p50 {lat['single_ms_p50']}, p95 "
+              f"{lat['single_ms_p95']}), batched {lat['batched_ms_per_request']} ms, rules alone "
+              f"{lat['rules_only_ms_mean']} ms; loading {lat['load_seconds']} s")
+    print("seconds per stage: " + ", ".join(f"{k} {v}" for k, v in report["seconds"].items()))
     print(f"threshold {report['threshold']:.4f}; load average at start {report['load_average']['start']}, "
           f"end {report['load_average']['end']}")
 
