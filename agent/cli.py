@@ -17,6 +17,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import textwrap
 import uuid
@@ -386,9 +387,24 @@ def run_ask(args: argparse.Namespace) -> int:
     return 0
 
 
+def interruptible() -> None:
+    """Make Ctrl-C raise `KeyboardInterrupt` even where the parent process ignored SIGINT.
+
+    Python keeps SIGINT ignored when it starts with it ignored, which is how a background job of
+    a non-interactive shell (`make test &`, CI runners, some launchers) starts: the REPL would
+    then echo ^C and go on answering. Only the main thread may set a handler.
+    """
+    import threading
+
+    if threading.current_thread() is threading.main_thread() and \
+            signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def run_chat(args: argparse.Namespace, stdin=None, out=None) -> int:
     """`python -m agent`: the interactive REPL."""
     out = out or sys.stdout
+    interruptible()
     session = args.session or f"s-{uuid.uuid4().hex[:8]}"
     print("casewise: loading the index and the model ...", file=out, flush=True)
     assistant = build_assistant(args)

@@ -36,8 +36,11 @@ from pathlib import Path
 
 from retrieval.errors import CasewiseError, UsageError
 
-DEFAULT_METRICS = ("citation_accuracy", "hallucination_rate", "false_abstention_rate",
-                   "refusal_rate", "over_refusal_rate")
+# Names as `python -m eval` reports them (eval/metrics.py, eval/ragas_metrics.py). Refusal is
+# left out by default: the guard refuses before the model is asked, so it hardly moves with the
+# adapter; add it with --metrics when the sweep runs with --harmful.
+DEFAULT_METRICS = ("citation_accuracy", "answered_unanswerable_rate", "false_abstention_rate",
+                   "rouge_l", "unsupported_claim_rate")
 
 
 class SweepError(CasewiseError):
@@ -238,6 +241,11 @@ def evaluate(cfg: SweepConfig, series: Series, epochs: int, checkpoint: dict, ru
     results = json.loads((root / "results.json").read_text())
     metrics = results["metrics"].get("finetuned", {})
     result = {m: metrics[m]["mean"] for m in cfg.metrics if m in metrics}
+    missing = [m for m in cfg.metrics if m not in metrics]
+    if missing:
+        # A misspelt or renamed metric would otherwise vanish from the table without a word.
+        print(f"warning: {root / 'results.json'} has no {', '.join(missing)} (metrics there: "
+              f"{', '.join(sorted(metrics))})", file=sys.stderr)
     marker.write_text(json.dumps(result, indent=2) + "\n")
     return result
 

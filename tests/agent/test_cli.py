@@ -137,12 +137,17 @@ def test_ask_json_with_the_real_model(real_home, embedded_model_path, capsys):
 
 
 class Terminal:
-    """A child process on a pseudo-terminal, read with timeouts."""
+    """A child process on a pseudo-terminal, read with timeouts.
 
-    def __init__(self, argv):
+    `sigint_ignored`: start the child with SIGINT ignored, as a background job of a
+    non-interactive shell starts (CI runs the suite so).
+    """
+
+    def __init__(self, argv, sigint_ignored=False):
         pid, fd = pty.fork()
         if pid == 0:  # child
             os.chdir(REPO)
+            signal.signal(signal.SIGINT, signal.SIG_IGN if sigint_ignored else signal.SIG_DFL)
             os.execvpe(argv[0], argv, _env())
         self.pid, self.fd, self.buffer = pid, fd, ""
 
@@ -218,13 +223,12 @@ def test_repl_through_a_pseudo_terminal(real_home, embedded_model_path):
 
 
 @pytest.mark.integration
-@pytest.mark.xfail(strict=False, reason="known bug: with llama-cpp-python built by `make setup` "
-                   "(a fresh clone) the Ctrl-C is echoed but not seen before the answer "
-                   "completes; it passes with another build of the same version. Cause not found.")
 def test_ctrl_c_stops_the_current_answer_and_keeps_the_session(real_home, embedded_model_path):
     argv = [sys.executable, "-m", "agent", "--home", str(real_home), "--session", "pty-2",
             "--max-new-tokens", "64"]
-    term = Terminal(argv)
+    # Started with SIGINT ignored (a background job's inheritance): Ctrl-C must still stop the
+    # answer. This is why the test once failed only in fresh-clone runs started with `&`.
+    term = Terminal(argv, sigint_ignored=True)
     term.expect(PROMPT)
     # 64 tokens: long enough that the Ctrl-C lands while the model is still generating.
     # Interrupt as soon as the agent starts working (a fixed sleep raced a fast machine).
@@ -278,3 +282,19 @@ def test_the_mode_is_shown_and_a_quote_is_marked(capsys):
     assert format_mode(generated) == ("[generated: 1 sentence, each checked against its passage; "
                                       "1 unsupported sentence removed]")
     assert format_mode(_answer(mode="refused", refused=True)) is None
+
+
+def test_the_repl_restores_ctrl_c_when_started_with_sigint_ignored():
+    from agent.cli import interruptible
+
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        interruptible()
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        # A handler the embedding program chose is left alone.
+        custom = lambda *_: None  # noqa: E731
+        signal.signal(signal.SIGINT, custom)
+        interruptible()
+        assert signal.getsignal(signal.SIGINT) is custom
+    finally:
+        signal.signal(signal.SIGINT, before)

@@ -58,7 +58,7 @@ class RecordingRunner:
 
             (Path(out) / "results.json").write_text(json.dumps({"metrics": {"finetuned": {
                 "citation_accuracy": {"mean": min(1.0, step / 100)},
-                "hallucination_rate": {"mean": 0.5}}}}))
+                "answered_unanswerable_rate": {"mean": 0.5}}}}))
         return 0
 
     @staticmethod
@@ -92,10 +92,19 @@ def sweep_config(tmp_path):
     return SweepConfig(train_config=str(REPO / "configs" / "smollm2-cpu.yaml"), data=str(data),
                        out=str(tmp_path / "sweep"), fractions=[0.5, 1.0], epochs=[1, 2],
                        questions=[str(questions)], metrics=["citation_accuracy",
-                                                             "hallucination_rate"])
+                                                             "answered_unanswerable_rate", "rouge_l"])
 
 
-def test_sweep_resumes_where_it_stopped(sweep_config, tmp_path):
+def test_default_metrics_are_names_eval_reports():
+    # A stale name (the sweep once asked for `hallucination_rate`) silently emptied its column.
+    from eval.metrics import PROJECT_METRICS
+    from eval.ragas_metrics import RAGAS_METRICS
+    from finetune.sweep import DEFAULT_METRICS
+
+    assert set(DEFAULT_METRICS) <= set(PROJECT_METRICS) | set(RAGAS_METRICS)
+
+
+def test_sweep_resumes_where_it_stopped(sweep_config, tmp_path, capsys):
     first = RecordingRunner(fail_at=3)  # train 50 %, eval epoch 1, then eval epoch 2 fails
     with pytest.raises(SweepError, match="evaluating frac050 epoch 2 failed"):
         sweep(sweep_config, first)
@@ -112,7 +121,7 @@ def test_sweep_resumes_where_it_stopped(sweep_config, tmp_path):
     assert [r["steps"] for r in rows] == [3, 6, 5, 10]
     assert rows[1]["eval_loss"] == 0.5 and rows[3]["citation_accuracy"] == 0.1
     out = tmp_path / "sweep"
-    for name in ("citation_accuracy.png", "hallucination_rate.png", "eval_loss.png", "sweep.md",
+    for name in ("citation_accuracy.png", "answered_unanswerable_rate.png", "eval_loss.png", "sweep.md",
                  "sweep.json"):
         assert (out / name).is_file(), name
     assert "| frac100 | 20 | 2 | 10 |" in (out / "sweep.md").read_text()
@@ -122,6 +131,8 @@ def test_sweep_resumes_where_it_stopped(sweep_config, tmp_path):
     assert [e.rsplit("/", 1)[-1] for e in evaluated] == [
         "checkpoint-3", "checkpoint-6", "checkpoint-5", "checkpoint-10"]
     assert (out / "frac100" / "adapter" / "checkpoint-5" / "casewise.json").is_file()
+    # A metric the evaluation did not report is named, not dropped without a word.
+    assert "has no rouge_l" in capsys.readouterr().err
     # A third run finds everything done.
     third = RecordingRunner()
     sweep(sweep_config, third)
