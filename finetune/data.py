@@ -33,7 +33,7 @@ import json
 import random
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -161,15 +161,21 @@ def dedupe(rows: Sequence[FaqRow], file: str = "") -> tuple[list[FaqRow], list[P
 
 
 def redact_rows(rows: Sequence[FaqRow]) -> tuple[list[FaqRow], Counter]:
-    """Redact personal identifiers in questions and answers; returns rows and counts by kind."""
+    """Redact personal identifiers in questions, answers and the text of other fields (an
+    export's `subject`, extra CSV columns); returns rows (every other field kept) and counts by
+    kind."""
     total: Counter = Counter()
     out = []
+
+    def clean(text: str) -> str:
+        text, counts = redact(text)
+        total.update(counts)
+        return text
+
     for row in rows:
-        question, c1 = redact(row.question)
-        answer, c2 = redact(row.answer)
-        total.update(c1)
-        total.update(c2)
-        out.append(FaqRow(question, answer, row.line, row.id, row.section, row.page))
+        extra = {k: clean(v) if isinstance(v, str) else v for k, v in row.extra.items()}
+        out.append(replace(row, question=clean(row.question), answer=clean(row.answer),
+                           extra=extra))
     return out, total
 
 

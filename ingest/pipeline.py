@@ -357,13 +357,11 @@ class _Run:
     @property
     def embedder(self) -> Embedder:
         if self._embedder is None:
-            from retrieval.embeddings import ENV_RUNTIME, load_embedder
+            from retrieval.embeddings import load_embedder
 
-            # Ingest embeds many passages: sentence-transformers' bfloat16 autocast does the
-            # manual's 179 chunks in ~3.4 s where onnxruntime's float32 needs ~12.9 s, more
-            # than the 7 s the torch import costs (docs/speed.md). Queries stay on onnxruntime.
-            self._embedder = load_embedder(self.settings.embedder,
-                                           runtime=os.environ.get(ENV_RUNTIME) or "torch")
+            # The same runtime as search (onnxruntime for the bundled model where installed,
+            # CASEWISE_EMBEDDER_RUNTIME to choose): no torch import on a cold ingest.
+            self._embedder = load_embedder(self.settings.embedder)
         return self._embedder
 
     def execute(self, paths: list[Path], *, prune: bool, rebuild: bool) -> IngestSummary:

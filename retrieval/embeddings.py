@@ -9,19 +9,22 @@ a hub id that is not in the local Hugging Face cache is a `ModelNotFoundError`.
 Vectors are L2-normalised, so a dot product is the cosine similarity that the Chroma collection
 (cosine space) and `Hit.similarity` report.
 
-The bundled model runs on onnxruntime by default (`OnnxEmbedder`: an ONNX export cached once
-under the casewise cache, the `tokenizers` fast tokenizer, mean pooling in numpy): it imports and
-loads in well under a second where sentence-transformers needs about 7 s, and embeds a query in a
-few milliseconds. `CASEWISE_EMBEDDER_RUNTIME=torch` (or `load_embedder(..., runtime="torch")`)
-keeps sentence-transformers; both give the same vectors to float rounding.
+The bundled model runs on onnxruntime by default, for search and for ingest alike (`OnnxEmbedder`:
+an ONNX export made once and cached under the casewise cache, its graph fused by onnxruntime's
+BERT optimizer; the `tokenizers` fast tokenizer; mean pooling in numpy): it imports and loads in
+well under a second where sentence-transformers needs about 7 s, embeds a query in a few
+milliseconds and the shared manual's 179 passages in about 8 s on 2 cores, and neither path
+imports torch once the export exists. `CASEWISE_EMBEDDER_RUNTIME=torch` (or
+`load_embedder(..., runtime="torch")`), or a machine without onnxruntime, uses
+sentence-transformers; both give the same vectors to float rounding (cosine >= 0.9999), so an
+index built by one is searched by the other.
 
-With sentence-transformers, passages are embedded in bfloat16 where the CPU computes it natively (AVX-512 BF16 or AMX, as
-oneDNN reports): ingest's cost is almost all matrix products over 256-token chunks, about half
-the time in bfloat16, and on the shared manual the vectors keep a cosine of 0.99997 or more to
-the float32 ones (docs/speed.md). Queries stay float32. Query embedding is on every search's
-critical path, so `embed_query` keeps the last `QUERY_CACHE_SIZE` query vectors:
-a warm process (the REPL, `python -m agent serve`) answers a repeated question without running
-the model.
+With sentence-transformers, passages are embedded in bfloat16 where the CPU computes it natively
+(AVX-512 BF16 or AMX, as oneDNN reports): about half the float32 time, and on the shared manual
+the vectors keep a cosine of 0.99997 or more to the float32 ones (docs/speed.md). Queries stay
+float32. Query embedding is on every search's critical path, so `embed_query` keeps the last
+`QUERY_CACHE_SIZE` query vectors: a warm process (the REPL, `python -m agent serve`) answers a
+repeated question without running the model.
 """
 
 from __future__ import annotations
@@ -201,12 +204,18 @@ class SentenceTransformerEmbedder(_QueryCache):
 
 
 
-# The bundled model's runtime: onnxruntime (light to import, fast for single queries) where it is
-# installed, else sentence-transformers. Both give the same vectors (cosine >= 0.9999 on the
-# manual's chunks, docs/speed.md), so an index built by one is searched by the other.
+# The bundled model's runtime: onnxruntime (light to import, fast for single queries, and with the
+# fused graph the faster whole ingest) where it is installed, else sentence-transformers. Both
+# give the same vectors (cosine >= 0.9999 on the manual's chunks, docs/speed.md), so an index
+# built by one is searched by the other.
 ENV_RUNTIME = "CASEWISE_EMBEDDER_RUNTIME"
 RUNTIMES = ("auto", "onnx", "torch")
 ONNX_BATCH_SIZE = 16
+# Part of the cached export's file name: a change to how the model is exported makes a new file.
+ONNX_EXPORT_VERSION = 2
+# Export with eager attention and fuse the graph for onnxruntime (version 2); version 1 was the
+# plain SDPA export.
+ONNX_FUSED = True
 
 
 def onnx_available() -> bool:
@@ -238,7 +247,7 @@ def onnx_model_path(model_dir: Path) -> Path:
 
     weights = model_dir / "model.safetensors"
     stat = weights.stat()
-    key = f"{model_dir.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    key = f"{model_dir.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{ONNX_EXPORT_VERSION}"
     target = cache_root() / "onnx" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.onnx"
     if not target.is_file():
         _export_onnx(model_dir, target)
@@ -263,7 +272,10 @@ def _export_onnx(model_dir: Path, target: Path) -> None:
                               token_type_ids=token_type_ids).last_hidden_state
 
     try:
-        model = _Encoder(AutoModel.from_pretrained(str(model_dir)).eval())
+        # Eager attention exports as plain MatMul/Softmax that onnxruntime's BERT optimizer
+        # fuses into its Attention operator (the SDPA export does not fuse).
+        model = _Encoder(AutoModel.from_pretrained(
+            str(model_dir), attn_implementation="eager" if ONNX_FUSED else None).eval())
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".export-", suffix=".onnx", dir=target.parent)
         os.close(fd)
@@ -276,6 +288,8 @@ def _export_onnx(model_dir: Path, target: Path) -> None:
                 dynamic_axes={n: {0: "batch", 1: "tokens"} for n in [*names, "last_hidden_state"]},
                 opset_version=17, dynamo=False,
             )
+        if ONNX_FUSED:
+            _fuse(Path(tmp), model.model.config)
         os.replace(tmp, target)  # atomic: a concurrent process never reads half a file
     except Exception as err:  # noqa: BLE001 - the exporter raises many types
         with contextlib.suppress(NameError, OSError):
@@ -285,6 +299,18 @@ def _export_onnx(model_dir: Path, target: Path) -> None:
             f"{str(err).splitlines()[0][:200] if str(err) else ''}); set "
             f"{ENV_RUNTIME}=torch to use sentence-transformers"
         ) from err
+
+
+def _fuse(path: Path, config) -> None:
+    """Rewrite the exported graph in place with onnxruntime's BERT fusions (Attention,
+    SkipLayerNormalization, BiasGelu, EmbedLayerNormalization): the same arithmetic in fewer,
+    larger kernels."""
+    from onnxruntime.transformers import optimizer
+
+    fused = optimizer.optimize_model(str(path), model_type="bert",
+                                     num_heads=config.num_attention_heads,
+                                     hidden_size=config.hidden_size, opt_level=0)
+    fused.save_model_to_file(str(path))
 
 
 class OnnxEmbedder(_QueryCache):

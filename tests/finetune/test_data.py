@@ -208,3 +208,18 @@ def test_write_dataset_jsonl(searcher, tmp_path):
     assert [m["role"] for m in record["messages"]] == ["system", "user", "assistant"]
     assert record["meta"]["kind"] in ("gold", "abstain", "refusal")
     assert json.loads(paths["stats"].read_text())["train"]["examples"] == len(lines)
+
+
+def test_redact_rows_keeps_every_field_and_redacts_the_extra_text():
+    from finetune.data import redact_rows
+    from ingest.loaders import FaqRow
+
+    row = FaqRow("Mail me at ann@example.com", "Call +1 415 555 0100.", line=7, id="T-9",
+                 section="Wi-Fi", page=12,
+                 extra={"subject": "From ann@example.com", "status": "solved", "priority": 2})
+    (out,), counts = redact_rows([row])
+    assert (out.line, out.id, out.section, out.page) == (7, "T-9", "Wi-Fi", 12)
+    assert "ann@example.com" not in out.question and "555" not in out.answer
+    assert out.extra["status"] == "solved" and out.extra["priority"] == 2
+    assert "ann@example.com" not in out.extra["subject"] and out.extra["subject"].startswith("From ")
+    assert sum(counts.values()) == 3
