@@ -610,7 +610,8 @@ class _Run:
         feeder.join()
         try:
             ok, value = pickle.loads(result)
-        except (pickle.UnpicklingError, EOFError, ValueError, TypeError):
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
+                ImportError):  # no or unreadable answer: the reader died
             return load_file(path, data, redact=redact, ocr=self.ocr)
         if not ok:
             raise value
