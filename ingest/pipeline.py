@@ -585,12 +585,14 @@ class _Run:
     def _load(self, path: Path, data: bytes, redact: bool) -> LoadedFile:
         """`load_file`; the first time, in a second process while the model and store load.
 
-        Only when this run loads its own embedder (an injected one is already loaded, and
-        tests' monkeypatches must apply to the reading): the overlap hides the reading time
-        (0.9 s for the 165-page manual) of a cold ingest. Should the reader process fail in
+        Only for a PDF (pypdf is the slow reader; an empty file fails before any model is
+        needed) and when this run loads its own embedder (an injected one is already loaded,
+        and tests' monkeypatches must apply to the reading): the overlap hides the reading time
+        (0.8 s for the 165-page manual) of a cold ingest. Should the reader process fail in
         any way, the file is read here instead, so errors are reported as always.
         """
-        if self._embedder is not None:
+        if (self._embedder is not None or path.suffix.lower() not in PDF_SUFFIXES
+                or not data.strip()):
             return load_file(path, data, redact=redact, ocr=self.ocr)
         request = pickle.dumps({"sys_path": sys.path, "args": (path, data),
                                 "kwargs": {"redact": redact, "ocr": self.ocr}})

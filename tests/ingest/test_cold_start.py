@@ -78,3 +78,13 @@ def test_when_the_reader_process_fails_the_file_is_read_here(
                            progress=False)
     assert len(readers) == 1
     assert summary.files[0].status == "indexed" and summary.embedded > 0
+
+
+def test_other_formats_and_empty_files_are_read_here(tmp_path, own_embedder, readers):
+    write_markdown(tmp_path / "docs" / "guide.md")
+    (tmp_path / "docs" / "empty.pdf").write_bytes(b"")
+    summary = pipeline.run([tmp_path / "docs"], Settings.resolve(home=tmp_path / "index"),
+                           progress=False)
+    assert readers == []
+    assert sorted((f.path.rsplit("/", 1)[-1], f.status) for f in summary.files) == [
+        ("empty.pdf", "failed"), ("guide.md", "indexed")]
