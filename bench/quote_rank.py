@@ -1,22 +1,27 @@
-"""python bench/quote_rank.py [--limit N] [--json]
+"""python bench/quote_rank.py [--fit] [--limit N] [--max-contexts N] [--json]
 
-Which sentences should a quoted answer show? A model-free study on the 354 questions of
-`../shared/data/emanual/faq_history.csv` (training data, never dev): for every question,
-retrieve and grade as the agent does (index of `smart_tv_manual.pdf` only, `bench/answers.py`'s
-`--home`), rank the kept passages' sentences (`retrieval.grounding.rank_sentences`) and build
-the quote of each variant below. Per variant: citation accuracy (the quoted passage within 1
-page of the question's `page`) and ROUGE-L F1 of the rendered quote against the FAQ `answer`
-(as `bench/answers.py` scores dev). Also the ceilings: the gold page among the kept passages,
-and on the first one.
+Which sentences should a quoted answer show, and from which passage? A model-free study on the
+354 questions of `../shared/data/emanual/faq_history.csv` (training data, never dev): for every
+question, retrieve and grade as the agent does (index of `smart_tv_manual.pdf` only,
+`bench/answers.py`'s `--home`), list the ranker's quote candidates
+(`retrieval.grounding.quote_candidates`: each sentence of the kept passages and the sentences
+the quote adds after it) with their features (`RANK_FEATURES`), and score the quote each
+scorer picks: citation accuracy (the quoted passage within 1 page of the question's `page`)
+and ROUGE-L F1 of the rendered quote against the FAQ `answer` (as `bench/answers.py` scores
+dev). Also the ceilings: the gold page among the kept passages, and on the first one.
 
-Variants: the sentence score alone (`prior 0`, the ranker before this study) or plus `w` times
-the passage's retrieval prior (`sim`: its cosine similarity to the question; `rank`: 1/rank),
-and quote lengths (sentences / words beyond the first).
+Scorers: `shipped` (`retrieval.grounding.RANK_WEIGHTS`), `sentence (before)` (the ranker
+before the fit: one sentence's cosine + word overlap + 0.5 / passage rank), each feature alone,
+and with `--fit` the weights refitted here: a conditional logit over each question's
+candidates (positives: candidates on a page within 1 of the gold page; L2 penalty `--l2`,
+scipy L-BFGS from zeros, so the fit is deterministic), in-sample and 5-fold cross-validated.
+`--fit` prints the weights to copy into `RANK_WEIGHTS`. Quote lengths (sentences / words beyond
+the first) are compared for the shipped scorer.
 
 Examples:
-    python bench/quote_rank.py                  # all 354 questions (about 2 minutes)
+    python bench/quote_rank.py --fit            # refit RANK_WEIGHTS (about 1 minute)
     python bench/quote_rank.py --limit 50 --json
-    python bench/quote_rank.py --max-contexts 5        # rank over more graded passages
+    python bench/quote_rank.py --max-contexts 5        # candidates from more graded passages
 """
 
 from __future__ import annotations
@@ -35,60 +40,146 @@ from retrieval.errors import CasewiseError, UsageError, run_cli  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data" / "emanual"
 RESULTS = REPO / "bench" / "results"
-# (name, prior kind, prior weight, max sentences, max words)
-VARIANTS = [("prior 0", "sim", 0.0, 3, 60)]
-VARIANTS += [(f"sim x{w}", "sim", w, 3, 60) for w in (0.5, 1.0, 2.0, 4.0)]
-VARIANTS += [(f"rank x{w}", "rank", w, 3, 60) for w in (0.25, 0.5, 1.0)]
-VARIANTS += [("first passage only", "first", 0.0, 3, 60)]
-VARIANTS += [(f"sim x1 len {n}/{m}", "sim", 1.0, n, m) for n, m in ((1, 0), (2, 40), (4, 80),
-                                                                    (5, 100), (6, 120))]
+FOLDS = 5
+# Quote lengths compared for the shipped scorer: (max sentences, max words beyond the first).
+LENGTHS = ((1, 0), (2, 40), (3, 40), (3, 60), (3, 80), (3, 100))
 
 
-def prior(kind: str, hit, rank: int) -> float:
-    """The retrieval prior of a passage: its cosine similarity or 1/rank."""
-    if kind == "rank":
-        return 1.0 / rank
-    return hit.similarity if hit.similarity is not None else 0.0
-
-
-def study(rows: list[dict], searcher, context) -> dict:
-    """Every variant's citation accuracy and ROUGE-L over `rows` (faq_history records)."""
-    from agent.graph import render_quote
-    from bench.answers import rouge_l
+def collect(rows: list[dict], searcher, context) -> list[dict]:
+    """Each question's graded passages, quote candidates and their features."""
     from bench.quote_bar import graded
     from eval.metrics import PAGE_TOLERANCE
-    from finetune.format import ABSTAIN_ANSWER
-    from retrieval.grounding import quote_from, rank_sentences
+    from retrieval.grounding import quote_candidates
+    from retrieval.text import overlap, sentences
 
-    totals = {name: {"citation": 0, "rouge_l": 0.0} for name, *_ in VARIANTS}
-    ceiling = {"gold_among_kept": 0, "gold_first_kept": 0, "kept_any": 0}
+    items = []
     for row in rows:
         gold = int(row["page"])
         kept = graded(row["question"], searcher, context)
         near = [h.citation.page is not None and abs(h.citation.page - gold) <= PAGE_TOLERANCE
                 for h in kept]
-        ceiling["kept_any"] += bool(kept)
-        ceiling["gold_among_kept"] += any(near)
-        ceiling["gold_first_kept"] += bool(near and near[0])
-        ranked = rank_sentences(row["question"], kept, searcher.embedder) if kept else []
-        for name, kind, weight, max_sentences, max_words in VARIANTS:
-            if not ranked:
-                totals[name]["rouge_l"] += rouge_l(row["answer"], ABSTAIN_ANSWER)
-                continue
-            if kind == "first":
-                best = next((t for t in ranked if t[1] == 1), ranked[0])
-            else:
-                best = max(ranked, key=lambda t: t[0] + weight * prior(kind, kept[t[1] - 1], t[1]))
-            q = quote_from(kept, best[1], best[2], max_sentences, max_words)
-            totals[name]["citation"] += near[q.passage - 1]
-            totals[name]["rouge_l"] += rouge_l(row["answer"], render_quote([q], kept))
-    n = len(rows) or 1
-    return {
-        "questions": len(rows),
-        "ceilings": {k: round(v / n, 4) for k, v in ceiling.items()},
-        "variants": {name: {"citation_accuracy": round(t["citation"] / n, 4),
-                            "rouge_l": round(t["rouge_l"] / n, 4)} for name, t in totals.items()},
+        candidates = quote_candidates(row["question"], kept, searcher.embedder)
+        # the ranker before the fit scored the starting sentence alone
+        before = {}
+        if candidates:
+            import numpy as np
+
+            texts = [(sentences(kept[p - 1].text) or [kept[p - 1].text])[s - 1]
+                     for p, s, _, _ in candidates]
+            vectors = np.asarray(searcher.embedder.embed_documents(texts))
+            query = np.asarray(searcher.embedder.embed_query(row["question"]))
+            cosine = vectors @ query / (np.linalg.norm(vectors, axis=1) * np.linalg.norm(query))
+            before = {(p, s): overlap(row["question"], t) + float(c) + 0.5 / p
+                                for (p, s, _, _), t, c in zip(candidates, texts, cosine,
+                                                              strict=True)}
+        items.append({"row": row, "kept": kept, "near": near, "candidates": candidates,
+                      "before": before})
+    return items
+
+
+def matrix(item: dict, features: tuple[str, ...]):
+    """The candidates' feature matrix and positive mask of one question."""
+    import numpy as np
+
+    x = np.array([[f[k] for k in features] for _, _, _, f in item["candidates"]], dtype=float)
+    y = np.array([item["near"][p - 1] for p, _, _, _ in item["candidates"]], dtype=float)
+    return x, y
+
+
+def fit(items: list[dict], features: tuple[str, ...], l2: float):
+    """Conditional-logit weights: maximise each question's probability mass on its positives."""
+    import numpy as np
+    from scipy.optimize import minimize
+
+    data = [matrix(i, features) for i in items if i["candidates"]]
+    data = [(x, y) for x, y in data if y.any()]  # no positive: nothing to learn from
+
+    def loss(w):
+        total, grad = l2 * w @ w, 2 * l2 * w
+        for x, y in data:
+            s = x @ w
+            p = np.exp(s - s.max())
+            p /= p.sum()
+            mass = (p * y).sum()
+            total -= np.log(mass)
+            grad -= (x * (p * y)[:, None]).sum(0) / mass - (x * p[:, None]).sum(0)
+        return total / len(data), grad / len(data)
+
+    return minimize(loss, np.zeros(len(features)), jac=True, method="L-BFGS-B").x
+
+
+def score(items: list[dict], pick, max_sentences: int | None = None,
+          max_words: int | None = None) -> dict:
+    """Citation accuracy and ROUGE-L of the quote `pick(item)` (index of a candidate) chooses."""
+    from agent.graph import render_quote
+    from bench.answers import rouge_l
+    from finetune.format import ABSTAIN_ANSWER
+    from retrieval.grounding import quote_from
+
+    citation = rouge = 0.0
+    for item in items:
+        if not item["candidates"]:
+            rouge += rouge_l(item["row"]["answer"], ABSTAIN_ANSWER)
+            continue
+        p, s, quote, _ = item["candidates"][pick(item)]
+        if max_sentences is not None:
+            quote = quote_from(item["kept"], p, s, max_sentences, max_words)
+        citation += item["near"][p - 1]
+        rouge += rouge_l(item["row"]["answer"], render_quote([quote], item["kept"]))
+    n = len(items) or 1
+    return {"citation_accuracy": round(citation / n, 4), "rouge_l": round(rouge / n, 4)}
+
+
+def linear(weights, features: tuple[str, ...]):
+    """A picker: the candidate with the highest weighted feature sum (first on ties)."""
+    def pick(item):
+        values = [sum(w * f[k] for w, k in zip(weights, features, strict=True))
+                  for _, _, _, f in item["candidates"]]
+        return max(range(len(values)), key=lambda i: (values[i], -i))
+    return pick
+
+
+def study(items: list[dict], do_fit: bool, l2: float) -> dict:
+    """Every scorer's figures (and, with `do_fit`, the refitted weights)."""
+    from retrieval.grounding import RANK_FEATURES, RANK_WEIGHTS
+
+    n = len(items) or 1
+    result = {
+        "questions": len(items),
+        "ceilings": {
+            "gold_among_kept": round(sum(any(i["near"]) for i in items) / n, 4),
+            "gold_first_kept": round(sum(bool(i["near"] and i["near"][0]) for i in items) / n, 4),
+            "kept_any": round(sum(bool(i["kept"]) for i in items) / n, 4)},
+        "shipped_weights": dict(zip(RANK_FEATURES, RANK_WEIGHTS, strict=True)),
+        "scorers": {},
     }
+    scorers = result["scorers"]
+    scorers["shipped"] = score(items, linear(RANK_WEIGHTS, RANK_FEATURES))
+    def sentence_before(item):
+        keys = [(p, s) for p, s, _, _ in item["candidates"]]
+        return max(range(len(keys)), key=lambda i: (item["before"][keys[i]], -i))
+
+    scorers["sentence (before)"] = score(items, sentence_before)
+    for k in RANK_FEATURES:
+        scorers[f"{k} alone"] = score(items, linear((1.0,), (k,)))
+    for max_sentences, max_words in LENGTHS:
+        scorers[f"shipped, length {max_sentences}/{max_words}"] = score(
+            items, linear(RANK_WEIGHTS, RANK_FEATURES), max_sentences, max_words)
+    if do_fit:
+        weights = fit(items, RANK_FEATURES, l2)
+        result["fitted_weights"] = {k: round(float(w), 2)
+                                    for k, w in zip(RANK_FEATURES, weights, strict=True)}
+        scorers["fitted (in-sample)"] = score(items, linear(weights, RANK_FEATURES))
+        folds = []
+        for fold in range(FOLDS):
+            train = [i for j, i in enumerate(items) if j % FOLDS != fold]
+            test = [i for j, i in enumerate(items) if j % FOLDS == fold]
+            folds.append((len(test), score(test, linear(fit(train, RANK_FEATURES, l2),
+                                                         RANK_FEATURES))))
+        scorers[f"fitted ({FOLDS}-fold cross-validated)"] = {
+            key: round(sum(m * s[key] for m, s in folds) / n, 4)
+            for key in ("citation_accuracy", "rouge_l")}
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,6 +188,10 @@ def main(argv: list[str] | None = None) -> int:
         prog="python bench/quote_rank.py", description=__doc__.split("\n\n")[1],
         epilog="Examples:\n" + __doc__.split("Examples:\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--fit", action="store_true",
+                        help="refit RANK_WEIGHTS on faq_history and cross-validate the fit")
+    parser.add_argument("--l2", type=float, default=0.05,
+                        help="L2 penalty of the fit (default 0.05)")
     parser.add_argument("--limit", type=int, default=None, metavar="N",
                         help="the first N questions only")
     parser.add_argument("--home", type=Path, default=REPO / "runs" / "bench" / "emanual-pdf",
@@ -112,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
 def _main(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise UsageError(f"--limit ({args.limit}) must be at least 1")
+    if args.l2 < 0:
+        raise UsageError(f"--l2 ({args.l2}) must be 0 or more")
     faq = DATA / "faq_history.csv"
     if not faq.is_file():
         raise CasewiseError(f"{faq} not found: this benchmark needs ../shared/data/emanual/")
@@ -130,8 +227,9 @@ def _main(args: argparse.Namespace) -> int:
     if args.max_contexts:
         context = Context(searcher=searcher, llm=None, max_contexts=args.max_contexts,
                           top_k=max(context.top_k, args.max_contexts))
-    result = study(rows, searcher, context)
+    result = study(collect(rows, searcher, context), args.fit, args.l2)
     result["max_contexts"] = context.max_contexts
+    result["l2"] = args.l2
     result["load_average"] = os.getloadavg()
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = f"quote_rank_{args.max_contexts}.json" if args.max_contexts else "quote_rank.json"
@@ -141,9 +239,13 @@ def _main(args: argparse.Namespace) -> int:
         return 0
     print(f"{result['questions']} faq_history questions; ceilings: " + ", ".join(
         f"{k} {v:.0%}" for k, v in result["ceilings"].items()))
-    print(f"{'variant':22s} citation  ROUGE-L")
-    for name, v in result["variants"].items():
-        print(f"{name:22s} {v['citation_accuracy']:8.1%}  {v['rouge_l']:.3f}")
+    print(f"{'scorer':34s} citation  ROUGE-L")
+    for name, v in result["scorers"].items():
+        print(f"{name:34s} {v['citation_accuracy']:8.1%}  {v['rouge_l']:.3f}")
+    if "fitted_weights" in result:
+        print("fitted RANK_WEIGHTS = (" + ", ".join(
+            f"{w}" for w in result["fitted_weights"].values()) + ")  # " + ", ".join(
+            result["fitted_weights"]))
     print(f"wrote bench/results/{out} (load average {os.getloadavg()[0]:.2f})")
     return 0
 

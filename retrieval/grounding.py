@@ -22,9 +22,10 @@ repeats an instruction-like passage (its URL, or its words) or is itself an inst
 previous instructions") is rejected with that reason.
 
 `choose_quote` picks what to show when no claim survives: the sentences the model selected by
-number (format v2's `Quote`), else the best-ranked sentence (embedding similarity with the
-question plus word overlap) and the sentences that follow it, up to `QUOTE_MAX_SENTENCES` and
-`QUOTE_MAX_WORDS`. `answer_relevance` is the bar any answer, quoted or generated, must reach to
+number (format v2's `Quote`), else the ranker's best candidate (`rank_sentences`: a sentence and
+the ones that follow it, up to `QUOTE_MAX_SENTENCES` and `QUOTE_MAX_WORDS`, scored as shown by
+a small fitted combination of embedding similarity, word overlap and its passage's rank and
+coverage of the question, `RANK_WEIGHTS`). `answer_relevance` is the bar any answer, quoted or generated, must reach to
 be shown rather than abstaining: a sentence can be supported by a passage and still not answer
 the question.
 
@@ -72,13 +73,23 @@ QUOTE_MAX_SELECTED = 8
 # and the calibration part of eval's in-domain unanswerable set: the lowest value that lets at
 # most 10% of the unanswerable ones through (0.4: 8% of them, 85% of the answerable).
 RELEVANCE_MIN = 0.4
-# The ranker adds this over the passage's rank among the graded passages (0.5 for the first,
-# 0.25 for the second, ...) to each sentence's score: retrieval already fused BM25 and dense
-# ranks over whole passages, evidence a single sentence's score lacks. Chosen with
-# bench/quote_rank.py on faq_history's 354 questions (not dev): the quote's page within 1 of the
-# gold page 63.8% -> 66.1% (0.25: 65.5%, 1.0: 63.3%), ROUGE-L 0.351 -> 0.354; the gold page is
-# among the graded passages for 83% (the ceiling of any choice among them).
-PASSAGE_RANK_PRIOR = 0.5
+# The ranker's score of a quote candidate (a starting sentence and the sentences `quote_from` adds
+# after it, i.e. the quote as it would be shown): a weighted sum of the features `RANK_FEATURES`:
+# - "cosine": cosine similarity of the candidate's text and the question (the retrieval
+#   embedder; 0 without one),
+# - "overlap": share of the question's content words in the candidate (`retrieval.text.overlap`),
+# - "passage_rank": 1 / the passage's rank among the graded passages (retrieval fused BM25 and
+#   dense ranks over whole passages, evidence the candidate alone lacks),
+# - "passage_overlap": share of the question's content words in the whole passage plus its
+#   section heading (the passage that covers the question's other words is the right section).
+# Fitted with `python bench/quote_rank.py --fit` on faq_history's 354 questions (never dev): a
+# conditional logit over every candidate of each question's 3 graded passages (the positives:
+# candidates on a page within 1 of the question's page), L2 penalty 0.05, scipy L-BFGS from
+# zeros. Quote citation accuracy on faq_history 66.1% -> 67.5% (5-fold cross-validated 67.8%),
+# ROUGE-L 0.354 -> 0.367 (bench/results/quote_rank.json). Scoring whole candidates rather than
+# single sentences is what ROUGE-L gains from; scoring the passage's coverage what citation does.
+RANK_FEATURES = ("cosine", "overlap", "passage_rank", "passage_overlap")
+RANK_WEIGHTS = (5.89, 4.42, 1.32, 4.19)
 TermWeight = Callable[[str], float]
 
 _INJECTION = re.compile(
@@ -405,41 +416,70 @@ def selected_quotes(selection: Sequence[tuple[int, int]],
     return out
 
 
+def quote_candidates(
+    question: str, passages: Sequence[PassageLike], embedder: Embedder | None = None
+) -> list[tuple[int, int, Quote, dict[str, float]]]:
+    """Every quote the ranker may pick, one per sentence of the usable passages, with the
+    features it is scored on (`RANK_FEATURES`).
+
+    A candidate is the quote `quote_from(passages, p, s)` would show: sentence `s` of passage
+    `p` and the sentences that follow it within the quote limits. Instruction-like passages
+    give none.
+
+    Returns:
+        `(passage, sentence, quote, features)` tuples in passage and sentence order, numbers
+        1-based.
+    """
+    out = []
+    for p, passage in enumerate(passages, start=1):
+        if looks_like_injection(passage.text):
+            continue
+        whole = f"{passage.text} {passage.citation.section or ''}"
+        passage_overlap = overlap(question, whole)
+        for s in range(1, len(sentences(passage.text) or [passage.text.strip()]) + 1):
+            quote = quote_from(passages, p, s)
+            out.append((p, s, quote, {"cosine": 0.0, "overlap": overlap(question, quote.text),
+                                      "passage_rank": 1.0 / p,
+                                      "passage_overlap": passage_overlap}))
+    if out and embedder is not None:
+        import numpy as np
+
+        texts = list(dict.fromkeys(quote.text for _, _, quote, _ in out))
+        vectors = np.asarray(embedder.embed_documents(texts))
+        query = np.asarray(embedder.embed_query(question))
+        norms = np.linalg.norm(vectors, axis=1) * (np.linalg.norm(query) or 1.0)
+        cosine = dict(zip(texts, (vectors @ query / np.where(norms == 0, 1.0, norms)).tolist(),
+                          strict=True))
+        for _, _, quote, features in out:
+            features["cosine"] = cosine[quote.text]
+    return out
+
+
 def rank_sentences(
     question: str, passages: Sequence[PassageLike], embedder: Embedder | None = None
 ) -> list[tuple[float, int, int]]:
-    """Every sentence of the usable passages scored against the question, best first.
+    """Every quote candidate (`quote_candidates`) scored against the question, best first.
 
-    Score: word overlap with the question (`retrieval.text.overlap`) plus, with an embedder,
-    the cosine similarity of the sentence and question vectors, plus `PASSAGE_RANK_PRIOR`
-    divided by the passage's number (passages come in retrieval order).
+    Score: `RANK_WEIGHTS` times the candidate's `RANK_FEATURES` (the embedding similarity of the
+    quote as shown, its word overlap with the question, the passage's retrieval rank and how
+    much of the question the passage and its heading cover). Ties go to the earlier passage,
+    then the earlier sentence.
 
     Returns:
-        `(score, passage, sentence)` triples, numbers 1-based.
+        `(score, passage, sentence)` triples, numbers 1-based: `quote_from(passages, passage,
+        sentence)` is the quote scored.
     """
-    items = [(p, s, text) for p, passage in enumerate(passages, start=1)
-             if not looks_like_injection(passage.text)
-             for s, text in enumerate(sentences(passage.text) or [passage.text.strip()], start=1)]
-    if not items:
-        return []
-    scores = [overlap(question, text) + PASSAGE_RANK_PRIOR / p for p, _, text in items]
-    if embedder is not None:
-        import numpy as np
-
-        vectors = np.asarray(embedder.embed_documents([text for _, _, text in items]))
-        query = np.asarray(embedder.embed_query(question))
-        norms = np.linalg.norm(vectors, axis=1) * (np.linalg.norm(query) or 1.0)
-        cosine = vectors @ query / np.where(norms == 0, 1.0, norms)
-        scores = [a + float(b) for a, b in zip(scores, cosine, strict=True)]
-    ranked = sorted(zip(scores, items, strict=True), key=lambda t: (-t[0], t[1][0], t[1][1]))
-    return [(score, p, s) for score, (p, s, _) in ranked]
+    scored = [(sum(w * features[f] for w, f in zip(RANK_WEIGHTS, RANK_FEATURES, strict=True)),
+               p, s) for p, s, _, features in quote_candidates(question, passages, embedder)]
+    return sorted(scored, key=lambda t: (-t[0], t[1], t[2]))
 
 
 def ranked_quote(
     question: str, passages: Sequence[PassageLike], embedder: Embedder | None = None
 ) -> Quote | None:
-    """The best-ranked sentence and the ones that follow it in its passage (up to
-    `QUOTE_MAX_SENTENCES` sentences and `QUOTE_MAX_WORDS` words), or `None`."""
+    """The best-ranked quote candidate (`rank_sentences`): a sentence and the ones that follow it
+    in its passage, up to `QUOTE_MAX_SENTENCES` sentences and `QUOTE_MAX_WORDS` words; `None`
+    when no passage is usable."""
     ranked = rank_sentences(question, passages, embedder)
     if not ranked:
         return None
