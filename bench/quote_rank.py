@@ -1,4 +1,4 @@
-"""python bench/quote_rank.py [--fit] [--limit N] [--max-contexts N] [--json]
+"""python bench/quote_rank.py [--fit] [--unanswerable PATH] [--limit N] [--max-contexts N] [--json]
 
 Which sentences should a quoted answer show, and from which passage? A model-free study on the
 354 questions of `../shared/data/emanual/faq_history.csv` (training data, never dev): for every
@@ -6,20 +6,22 @@ question, retrieve and grade as the agent does (index of `smart_tv_manual.pdf` o
 `bench/answers.py`'s `--home`), list the ranker's quote candidates
 (`retrieval.grounding.quote_candidates`: each sentence of the kept passages and the sentences
 the quote adds after it) with their features (`RANK_FEATURES`), and score the quote each
-scorer picks: citation accuracy (the quoted passage within 1 page of the question's `page`)
-and ROUGE-L F1 of the rendered quote against the FAQ `answer` (as `bench/answers.py` scores
-dev). Also the ceilings: the gold page among the kept passages, and on the first one.
+scorer picks as the agent would show it (below the relevance bar, `quote_relevance`, it
+abstains): citation accuracy (the quoted passage within 1 page of the question's `page`),
+ROUGE-L F1 of the rendered quote against the FAQ `answer` (as `bench/answers.py` scores dev),
+the share answered, and with `--unanswerable` the share of those questions answered per split.
+Also the ceilings: the gold page among the kept passages, and on the first one.
 
-Scorers: `shipped` (`retrieval.grounding.RANK_WEIGHTS`), `sentence (before)` (the ranker
-before the fit: one sentence's cosine + word overlap + 0.5 / passage rank), each feature alone,
-and with `--fit` the weights refitted here: a conditional logit over each question's
-candidates (positives: candidates on a page within 1 of the gold page; L2 penalty `--l2`,
-scipy L-BFGS from zeros, so the fit is deterministic), in-sample and 5-fold cross-validated.
-`--fit` prints the weights to copy into `RANK_WEIGHTS`. Quote lengths (sentences / words beyond
-the first) are compared for the shipped scorer.
+Scorers: `shipped` (`retrieval.grounding.RANK_WEIGHTS`), `sentence (before the fit)` (the
+starting sentence's cosine + word overlap + 0.5 / passage rank), quote lengths (sentences /
+words) for the shipped weights, and with `--fit` each feature family of `FAMILIES` refitted: a
+conditional logit over each question's candidates (positives: candidates on a page within 1 of
+the gold page; L2 penalty `--l2`; scipy L-BFGS from zeros, so the fit is deterministic),
+in-sample and 5-fold cross-validated, and the family the choice rule picks (`study`). Copy its
+printed weights into `RANK_WEIGHTS`.
 
 Examples:
-    python bench/quote_rank.py --fit            # refit RANK_WEIGHTS (about 1 minute)
+    python bench/quote_rank.py --fit --unanswerable eval/data/unanswerable_in_domain.jsonl
     python bench/quote_rank.py --limit 50 --json
     python bench/quote_rank.py --max-contexts 5        # candidates from more graded passages
 """
@@ -45,35 +47,45 @@ FOLDS = 5
 LENGTHS = ((1, 0), (2, 40), (3, 40), (3, 60), (3, 80), (3, 100))
 
 
+class MemoEmbedder:
+    """The searcher's embedder with its document vectors remembered: the 354 questions draw on
+    the same 179 passages, so most candidates recur."""
+
+    def __init__(self, embedder) -> None:
+        self.embedder, self.vectors = embedder, {}
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        """Vectors of `texts`, each embedded once per run."""
+        missing = [t for t in dict.fromkeys(texts) if t not in self.vectors]
+        if missing:
+            self.vectors.update(zip(missing, self.embedder.embed_documents(missing), strict=True))
+        return [self.vectors[t] for t in texts]
+
+    def embed_query(self, text: str) -> list[float]:
+        """The query vector (not remembered: each question is asked once)."""
+        return self.embedder.embed_query(text)
+
+
 def collect(rows: list[dict], searcher, context) -> list[dict]:
-    """Each question's graded passages, quote candidates and their features."""
+    """Each question's graded passages, quote candidates, their features and whether each
+    candidate reaches the agent's relevance bar (`retrieval.grounding.quote_relevance`, with the
+    index's IDF). Rows without a `page` are unanswerable questions."""
     from bench.quote_bar import graded
     from eval.metrics import PAGE_TOLERANCE
-    from retrieval.grounding import quote_candidates
-    from retrieval.text import overlap, sentences
+    from retrieval.grounding import quote_candidates, quote_relevance
 
+    embedder = MemoEmbedder(searcher.embedder)
+    idf = searcher.keyword_index().idf
     items = []
     for row in rows:
-        gold = int(row["page"])
+        gold = row.get("page")
         kept = graded(row["question"], searcher, context)
-        near = [h.citation.page is not None and abs(h.citation.page - gold) <= PAGE_TOLERANCE
-                for h in kept]
-        candidates = quote_candidates(row["question"], kept, searcher.embedder)
-        # the ranker before the fit scored the starting sentence alone
-        before = {}
-        if candidates:
-            import numpy as np
-
-            texts = [(sentences(kept[p - 1].text) or [kept[p - 1].text])[s - 1]
-                     for p, s, _, _ in candidates]
-            vectors = np.asarray(searcher.embedder.embed_documents(texts))
-            query = np.asarray(searcher.embedder.embed_query(row["question"]))
-            cosine = vectors @ query / (np.linalg.norm(vectors, axis=1) * np.linalg.norm(query))
-            before = {(p, s): overlap(row["question"], t) + float(c) + 0.5 / p
-                                for (p, s, _, _), t, c in zip(candidates, texts, cosine,
-                                                              strict=True)}
+        near = [gold is not None and h.citation.page is not None
+                and abs(h.citation.page - gold) <= PAGE_TOLERANCE for h in kept]
+        candidates = quote_candidates(row["question"], kept, embedder)
+        bar = [quote_relevance(row["question"], kept, q, idf) is None for _, _, q, _ in candidates]
         items.append({"row": row, "kept": kept, "near": near, "candidates": candidates,
-                      "before": before})
+                      "bar": bar})
     return items
 
 
@@ -110,24 +122,31 @@ def fit(items: list[dict], features: tuple[str, ...], l2: float):
 
 def score(items: list[dict], pick, max_sentences: int | None = None,
           max_words: int | None = None) -> dict:
-    """Citation accuracy and ROUGE-L of the quote `pick(item)` (index of a candidate) chooses."""
+    """Citation accuracy and ROUGE-L of the quote `pick(item)` (index of a candidate) chooses, and
+    the share of questions answered (the quote reaches the relevance bar; below it the agent
+    abstains, which scores as the abstain text)."""
     from agent.graph import render_quote
     from bench.answers import rouge_l
     from finetune.format import ABSTAIN_ANSWER
     from retrieval.grounding import quote_from
 
-    citation = rouge = 0.0
+    citation = rouge = answered = 0.0
     for item in items:
-        if not item["candidates"]:
-            rouge += rouge_l(item["row"]["answer"], ABSTAIN_ANSWER)
+        chosen = pick(item) if item["candidates"] else None
+        if chosen is None or not item["bar"][chosen]:
+            if item["row"].get("answer"):
+                rouge += rouge_l(item["row"]["answer"], ABSTAIN_ANSWER)
             continue
-        p, s, quote, _ = item["candidates"][pick(item)]
+        p, s, quote, _ = item["candidates"][chosen]
         if max_sentences is not None:
             quote = quote_from(item["kept"], p, s, max_sentences, max_words)
+        answered += 1
         citation += item["near"][p - 1]
-        rouge += rouge_l(item["row"]["answer"], render_quote([quote], item["kept"]))
+        if item["row"].get("answer"):
+            rouge += rouge_l(item["row"]["answer"], render_quote([quote], item["kept"]))
     n = len(items) or 1
-    return {"citation_accuracy": round(citation / n, 4), "rouge_l": round(rouge / n, 4)}
+    return {"citation_accuracy": round(citation / n, 4), "rouge_l": round(rouge / n, 4),
+            "answered": round(answered / n, 4)}
 
 
 def linear(weights, features: tuple[str, ...]):
@@ -139,8 +158,32 @@ def linear(weights, features: tuple[str, ...]):
     return pick
 
 
-def study(items: list[dict], do_fit: bool, l2: float) -> dict:
-    """Every scorer's figures (and, with `do_fit`, the refitted weights)."""
+# The ranker before the fit: the starting sentence's cosine + word overlap + 0.5 / passage rank.
+BEFORE = {"sentence_cosine": 1.0, "sentence_overlap": 1.0, "passage_rank": 0.5}
+# The feature families fitted with --fit (each a subset of RANK_FEATURES).
+FAMILIES = {
+    "window": ("cosine", "overlap", "passage_rank", "passage_overlap"),
+    "sentence": ("sentence_cosine", "sentence_overlap", "passage_rank", "passage_overlap"),
+    "all": ("cosine", "overlap", "sentence_cosine", "sentence_overlap", "passage_rank",
+            "passage_overlap"),
+}
+
+
+def full(weights: dict) -> tuple[float, ...]:
+    """A weight per `RANK_FEATURES` entry (0 for the features a scorer leaves out)."""
+    from retrieval.grounding import RANK_FEATURES
+
+    return tuple(round(float(weights.get(k, 0.0)), 2) for k in RANK_FEATURES)
+
+
+def study(items: list[dict], unanswerable: list[dict], do_fit: bool, l2: float) -> dict:
+    """Every scorer's figures on faq_history (and the unanswerable rows' answered rate per
+    split); with `do_fit`, each family refitted, cross-validated, and the choice among them.
+
+    The choice rule: the family with the best cross-validated citation accuracy among those
+    that answer no more calibration-split unanswerable questions than the ranker before the
+    fit and no fewer faq_history questions (one point of slack).
+    """
     from retrieval.grounding import RANK_FEATURES, RANK_WEIGHTS
 
     n = len(items) or 1
@@ -154,31 +197,40 @@ def study(items: list[dict], do_fit: bool, l2: float) -> dict:
         "scorers": {},
     }
     scorers = result["scorers"]
-    scorers["shipped"] = score(items, linear(RANK_WEIGHTS, RANK_FEATURES))
-    def sentence_before(item):
-        keys = [(p, s) for p, s, _, _ in item["candidates"]]
-        return max(range(len(keys)), key=lambda i: (item["before"][keys[i]], -i))
 
-    scorers["sentence (before)"] = score(items, sentence_before)
-    for k in RANK_FEATURES:
-        scorers[f"{k} alone"] = score(items, linear((1.0,), (k,)))
+    def measure(name, weights, max_sentences=None, max_words=None):
+        pick = linear(full(weights), RANK_FEATURES)
+        scorers[name] = score(items, pick, max_sentences, max_words)
+        for split in sorted({u["row"].get("split") or "all" for u in unanswerable}):
+            rows = [u for u in unanswerable if (u["row"].get("split") or "all") == split]
+            scorers[name][f"unanswerable_answered_{split}"] = score(rows, pick)["answered"]
+
+    shipped = dict(zip(RANK_FEATURES, RANK_WEIGHTS, strict=True))
+    measure("shipped", shipped)
+    measure("sentence (before the fit)", BEFORE)
     for max_sentences, max_words in LENGTHS:
-        scorers[f"shipped, length {max_sentences}/{max_words}"] = score(
-            items, linear(RANK_WEIGHTS, RANK_FEATURES), max_sentences, max_words)
+        measure(f"shipped, length {max_sentences}/{max_words}", shipped, max_sentences, max_words)
     if do_fit:
-        weights = fit(items, RANK_FEATURES, l2)
-        result["fitted_weights"] = {k: round(float(w), 2)
-                                    for k, w in zip(RANK_FEATURES, weights, strict=True)}
-        scorers["fitted (in-sample)"] = score(items, linear(weights, RANK_FEATURES))
-        folds = []
-        for fold in range(FOLDS):
-            train = [i for j, i in enumerate(items) if j % FOLDS != fold]
-            test = [i for j, i in enumerate(items) if j % FOLDS == fold]
-            folds.append((len(test), score(test, linear(fit(train, RANK_FEATURES, l2),
-                                                         RANK_FEATURES))))
-        scorers[f"fitted ({FOLDS}-fold cross-validated)"] = {
-            key: round(sum(m * s[key] for m, s in folds) / n, 4)
-            for key in ("citation_accuracy", "rouge_l")}
+        result["fitted_weights"], cross = {}, {}
+        for family, features in FAMILIES.items():
+            weights = dict(zip(features, fit(items, features, l2), strict=True))
+            result["fitted_weights"][family] = full(weights)
+            measure(f"fitted {family} (in-sample)", weights)
+            folds = []
+            for fold in range(FOLDS):
+                train = [i for j, i in enumerate(items) if j % FOLDS != fold]
+                test = [i for j, i in enumerate(items) if j % FOLDS == fold]
+                fold_weights = full(dict(zip(features, fit(train, features, l2), strict=True)))
+                folds.append((len(test), score(test, linear(fold_weights, RANK_FEATURES))))
+            cross[family] = {key: round(sum(m * s[key] for m, s in folds) / n, 4)
+                             for key in ("citation_accuracy", "rouge_l", "answered")}
+            scorers[f"fitted {family} ({FOLDS}-fold cross-validated)"] = cross[family]
+        before = scorers["sentence (before the fit)"]
+        ok = [f for f in FAMILIES
+              if scorers[f"fitted {f} (in-sample)"].get("unanswerable_answered_calibration", 0)
+              <= before.get("unanswerable_answered_calibration", 0)
+              and scorers[f"fitted {f} (in-sample)"]["answered"] >= before["answered"] - 0.01]
+        result["chosen"] = max(ok, key=lambda f: cross[f]["citation_accuracy"]) if ok else None
     return result
 
 
@@ -190,6 +242,9 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--fit", action="store_true",
                         help="refit RANK_WEIGHTS on faq_history and cross-validate the fit")
+    parser.add_argument("--unanswerable", default=None, metavar="PATH",
+                        help="JSONL of in-domain unanswerable questions: each scorer's answered "
+                        "rate per split (the choice rule reads the calibration split)")
     parser.add_argument("--l2", type=float, default=0.05,
                         help="L2 penalty of the fit (default 0.05)")
     parser.add_argument("--limit", type=int, default=None, metavar="N",
@@ -227,7 +282,17 @@ def _main(args: argparse.Namespace) -> int:
     if args.max_contexts:
         context = Context(searcher=searcher, llm=None, max_contexts=args.max_contexts,
                           top_k=max(context.top_k, args.max_contexts))
-    result = study(collect(rows, searcher, context), args.fit, args.l2)
+    unanswerable = []
+    if args.unanswerable:
+        from eval.questions import load_questions
+
+        questions, _ = load_questions(args.unanswerable)
+        unanswerable = [{"question": q.question, "split": q.extra.get("split")}
+                        for q in questions if not q.answerable]
+    for row in rows:
+        row["page"] = int(row["page"])
+    result = study(collect(rows, searcher, context), collect(unanswerable, searcher, context),
+                   args.fit, args.l2)
     result["max_contexts"] = context.max_contexts
     result["l2"] = args.l2
     result["load_average"] = os.getloadavg()
@@ -239,13 +304,16 @@ def _main(args: argparse.Namespace) -> int:
         return 0
     print(f"{result['questions']} faq_history questions; ceilings: " + ", ".join(
         f"{k} {v:.0%}" for k, v in result["ceilings"].items()))
-    print(f"{'scorer':34s} citation  ROUGE-L")
+    print(f"{'scorer':42s} citation  ROUGE-L  answered  unanswerable answered")
     for name, v in result["scorers"].items():
-        print(f"{name:34s} {v['citation_accuracy']:8.1%}  {v['rouge_l']:.3f}")
-    if "fitted_weights" in result:
-        print("fitted RANK_WEIGHTS = (" + ", ".join(
-            f"{w}" for w in result["fitted_weights"].values()) + ")  # " + ", ".join(
-            result["fitted_weights"]))
+        extra = ", ".join(f"{k.removeprefix('unanswerable_answered_')} {x:.0%}"
+                          for k, x in v.items() if k.startswith("unanswerable_answered_"))
+        print(f"{name:42s} {v['citation_accuracy']:8.1%}  {v['rouge_l']:.3f}  "
+              f"{v['answered']:8.1%}  {extra}")
+    for family, weights in result.get("fitted_weights", {}).items():
+        print(f"fitted {family}: RANK_WEIGHTS = {weights}")
+    if "chosen" in result:
+        print(f"chosen: {result['chosen']}")
     print(f"wrote bench/results/{out} (load average {os.getloadavg()[0]:.2f})")
     return 0
 

@@ -88,8 +88,9 @@ RELEVANCE_MIN = 0.4
 # zeros. Quote citation accuracy on faq_history 66.1% -> 67.5% (5-fold cross-validated 67.8%),
 # ROUGE-L 0.354 -> 0.367 (bench/results/quote_rank.json). Scoring whole candidates rather than
 # single sentences is what ROUGE-L gains from; scoring the passage's coverage what citation does.
-RANK_FEATURES = ("cosine", "overlap", "passage_rank", "passage_overlap")
-RANK_WEIGHTS = (5.89, 4.42, 1.32, 4.19)
+RANK_FEATURES = ("cosine", "overlap", "sentence_cosine", "sentence_overlap", "passage_rank",
+                 "passage_overlap")
+RANK_WEIGHTS = (5.89, 4.42, 0.0, 0.0, 1.32, 4.19)
 TermWeight = Callable[[str], float]
 
 _INJECTION = re.compile(
@@ -431,27 +432,32 @@ def quote_candidates(
         1-based.
     """
     out = []
+    starts = []  # each candidate's starting sentence, scored on its own too
     for p, passage in enumerate(passages, start=1):
         if looks_like_injection(passage.text):
             continue
         whole = f"{passage.text} {passage.citation.section or ''}"
         passage_overlap = overlap(question, whole)
-        for s in range(1, len(sentences(passage.text) or [passage.text.strip()]) + 1):
+        sents = sentences(passage.text) or [passage.text.strip()]
+        for s, sentence in enumerate(sents, start=1):
             quote = quote_from(passages, p, s)
-            out.append((p, s, quote, {"cosine": 0.0, "overlap": overlap(question, quote.text),
-                                      "passage_rank": 1.0 / p,
-                                      "passage_overlap": passage_overlap}))
+            starts.append(sentence)
+            out.append((p, s, quote, {
+                "cosine": 0.0, "overlap": overlap(question, quote.text),
+                "sentence_cosine": 0.0, "sentence_overlap": overlap(question, sentence),
+                "passage_rank": 1.0 / p, "passage_overlap": passage_overlap}))
     if out and embedder is not None:
         import numpy as np
 
-        texts = list(dict.fromkeys(quote.text for _, _, quote, _ in out))
+        texts = list(dict.fromkeys([quote.text for _, _, quote, _ in out] + starts))
         vectors = np.asarray(embedder.embed_documents(texts))
         query = np.asarray(embedder.embed_query(question))
         norms = np.linalg.norm(vectors, axis=1) * (np.linalg.norm(query) or 1.0)
         cosine = dict(zip(texts, (vectors @ query / np.where(norms == 0, 1.0, norms)).tolist(),
                           strict=True))
-        for _, _, quote, features in out:
+        for (_, _, quote, features), sentence in zip(out, starts, strict=True):
             features["cosine"] = cosine[quote.text]
+            features["sentence_cosine"] = cosine[sentence]
     return out
 
 
