@@ -17,8 +17,8 @@ starting sentence's cosine + word overlap + 0.5 / passage rank), quote lengths (
 words) for the shipped weights, and with `--fit` each feature family of `FAMILIES` refitted: a
 conditional logit over each question's candidates (positives: candidates on a page within 1 of
 the gold page; L2 penalty `--l2`; scipy L-BFGS from zeros, so the fit is deterministic),
-in-sample and 5-fold cross-validated, and the family the choice rule picks (`study`). Copy its
-printed weights into `RANK_WEIGHTS`.
+in-sample and 5-fold cross-validated, and the family the choice rule picks (`study`). Its
+printed weights are `WINDOW_RANK_WEIGHTS` (the default stays the sentence scorer: see there).
 
 Examples:
     python bench/quote_rank.py --fit --unanswerable eval/data/unanswerable_in_domain.jsonl

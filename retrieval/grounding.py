@@ -23,9 +23,8 @@ previous instructions") is rejected with that reason.
 
 `choose_quote` picks what to show when no claim survives: the sentences the model selected by
 number (format v2's `Quote`), else the ranker's best candidate (`rank_sentences`: a sentence and
-the ones that follow it, up to `QUOTE_MAX_SENTENCES` and `QUOTE_MAX_WORDS`, scored as shown by
-a small fitted combination of embedding similarity, word overlap and its passage's rank and
-coverage of the question, `RANK_WEIGHTS`). `answer_relevance` is the bar any answer, quoted or generated, must reach to
+the ones that follow it, up to `QUOTE_MAX_SENTENCES` and `QUOTE_MAX_WORDS`, scored by a
+weighted sum of a few similarity features, `RANK_WEIGHTS`). `answer_relevance` is the bar any answer, quoted or generated, must reach to
 be shown rather than abstaining: a sentence can be supported by a passage and still not answer
 the question.
 
@@ -75,22 +74,27 @@ QUOTE_MAX_SELECTED = 8
 RELEVANCE_MIN = 0.4
 # The ranker's score of a quote candidate (a starting sentence and the sentences `quote_from` adds
 # after it, i.e. the quote as it would be shown): a weighted sum of the features `RANK_FEATURES`:
-# - "cosine": cosine similarity of the candidate's text and the question (the retrieval
-#   embedder; 0 without one),
-# - "overlap": share of the question's content words in the candidate (`retrieval.text.overlap`),
+# - "cosine" / "overlap": the candidate's embedding cosine with the question (the retrieval
+#   embedder; 0 without one) and its share of the question's content words (`overlap`);
+# - "sentence_cosine" / "sentence_overlap": the same for the starting sentence alone;
 # - "passage_rank": 1 / the passage's rank among the graded passages (retrieval fused BM25 and
-#   dense ranks over whole passages, evidence the candidate alone lacks),
-# - "passage_overlap": share of the question's content words in the whole passage plus its
-#   section heading (the passage that covers the question's other words is the right section).
-# Fitted with `python bench/quote_rank.py --fit` on faq_history's 354 questions (never dev): a
-# conditional logit over every candidate of each question's 3 graded passages (the positives:
-# candidates on a page within 1 of the question's page), L2 penalty 0.05, scipy L-BFGS from
-# zeros. Quote citation accuracy on faq_history 66.1% -> 67.5% (5-fold cross-validated 67.8%),
-# ROUGE-L 0.354 -> 0.367 (bench/results/quote_rank.json). Scoring whole candidates rather than
-# single sentences is what ROUGE-L gains from; scoring the passage's coverage what citation does.
+#   dense ranks over whole passages, evidence a sentence alone lacks);
+# - "passage_overlap": the share of the question's content words in the whole passage plus its
+#   section heading.
+# `RANK_WEIGHTS`, the default, is the sentence scorer (sentence cosine + overlap + 0.5 / rank,
+# chosen on faq_history with bench/quote_rank.py). `WINDOW_RANK_WEIGHTS` is the conditional
+# logit fitted on faq_history's 354 questions by `python bench/quote_rank.py --fit
+# --unanswerable eval/data/unanswerable_in_domain.jsonl` (family "window", L2 0.05): on
+# faq_history, as the agent shows it, citation 61.3% -> 63.3% (5-fold CV 63.6%), ROUGE-L 0.339
+# -> 0.355, answered 88% -> 91%; on dev (whole set, bench/answers.py --configs ranker) citation
+# 0.59 -> 0.60, ROUGE-L 0.382 -> 0.374. It is not the default: under the relevance bar
+# calibrated for the sentence scorer (`RELEVANCE_MIN`) it answers 15% of the unanswerable set's
+# report split (8% before; the calibration split stays at 8%), because quotes scored as wholes
+# hold more of the question's words. Recalibrate the bar with it before switching (docs/agent.md, "The quote ranker").
 RANK_FEATURES = ("cosine", "overlap", "sentence_cosine", "sentence_overlap", "passage_rank",
                  "passage_overlap")
-RANK_WEIGHTS = (5.89, 4.42, 0.0, 0.0, 1.32, 4.19)
+RANK_WEIGHTS = (0.0, 0.0, 1.0, 1.0, 0.5, 0.0)
+WINDOW_RANK_WEIGHTS = (5.68, 3.97, 0.0, 0.0, 1.42, 4.68)
 TermWeight = Callable[[str], float]
 
 _INJECTION = re.compile(
@@ -462,31 +466,34 @@ def quote_candidates(
 
 
 def rank_sentences(
-    question: str, passages: Sequence[PassageLike], embedder: Embedder | None = None
+    question: str, passages: Sequence[PassageLike], embedder: Embedder | None = None,
+    weights: Sequence[float] | None = None,
 ) -> list[tuple[float, int, int]]:
     """Every quote candidate (`quote_candidates`) scored against the question, best first.
 
-    Score: `RANK_WEIGHTS` times the candidate's `RANK_FEATURES` (the embedding similarity of the
-    quote as shown, its word overlap with the question, the passage's retrieval rank and how
-    much of the question the passage and its heading cover). Ties go to the earlier passage,
-    then the earlier sentence.
+    Score: `weights` (default `RANK_WEIGHTS`) times the candidate's `RANK_FEATURES` (embedding
+    similarity and word overlap of the quote and of its first sentence, the passage's retrieval
+    rank and how much of the question the passage and its heading cover). Ties go to the
+    earlier passage, then the earlier sentence.
 
     Returns:
         `(score, passage, sentence)` triples, numbers 1-based: `quote_from(passages, passage,
         sentence)` is the quote scored.
     """
-    scored = [(sum(w * features[f] for w, f in zip(RANK_WEIGHTS, RANK_FEATURES, strict=True)),
+    weights = RANK_WEIGHTS if weights is None else weights
+    scored = [(sum(w * features[f] for w, f in zip(weights, RANK_FEATURES, strict=True)),
                p, s) for p, s, _, features in quote_candidates(question, passages, embedder)]
     return sorted(scored, key=lambda t: (-t[0], t[1], t[2]))
 
 
 def ranked_quote(
-    question: str, passages: Sequence[PassageLike], embedder: Embedder | None = None
+    question: str, passages: Sequence[PassageLike], embedder: Embedder | None = None,
+    weights: Sequence[float] | None = None,
 ) -> Quote | None:
     """The best-ranked quote candidate (`rank_sentences`): a sentence and the ones that follow it
     in its passage, up to `QUOTE_MAX_SENTENCES` sentences and `QUOTE_MAX_WORDS` words; `None`
     when no passage is usable."""
-    ranked = rank_sentences(question, passages, embedder)
+    ranked = rank_sentences(question, passages, embedder, weights)
     if not ranked:
         return None
     _, p, s = ranked[0]

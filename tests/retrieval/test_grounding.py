@@ -9,6 +9,7 @@ from retrieval.grounding import (
     QUOTE_MAX_SENTENCES,
     QUOTE_MAX_WORDS,
     RANK_FEATURES,
+    WINDOW_RANK_WEIGHTS,
     Quote,
     answer_relevance,
     check_claim,
@@ -141,12 +142,15 @@ def test_verify_checks_every_sentence():
     assert verify("", Q, [RESET]) == []
 
 
-def test_ranked_quote_is_the_best_candidate_as_shown():
+def test_ranked_quote_is_the_best_sentence_and_what_follows():
     quote = ranked_quote(Q, [FIRMWARE, RESET], HashEmbedder())
-    assert quote.passage == 2 and quote.selected_by == "ranker"
-    assert any(t.startswith("To reset the router") for t in quote.texts)  # the answering one
-    assert quote == quote_from([FIRMWARE, RESET], 2, quote.sentences[0])
+    assert quote.passage == 2 and quote.sentences == (2, 3) and quote.selected_by == "ranker"
+    assert quote.texts[0].startswith("To reset the router")
     assert ranked_quote(Q, []) is None
+    # the window scorer shows a whole candidate, the answering sentence in it
+    quote = ranked_quote(Q, [FIRMWARE, RESET], HashEmbedder(), WINDOW_RANK_WEIGHTS)
+    assert quote.passage == 2 and any(t.startswith("To reset the router") for t in quote.texts)
+    assert quote == quote_from([FIRMWARE, RESET], 2, quote.sentences[0])
 
 
 def test_selected_quotes_drop_invalid_numbers_and_group_by_passage():
@@ -203,18 +207,18 @@ def test_a_supported_sentence_that_does_not_answer_is_not_relevant():
     assert why and "IDF-weighted" in why
 
 
-def test_the_ranker_prefers_the_better_retrieved_passage_only_on_a_tie():
+def test_the_ranker_prefers_the_better_retrieved_passage_only_on_a_near_tie():
     question = "How do I pair the remote with the soundbar speaker quickly?"
-    first = passage("Pair the remote with the soundbar speaker quickly from the Bluetooth menu.",
-                    page=8)
+    first = passage("Pair the remote with the soundbar speaker from the Bluetooth menu.", page=8)
     second = passage("Quickly pair the remote with the soundbar speaker.", page=9)
-    assert overlap(question, first.text) == overlap(question, second.text)
-    # the same words covered: the retrieval rank decides
+    assert overlap(question, first.text) < overlap(question, second.text)
+    # one word short in the first-ranked passage: its retrieval rank decides
     assert rank_sentences(question, [first, second])[0][1:] == (1, 1)
-    assert rank_sentences(question, [second, first])[0][1:] == (1, 1)
-    # the rank never outweighs a passage that covers the question much better
+    # the prior never outweighs a sentence that answers much better
     unrelated = passage("The soundbar has a wall mount.", page=2)
     assert rank_sentences(question, [unrelated, second])[0][1:] == (2, 1)
+    # the window scorer weighs the words covered more than the rank
+    assert rank_sentences(question, [first, second], weights=WINDOW_RANK_WEIGHTS)[0][1:] == (2, 1)
 
 
 def test_quote_from_stops_at_the_sentence_and_word_limits():
@@ -231,13 +235,15 @@ GAME_ON = passage("Game Mode settings. To turn on Game Mode, open Settings > Gen
                   page=47, section="Using Game Mode")
 
 
-def test_the_ranker_picks_the_passage_that_answers_over_one_that_only_shares_words():
+def test_the_window_scorer_picks_the_passage_that_answers_over_one_that_only_shares_words():
     question = "How do I turn on Game Mode on the TV?"
     icon, answer = GAME_ICON.text.split(". ")[0], GAME_ON.text.split(". ")[1]
-    # one sentence alone does not tell them apart: the distractor shares as many words
+    # one sentence alone does not tell them apart: the distractor shares as many words, and
+    # the default (sentence) scorer follows the retrieval rank to it
     assert overlap(question, icon) >= overlap(question, answer)
+    assert ranked_quote(question, [GAME_ICON, GAME_ON]).passage == 1
     for embedder in (None, HashEmbedder()):
-        quote = ranked_quote(question, [GAME_ICON, GAME_ON], embedder)
+        quote = ranked_quote(question, [GAME_ICON, GAME_ON], embedder, WINDOW_RANK_WEIGHTS)
         assert quote.passage == 2 and any(t.startswith("To turn on Game Mode") for t in quote.texts)
 
 
