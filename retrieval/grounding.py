@@ -422,14 +422,16 @@ def selected_quotes(selection: Sequence[tuple[int, int]],
 
 
 def quote_candidates(
-    question: str, passages: Sequence[PassageLike], embedder: Embedder | None = None
+    question: str, passages: Sequence[PassageLike], embedder: Embedder | None = None,
+    embed_quotes: bool = True,
 ) -> list[tuple[int, int, Quote, dict[str, float]]]:
     """Every quote the ranker may pick, one per sentence of the usable passages, with the
     features it is scored on (`RANK_FEATURES`).
 
     A candidate is the quote `quote_from(passages, p, s)` would show: sentence `s` of passage
     `p` and the sentences that follow it within the quote limits. Instruction-like passages
-    give none.
+    give none. `embed_quotes=False` leaves the whole quotes' "cosine" at 0 and embeds only the
+    first sentences (half the texts, for a scorer that does not weigh it).
 
     Returns:
         `(passage, sentence, quote, features)` tuples in passage and sentence order, numbers
@@ -453,14 +455,15 @@ def quote_candidates(
     if out and embedder is not None:
         import numpy as np
 
-        texts = list(dict.fromkeys([quote.text for _, _, quote, _ in out] + starts))
+        quotes = [quote.text for _, _, quote, _ in out] if embed_quotes else []
+        texts = list(dict.fromkeys(quotes + starts))
         vectors = np.asarray(embedder.embed_documents(texts))
         query = np.asarray(embedder.embed_query(question))
         norms = np.linalg.norm(vectors, axis=1) * (np.linalg.norm(query) or 1.0)
         cosine = dict(zip(texts, (vectors @ query / np.where(norms == 0, 1.0, norms)).tolist(),
                           strict=True))
         for (_, _, quote, features), sentence in zip(out, starts, strict=True):
-            features["cosine"] = cosine[quote.text]
+            features["cosine"] = cosine[quote.text] if embed_quotes else 0.0
             features["sentence_cosine"] = cosine[sentence]
     return out
 
@@ -481,8 +484,10 @@ def rank_sentences(
         sentence)` is the quote scored.
     """
     weights = RANK_WEIGHTS if weights is None else weights
+    embed_quotes = weights[RANK_FEATURES.index("cosine")] != 0
     scored = [(sum(w * features[f] for w, f in zip(weights, RANK_FEATURES, strict=True)),
-               p, s) for p, s, _, features in quote_candidates(question, passages, embedder)]
+               p, s) for p, s, _, features in quote_candidates(question, passages, embedder,
+                                                                embed_quotes)]
     return sorted(scored, key=lambda t: (-t[0], t[1], t[2]))
 
 

@@ -258,6 +258,12 @@ def test_quote_candidates_are_every_sentence_of_the_usable_passages():
         assert set(features) == set(RANK_FEATURES)
         assert features["passage_rank"] == 1 / p
     assert [f["cosine"] for *_, f in quote_candidates("Game Mode", [GAME_ON])] == [0.0] * 3
+    # a scorer that does not weigh the whole quote's cosine embeds the first sentences only
+    embedder = HashEmbedder()
+    lean = quote_candidates("Game Mode", [GAME_ON], embedder, embed_quotes=False)
+    assert [f["cosine"] for *_, f in lean] == [0.0] * 3 and embedder.texts_embedded == 3
+    assert [f["sentence_cosine"] for *_, f in lean] == [
+        f["sentence_cosine"] for *_, f in quote_candidates("Game Mode", [GAME_ON], embedder)]
     assert quote_candidates("anything", [planted]) == []
 
 
