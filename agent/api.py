@@ -3,6 +3,9 @@
     assistant = Assistant.from_settings(Settings.resolve(), LocalChatModel())
     result = assistant.ask("How do I reset the router?", thread_id="ticket-42")
 
+`from_settings` (and `from_searcher`, over an index already open) is how every entry point builds
+the assistant as shipped; `Assistant(...)` itself takes every setting as given (tests).
+
 `ask` runs the graph to the end and returns an `AgentAnswer`; `stream` yields the final answer's
 text once it is verified (the model's unchecked tokens only on request, tagged as a draft) and
 returns the `AgentAnswer` (as the generator's return value, also kept in `last_answer`). Conversation memory is LangGraph's SQLite checkpointer at
