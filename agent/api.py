@@ -3,6 +3,9 @@
     assistant = Assistant.from_settings(Settings.resolve(), LocalChatModel())
     result = assistant.ask("How do I reset the router?", thread_id="ticket-42")
 
+`from_settings` (and `from_searcher`, over an index already open) is how every entry point builds
+the assistant as shipped; `Assistant(...)` itself takes every setting as given (tests).
+
 `ask` runs the graph to the end and returns an `AgentAnswer`; `stream` yields the final answer's
 text once it is verified (the model's unchecked tokens only on request, tagged as a draft) and
 returns the `AgentAnswer` (as the generator's return value, also kept in `last_answer`). Conversation memory is LangGraph's SQLite checkpointer at
@@ -17,6 +20,7 @@ import uuid
 from collections.abc import Generator
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.checkpoint.sqlite import SqliteSaver
@@ -31,6 +35,9 @@ from agent.state import AgentAnswer
 from retrieval.settings import Settings
 from retrieval.types import Searcher
 from retrieval.errors import UsageError
+
+if TYPE_CHECKING:  # chromadb is heavy to import; only from_settings opens an index
+    from retrieval.search import HybridSearcher
 
 # Types that checkpoints may hold (LangGraph refuses to revive unregistered classes).
 _CHECKPOINT_TYPES = [
@@ -114,14 +121,43 @@ class Assistant:
         faq_threshold: float | None = None,
         **context,
     ) -> Assistant:
-        """Open the index described by `settings` and build an assistant on it.
+        """Open the index described by `settings` and build an assistant on it, with the
+        conversation memory at `settings.memory_path` (see `from_searcher`).
 
         Raises:
             IndexNotFoundError: No index at `settings.home` (run `python -m ingest docs/`).
         """
         from retrieval.search import open_searcher
 
-        searcher = open_searcher(settings)
+        return cls.from_searcher(open_searcher(settings), llm, memory_path=settings.memory_path,
+                                 top_k=top_k, faq_threshold=faq_threshold, **context)
+
+    @classmethod
+    def from_searcher(
+        cls,
+        searcher: HybridSearcher,
+        llm: ChatBackend,
+        *,
+        memory_path: Path | None = None,
+        top_k: int = 5,
+        faq_threshold: float | None = None,
+        **context,
+    ) -> Assistant:
+        """The assistant as shipped, over an index already open: the FAQ match, the quote
+        ranker's embedder, the relevance bar's IDF weights and the guard all come from
+        `searcher`. The CLI, the REST service, eval and the benchmarks build it here, so that
+        every one of them answers by the same rules (eval once built `Assistant` itself without
+        the IDF weights, and its relevance bar let 40% of the in-domain unanswerable questions
+        through where the CLI's let 8%).
+
+        Args:
+            searcher: Retrieval over the index (`retrieval.search.open_searcher`).
+            llm: The reasoning model.
+            memory_path: SQLite file for conversation memory; `None` keeps it in this process.
+            top_k: Passages retrieved per question.
+            faq_threshold: FAQ match threshold (default `agent.faq.DEFAULT_FAQ_THRESHOLD`).
+            **context: Further `agent.context.Context` fields; they win over the defaults.
+        """
         threshold = DEFAULT_FAQ_THRESHOLD if faq_threshold is None else faq_threshold
         context.setdefault("embedder", searcher.embedder)  # ranks sentences for quotes
         # IDF weights of the answer relevance bar, from the keyword index search already built.
@@ -129,7 +165,7 @@ class Assistant:
         # The guard's classifier reads the vectors of the embedder retrieval already loaded.
         context.setdefault("guard", load_guard(searcher.embedder))
         return cls(
-            searcher, llm, memory_path=settings.memory_path,
+            searcher, llm, memory_path=memory_path,
             faq=FaqMatcher(searcher, threshold=threshold), top_k=top_k, **context,
         )
 

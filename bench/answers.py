@@ -32,7 +32,7 @@ the method, not on these dev items; a held-out split re-measures them.
 
 Examples:
     python bench/answers.py --limit 20 --spread                   # a quick look (ranker + base)
-    python bench/answers.py --unanswerable eval/data/unanswerable_indomain.jsonl
+    python bench/answers.py --unanswerable eval/data/unanswerable_in_domain.jsonl
     python bench/answers.py --adapter /work/adapters/smollm2-v2 --configs adapter:generate,adapter:extract
 """
 

@@ -209,13 +209,12 @@ def build_system(name: str, options: SystemOptions, llm=None, searcher=None) -> 
     if name == "no-rag":
         return NoRagSystem(llm, max_new_tokens=options.max_new_tokens)
     from agent.api import Assistant
-    from agent.faq import DEFAULT_FAQ_THRESHOLD, FaqMatcher
     from retrieval.search import open_searcher
 
-    # Not `Assistant.from_settings`: that opens the user's memory.sqlite under the home.
+    # Not `Assistant.from_settings`: that opens the user's memory.sqlite under the home. The
+    # same builder as the CLI's all the same (the ranker's embedder, the relevance bar's IDF
+    # weights, the guard), so that eval measures the agent that ships.
     searcher = searcher if searcher is not None else open_searcher(options.settings)
-    assistant = Assistant(
-        searcher, llm, memory_path=None, faq=FaqMatcher(searcher, threshold=DEFAULT_FAQ_THRESHOLD),
-        top_k=options.top_k, max_new_tokens=options.max_new_tokens,
-    )
+    assistant = Assistant.from_searcher(searcher, llm, memory_path=None, top_k=options.top_k,
+                                        max_new_tokens=options.max_new_tokens)
     return AgentSystem(assistant, name)

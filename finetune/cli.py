@@ -203,7 +203,7 @@ def run_data(args: argparse.Namespace) -> int:
         store = ChunkStore(settings, read_manifest(settings)["embedder"])
         synthetic, rejected = synthetic_rows(
             store.all_chunks(where={"type": "doc"}), _ModelWriter(args.model), args.synthetic,
-            args.seed,
+            args.seed, progress=True,
         )
         print(f"synthetic questions: {len(synthetic)} kept, {len(rejected)} rejected",
               file=sys.stderr)

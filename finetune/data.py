@@ -447,7 +447,7 @@ def synthetic_question_ok(question: str, chunk_text: str) -> tuple[bool, str]:
 
 
 def synthetic_rows(
-    chunks: Sequence[Chunk], writer: Completer, n: int, seed: int
+    chunks: Sequence[Chunk], writer: Completer, n: int, seed: int, progress: bool = False
 ) -> tuple[list[FaqRow], list[Problem]]:
     """Ask `writer` for one question per sampled chunk; the answer is the best-matching sentence.
 
@@ -456,6 +456,7 @@ def synthetic_rows(
         writer: The model that writes the questions.
         n: How many chunks to try.
         seed: Sampling seed.
+        progress: Show a progress bar (one model call per chunk: minutes on a CPU).
 
     Returns:
         Rows that passed the quality filter (their `id` is `synthetic:<chunk id>`, their page the
@@ -465,7 +466,7 @@ def synthetic_rows(
     docs = [c for c in chunks if c.type == "doc" and len(c.text.split()) >= 20]
     picked = rng.sample(docs, min(n, len(docs)))
     rows, problems, seen = [], [], set()
-    for i, chunk in enumerate(picked, start=1):
+    for i, chunk in enumerate(_progress(picked, progress, "writing synthetic questions"), start=1):
         messages = [{"role": "system", "content": SYNTHETIC_PROMPT},
                     {"role": "user", "content": chunk.text.strip()}]
         question = writer.complete(messages, max_new_tokens=48).strip().split("\n")[0].strip()

@@ -34,6 +34,17 @@ The levers, each on by default on a GPU and each switched off by its `--no_<name
 - `use_compile`: `torch.compile` of each decoder layer (the layers share one compiled graph, so
   compiling costs one layer's time, not 32). Off by default: see `docs/gpu.md` for its figures.
 
+One lever is for the CPU:
+
+- `completion_head`: score only the answer positions with the LM head. TRL's fused LM head
+  scores only the positions that carry a label on Triton devices, but every position elsewhere
+  (fixed tile shapes, for compilers), and on CPU it multiplies in fp32. casewise's prompts are
+  ~90 % passages whose labels are masked (`completion_only_loss`), so on CPU the head's
+  (tokens x 49,152) product was most of an example's time: `CompletionHeadTrainer` computes the
+  same loss (sum of the answer tokens' negative log-likelihood over TRL's token count) from the
+  answer positions only, in the model's dtype, and logs the same `entropy` and
+  `mean_token_accuracy`. On GPUs TRL's own path is kept.
+
 The field names avoid `SFTConfig`'s own (`padding_free`, `torch_compile`): `TrlParser` builds one
 argparse parser for all dataclasses and rejects a flag defined twice.
 """
@@ -67,6 +78,7 @@ class SpeedArgs:
         uncheckpointed_layers: Leave the last k decoder layers un-checkpointed.
         micro_batch_size: Micro-batch per device at the same effective batch; 0 keeps the config's.
         use_compile: Compile each decoder layer with `torch.compile`.
+        completion_head: On CPU, apply the LM head to the labelled (answer) positions only.
     """
 
     keep_bf16: bool = field(
@@ -96,6 +108,9 @@ class SpeedArgs:
     )
     use_compile: bool = field(
         default=False, metadata={"help": "torch.compile each decoder layer on GPU."}
+    )
+    completion_head: bool = field(
+        default=True, metadata={"help": "On CPU, apply the LM head to the answer positions only."}
     )
 
     def __post_init__(self) -> None:
@@ -346,3 +361,70 @@ def per_example_losses(model, sequences, *, padding_free: bool) -> list[float]:
         for i, s in enumerate(sequences):
             losses.append(nll[i, : len(s) - 1].mean().item())
     return losses
+
+
+def completion_head_loss(model, inputs: dict, num_items_in_batch=None):
+    """The causal-LM loss of `inputs` with the LM head applied to the labelled positions only.
+
+    Args:
+        model: A causal LM, or the PEFT model wrapping one (its LoRA layers run in place).
+        inputs: The collator's batch (`input_ids`, `attention_mask`, `labels`, ...).
+        num_items_in_batch: Labelled tokens of the whole accumulated batch (the Trainer's count);
+            the loss is normalised by it, as TRL's SFT loss is, or by this batch's count.
+
+    Returns:
+        `(loss, stats)`: the loss and a dict of `entropy_sum`, `correct`, `tokens` (labelled
+        positions of this batch) for the trainer's metrics.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    kwargs = {k: v for k, v in inputs.items() if k not in ("labels", "num_items_in_batch")}
+    kwargs["use_cache"] = False
+    hidden = inner.model(**kwargs).last_hidden_state[:, :-1]
+    labels = inputs["labels"][:, 1:]
+    mask = labels != -100
+    logits = inner.get_output_embeddings()(hidden[mask]).float()
+    targets = labels[mask]
+    nll = F.cross_entropy(logits, targets, reduction="sum")
+    count = mask.sum() if num_items_in_batch is None else num_items_in_batch
+    loss = nll / torch.as_tensor(count, device=nll.device).clamp(min=1)
+    with torch.no_grad():
+        logp = torch.log_softmax(logits, dim=-1)
+        stats = {"entropy_sum": float(-(logp.exp() * logp).sum()),
+                 "correct": int((logits.argmax(-1) == targets).sum()), "tokens": int(mask.sum())}
+    return loss, stats
+
+
+_TRAINER_CLASSES: dict = {}
+
+
+def completion_head_trainer(base):
+    """`base` (TRL's `SFTTrainer`) with `compute_loss` from `completion_head_loss`.
+
+    The subclass keeps TRL's bookkeeping: the `entropy`, `mean_token_accuracy` and `num_tokens`
+    metrics (the training report reads `num_tokens`). Packed (padding-free) batches and other
+    loss types go to TRL's own `compute_loss`.
+    """
+    if base in _TRAINER_CLASSES:
+        return _TRAINER_CLASSES[base]
+
+    class CompletionHeadTrainer(base):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if (return_outputs or "attention_mask" not in inputs
+                    or getattr(self.args, "loss_type", "nll") != "nll"
+                    or self.label_smoother is not None):
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            mode = "train" if self.model.training else "eval"
+            loss, stats = completion_head_loss(model, inputs, num_items_in_batch)
+            tokens = max(stats["tokens"], 1)
+            self._metrics[mode]["entropy"].append(stats["entropy_sum"] / tokens)
+            self._metrics[mode]["mean_token_accuracy"].append(stats["correct"] / tokens)
+            if mode == "train":
+                self._total_train_tokens += int(inputs["attention_mask"].sum())
+            self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+            return loss
+
+    _TRAINER_CLASSES[base] = CompletionHeadTrainer
+    return CompletionHeadTrainer

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from finetune.format import FORMAT_VERSION
 from finetune.model import load_tokenizer, resolve_base_model
-from finetune.speed import SpeedArgs, configure_sft_config, prepare_model
+from finetune.speed import SpeedArgs, completion_head_trainer, configure_sft_config, prepare_model
 from ingest.loaders import read_jsonl
 from retrieval.errors import UsageError
 
@@ -61,6 +61,9 @@ class DataArgs:
         require_gpu: Fail early unless a CUDA GPU is visible (GPU configs set it).
         cpu_threads: Torch threads when training on CPU (0: torch's default). On a shared
             machine 1 thread can be several times faster than 2 busy-waiting OpenMP threads.
+        lora_top_layers: Put adapters on the last N decoder layers only (0: all layers). The
+            backward pass then stops at the lowest adapted layer: on the 30-layer embedded
+            model, 15 layers halve the seconds per step on CPU (docs/finetune.md).
     """
 
     train_file: str | None = field(default=None, metadata={"help": "train.jsonl from `data`."})
@@ -73,6 +76,8 @@ class DataArgs:
     drop_long_examples: bool = field(default=False, metadata={"help": "Drop, not fail."})
     require_gpu: bool = field(default=False, metadata={"help": "Fail without CUDA."})
     cpu_threads: int = field(default=0, metadata={"help": "Torch threads on CPU (0: default)."})
+    lora_top_layers: int = field(default=0, metadata={"help": "Adapt the last N decoder layers "
+                                                              "only (0: all)."})
 
 
 # --------------------------------------------------------------------------- data
@@ -493,6 +498,34 @@ def keep_nf4_differentiable_on_cpu(model) -> int:
     return n
 
 
+def lora_config(model_args, model, top_layers: int = 0):
+    """TRL's LoRA config for `model_args`, restricted to the last `top_layers` decoder layers.
+
+    PEFT accepts `layers_to_transform` only with an explicit module list, so "all-linear" is
+    resolved here to the model's linear layer names (the output head excluded, as PEFT does).
+
+    Raises:
+        TrainConfigError: `top_layers` is negative or larger than the model's layer count.
+    """
+    import torch
+    from trl import get_peft_config
+
+    config = get_peft_config(model_args)
+    n_layers = model.config.num_hidden_layers
+    if not 0 <= top_layers <= n_layers:
+        raise TrainConfigError(f"lora_top_layers: {top_layers} is outside 0..{n_layers} (the "
+                               f"model has {n_layers} decoder layers)")
+    if not top_layers or top_layers == n_layers:
+        return config
+    if config.target_modules == "all-linear":
+        config.target_modules = sorted({
+            name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear) and not name.endswith("lm_head")
+        })
+    config.layers_to_transform = list(range(n_layers - top_layers, n_layers))
+    return config
+
+
 def _load_model(base: str, model_args, on_gpu: bool):
     import torch
     from transformers import AutoModelForCausalLM
@@ -534,7 +567,7 @@ def train(data: DataArgs, sft, model_args, speed: SpeedArgs, config_path: str = 
     import torch
     from datasets import Dataset
     from transformers import AutoConfig, EarlyStoppingCallback
-    from trl import SFTTrainer, get_peft_config
+    from trl import SFTTrainer
 
     on_gpu = torch.cuda.is_available() and not sft.use_cpu
     if not on_gpu and data.cpu_threads:
@@ -598,13 +631,16 @@ def train(data: DataArgs, sft, model_args, speed: SpeedArgs, config_path: str = 
     budget = _time_budget_callback(data.max_train_minutes) if data.max_train_minutes else None
     if budget:
         callbacks.append(budget)
-    trainer = SFTTrainer(
+    trainer_class = SFTTrainer
+    if not on_gpu and speed.completion_head:
+        trainer_class = completion_head_trainer(SFTTrainer)
+    trainer = trainer_class(
         model=model,
         args=sft,
         train_dataset=Dataset.from_list(strip(train_records)),
         eval_dataset=Dataset.from_list(strip(eval_records)) if eval_records else None,
         processing_class=tokenizer,
-        peft_config=get_peft_config(model_args),
+        peft_config=lora_config(model_args, model, data.lora_top_layers),
         callbacks=callbacks,
     )
     if model_args.dtype == "bfloat16" and not (model_args.load_in_4bit or model_args.load_in_8bit):
@@ -647,7 +683,8 @@ def train(data: DataArgs, sft, model_args, speed: SpeedArgs, config_path: str = 
         "run_name": out.name, "base_model": base, "base_model_requested": requested,
         "quantized": quantized, "lora_r": model_args.lora_r, "lora_alpha": model_args.lora_alpha,
         "lora_dropout": model_args.lora_dropout,
-        "target_modules": model_args.lora_target_modules, "train_file": data.train_file,
+        "target_modules": model_args.lora_target_modules,
+        "lora_top_layers": data.lora_top_layers, "train_file": data.train_file,
         "eval_file": eval_file, "train_examples": len(train_records),
         "eval_examples": len(eval_records), "train_tokens": sum(train_lengths),
         "global_step": state.global_step, "epochs": epochs,

@@ -22,9 +22,9 @@ repeats an instruction-like passage (its URL, or its words) or is itself an inst
 previous instructions") is rejected with that reason.
 
 `choose_quote` picks what to show when no claim survives: the sentences the model selected by
-number (format v2's `Quote`), else the best-ranked sentence (embedding similarity with the
-question plus word overlap) and the sentences that follow it, up to `QUOTE_MAX_SENTENCES` and
-`QUOTE_MAX_WORDS`. `answer_relevance` is the bar any answer, quoted or generated, must reach to
+number (format v2's `Quote`), else the ranker's best candidate (`rank_sentences`: a sentence and
+the ones that follow it, up to `QUOTE_MAX_SENTENCES` and `QUOTE_MAX_WORDS`, scored by a
+weighted sum of a few similarity features, `RANK_WEIGHTS`). `answer_relevance` is the bar any answer, quoted or generated, must reach to
 be shown rather than abstaining: a sentence can be supported by a passage and still not answer
 the question.
 
@@ -72,13 +72,29 @@ QUOTE_MAX_SELECTED = 8
 # and the calibration part of eval's in-domain unanswerable set: the lowest value that lets at
 # most 10% of the unanswerable ones through (0.4: 8% of them, 85% of the answerable).
 RELEVANCE_MIN = 0.4
-# The ranker adds this over the passage's rank among the graded passages (0.5 for the first,
-# 0.25 for the second, ...) to each sentence's score: retrieval already fused BM25 and dense
-# ranks over whole passages, evidence a single sentence's score lacks. Chosen with
-# bench/quote_rank.py on faq_history's 354 questions (not dev): the quote's page within 1 of the
-# gold page 63.8% -> 66.1% (0.25: 65.5%, 1.0: 63.3%), ROUGE-L 0.351 -> 0.354; the gold page is
-# among the graded passages for 83% (the ceiling of any choice among them).
-PASSAGE_RANK_PRIOR = 0.5
+# The ranker's score of a quote candidate (a starting sentence and the sentences `quote_from` adds
+# after it, i.e. the quote as it would be shown): a weighted sum of the features `RANK_FEATURES`:
+# - "cosine" / "overlap": the candidate's embedding cosine with the question (the retrieval
+#   embedder; 0 without one) and its share of the question's content words (`overlap`);
+# - "sentence_cosine" / "sentence_overlap": the same for the starting sentence alone;
+# - "passage_rank": 1 / the passage's rank among the graded passages (retrieval fused BM25 and
+#   dense ranks over whole passages, evidence a sentence alone lacks);
+# - "passage_overlap": the share of the question's content words in the whole passage plus its
+#   section heading.
+# `RANK_WEIGHTS`, the default, is the sentence scorer (sentence cosine + overlap + 0.5 / rank,
+# chosen on faq_history with bench/quote_rank.py). `WINDOW_RANK_WEIGHTS` is the conditional
+# logit fitted on faq_history's 354 questions by `python bench/quote_rank.py --fit
+# --unanswerable eval/data/unanswerable_in_domain.jsonl` (family "window", L2 0.05): on
+# faq_history, as the agent shows it, citation 61.3% -> 63.3% (5-fold CV 63.6%), ROUGE-L 0.339
+# -> 0.355, answered 88% -> 91%; on dev (whole set, bench/answers.py --configs ranker) citation
+# 0.59 -> 0.60, ROUGE-L 0.382 -> 0.374. It is not the default: under the relevance bar
+# calibrated for the sentence scorer (`RELEVANCE_MIN`) it answers 15% of the unanswerable set's
+# report split (8% before; the calibration split stays at 8%), because quotes scored as wholes
+# hold more of the question's words. Recalibrate the bar with it before switching (docs/agent.md, "The quote ranker").
+RANK_FEATURES = ("cosine", "overlap", "sentence_cosine", "sentence_overlap", "passage_rank",
+                 "passage_overlap")
+RANK_WEIGHTS = (0.0, 0.0, 1.0, 1.0, 0.5, 0.0)
+WINDOW_RANK_WEIGHTS = (5.68, 3.97, 0.0, 0.0, 1.42, 4.68)
 TermWeight = Callable[[str], float]
 
 _INJECTION = re.compile(
@@ -405,42 +421,84 @@ def selected_quotes(selection: Sequence[tuple[int, int]],
     return out
 
 
-def rank_sentences(
-    question: str, passages: Sequence[PassageLike], embedder: Embedder | None = None
-) -> list[tuple[float, int, int]]:
-    """Every sentence of the usable passages scored against the question, best first.
+def quote_candidates(
+    question: str, passages: Sequence[PassageLike], embedder: Embedder | None = None,
+    embed_quotes: bool = True,
+) -> list[tuple[int, int, Quote, dict[str, float]]]:
+    """Every quote the ranker may pick, one per sentence of the usable passages, with the
+    features it is scored on (`RANK_FEATURES`).
 
-    Score: word overlap with the question (`retrieval.text.overlap`) plus, with an embedder,
-    the cosine similarity of the sentence and question vectors, plus `PASSAGE_RANK_PRIOR`
-    divided by the passage's number (passages come in retrieval order).
+    A candidate is the quote `quote_from(passages, p, s)` would show: sentence `s` of passage
+    `p` and the sentences that follow it within the quote limits. Instruction-like passages
+    give none. `embed_quotes=False` leaves the whole quotes' "cosine" at 0 and embeds only the
+    first sentences (half the texts, for a scorer that does not weigh it).
 
     Returns:
-        `(score, passage, sentence)` triples, numbers 1-based.
+        `(passage, sentence, quote, features)` tuples in passage and sentence order, numbers
+        1-based.
     """
-    items = [(p, s, text) for p, passage in enumerate(passages, start=1)
-             if not looks_like_injection(passage.text)
-             for s, text in enumerate(sentences(passage.text) or [passage.text.strip()], start=1)]
-    if not items:
-        return []
-    scores = [overlap(question, text) + PASSAGE_RANK_PRIOR / p for p, _, text in items]
-    if embedder is not None:
+    out = []
+    starts = []  # each candidate's starting sentence, scored on its own too
+    for p, passage in enumerate(passages, start=1):
+        if looks_like_injection(passage.text):
+            continue
+        whole = f"{passage.text} {passage.citation.section or ''}"
+        passage_overlap = overlap(question, whole)
+        sents = sentences(passage.text) or [passage.text.strip()]
+        for s, sentence in enumerate(sents, start=1):
+            quote = quote_from(passages, p, s)
+            starts.append(sentence)
+            out.append((p, s, quote, {
+                "cosine": 0.0, "overlap": overlap(question, quote.text),
+                "sentence_cosine": 0.0, "sentence_overlap": overlap(question, sentence),
+                "passage_rank": 1.0 / p, "passage_overlap": passage_overlap}))
+    if out and embedder is not None:
         import numpy as np
 
-        vectors = np.asarray(embedder.embed_documents([text for _, _, text in items]))
+        quotes = [quote.text for _, _, quote, _ in out] if embed_quotes else []
+        texts = list(dict.fromkeys(quotes + starts))
+        vectors = np.asarray(embedder.embed_documents(texts))
         query = np.asarray(embedder.embed_query(question))
         norms = np.linalg.norm(vectors, axis=1) * (np.linalg.norm(query) or 1.0)
-        cosine = vectors @ query / np.where(norms == 0, 1.0, norms)
-        scores = [a + float(b) for a, b in zip(scores, cosine, strict=True)]
-    ranked = sorted(zip(scores, items, strict=True), key=lambda t: (-t[0], t[1][0], t[1][1]))
-    return [(score, p, s) for score, (p, s, _) in ranked]
+        cosine = dict(zip(texts, (vectors @ query / np.where(norms == 0, 1.0, norms)).tolist(),
+                          strict=True))
+        for (_, _, quote, features), sentence in zip(out, starts, strict=True):
+            features["cosine"] = cosine[quote.text] if embed_quotes else 0.0
+            features["sentence_cosine"] = cosine[sentence]
+    return out
+
+
+def rank_sentences(
+    question: str, passages: Sequence[PassageLike], embedder: Embedder | None = None,
+    weights: Sequence[float] | None = None,
+) -> list[tuple[float, int, int]]:
+    """Every quote candidate (`quote_candidates`) scored against the question, best first.
+
+    Score: `weights` (default `RANK_WEIGHTS`) times the candidate's `RANK_FEATURES` (embedding
+    similarity and word overlap of the quote and of its first sentence, the passage's retrieval
+    rank and how much of the question the passage and its heading cover). Ties go to the
+    earlier passage, then the earlier sentence.
+
+    Returns:
+        `(score, passage, sentence)` triples, numbers 1-based: `quote_from(passages, passage,
+        sentence)` is the quote scored.
+    """
+    weights = RANK_WEIGHTS if weights is None else weights
+    embed_quotes = weights[RANK_FEATURES.index("cosine")] != 0
+    scored = [(sum(w * features[f] for w, f in zip(weights, RANK_FEATURES, strict=True)),
+               p, s) for p, s, _, features in quote_candidates(question, passages, embedder,
+                                                                embed_quotes)]
+    return sorted(scored, key=lambda t: (-t[0], t[1], t[2]))
 
 
 def ranked_quote(
-    question: str, passages: Sequence[PassageLike], embedder: Embedder | None = None
+    question: str, passages: Sequence[PassageLike], embedder: Embedder | None = None,
+    weights: Sequence[float] | None = None,
 ) -> Quote | None:
-    """The best-ranked sentence and the ones that follow it in its passage (up to
-    `QUOTE_MAX_SENTENCES` sentences and `QUOTE_MAX_WORDS` words), or `None`."""
-    ranked = rank_sentences(question, passages, embedder)
+    """The best-ranked quote candidate (`rank_sentences`): a sentence and the ones that follow it
+    in its passage, up to `QUOTE_MAX_SENTENCES` sentences and `QUOTE_MAX_WORDS` words; `None`
+    when no passage is usable."""
+    ranked = rank_sentences(question, passages, embedder, weights)
     if not ranked:
         return None
     _, p, s = ranked[0]

@@ -230,6 +230,40 @@ def test_a_supported_sentence_that_does_not_answer_the_question_is_not_shown(sea
     assert result.mode == "abstained" and result.answer == ABSTAIN_ANSWER
 
 
+REMOTE = make_chunk(
+    "About the Samsung Smart Remote (QLED TV) Learn about the buttons on the Samsung Smart "
+    "Remote that comes with the QLED TV. Press the Power button to turn the TV on or off.",
+    source="smart_tv_manual.pdf", page=20, section="About the Samsung Smart Remote (QLED TV)",
+)
+# The three ways an answer can reach the user, each tried with the same sentence: the model's
+# own (supported) wording, its selection by number, and the ranker (the model selected nothing).
+ROUTES = {
+    "generated": ("Reasoning: Passage [1] answers.\nQuote: none\nAnswer: Learn about the "
+                  "buttons on the Samsung Smart Remote that comes with the QLED TV."),
+    "model selection": f"Reasoning: Passage [1] answers.\nQuote: 1.1\nAnswer: {ABSTAIN_ANSWER}",
+    "ranker": f"Reasoning: nothing fits.\nQuote: none\nAnswer: {ABSTAIN_ANSWER}",
+}
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_one_relevance_bar_for_generated_selected_and_ranked_answers(route):
+    # In-domain but unanswerable (a release example): the sentence names the question's subject
+    # ("QLED TV") but not what it asks ("cost"), so no route may show it. The weights are the
+    # IDF of these words in the index of smart_tv_manual.pdf (179 chunks; 5.89 = in no chunk).
+    idf = {"qled": 3.05, "tv": 0.16, "button": 0.63, "samsung": 1.11, "smart": 1.12,
+           "remot": 0.86}
+    assistant, _ = make(FakeSearcher([REMOTE]), ROUTES[route], ROUTES[route],
+                        min_similarity=0.0, overlap_floor=0.0,
+                        term_weight=lambda word: idf.get(word, 5.89))
+    result = assistant.ask("How much does the QLED TV cost?")
+    assert result.contexts and result.mode == "abstained" and result.citations == []
+    # The same passage answers a question about what it does say, by the same route.
+    result = assistant.ask("What buttons does the Samsung Smart Remote of the QLED TV have?")
+    assert result.mode == ("generated" if route == "generated" else "quoted")
+    assert result.citations == [REMOTE.citation]
+    assert "buttons on the Samsung Smart Remote" in result.answer
+
+
 # --- instructions planted in documents --------------------------------------------------------
 
 INJECTION = make_chunk(

@@ -3,6 +3,7 @@ import pytest
 from eval.systems import NoRagSystem, SystemConfigError, SystemOptions, build_system, check_systems
 from finetune.format import ABSTAIN_ANSWER
 from retrieval.settings import Settings
+from tests.conftest import ScriptedChatModel
 
 
 def test_no_rag_sends_no_passages_and_parses_the_answer(scripted_llm):
@@ -48,3 +49,31 @@ def test_systems_and_local_judge_follow_the_chosen_backend(monkeypatch):
             is LlamaCppChatModel
         assert type(build_llm("no-rag", SystemOptions(settings=Settings.resolve()))) \
             is LlamaCppChatModel  # auto: llama.cpp for the embedded model
+
+
+REPLY = ("Reasoning: Passage [1] (Factory reset) answers the question.\nQuote: 1.1\n"
+         "Answer: To reset the router to factory settings, press and hold the Reset button.\n"
+         "Sources: [router_manual.pdf p.4]")
+
+
+def test_eval_measures_the_agent_as_shipped(tiny_index):
+    """eval's agent carries the relevance bar's IDF weights and the ranker's embedder, as the
+    CLI's does: an answer that names the question's subject but not what it asks is not shown.
+    (eval once built the assistant without them, and quoted such passages.)"""
+    from agent.api import Assistant
+
+    settings, make_searcher = tiny_index
+    # "router" and "factory" are in the reset passage; "price" is in no passage (rarest word).
+    off_focus, covered = "What is the router's factory price?", "How do I reset the router?"
+    system = build_system("base", SystemOptions(settings=settings, top_k=2),
+                          llm=ScriptedChatModel([REPLY, REPLY]), searcher=make_searcher())
+    record = system.answer(off_focus)
+    assert record["contexts"] and record["mode"] == "abstained"
+    assert any(c["reason"].startswith("supported, but does not answer the question")
+               for c in record["removed_claims"])
+    assert system.assistant.context.embedder is not None  # the quote ranker's
+    answered = system.answer(covered)
+    assert answered["mode"] == "generated" and answered["citations"][0]["page"] == 4
+    # The failure this guards against: without the weights, the plain share of words passes.
+    bare = Assistant(make_searcher(), ScriptedChatModel([REPLY]), top_k=2)
+    assert bare.ask(off_focus).mode == "generated"

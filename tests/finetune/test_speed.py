@@ -194,3 +194,64 @@ def test_bench_without_a_gpu_says_so_and_exits_non_zero():
     proc = _bench("--steps", "1")
     assert proc.returncode == 2
     assert "no CUDA device" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_completion_head_loss_equals_the_full_logits_loss(tiny_llama):
+    import torch
+
+    from finetune.speed import completion_head_loss
+
+    torch.manual_seed(0)
+    ids = torch.randint(0, tiny_llama.config.vocab_size, (2, 20))
+    labels = ids.clone()
+    labels[:, :12] = -100  # the prompt
+    labels[1, 18:] = -100  # padding of the shorter row
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+    reference = tiny_llama(**inputs).loss  # transformers' shifted mean over labelled tokens
+    loss, stats = completion_head_loss(tiny_llama, inputs)
+    assert torch.allclose(loss, reference, atol=1e-5)
+    assert stats["tokens"] == 8 + 6  # shifted: positions 12..19 of row 0, 12..17 of row 1
+    # Normalised by the accumulated batch's count, as TRL's SFT loss is.
+    half, _ = completion_head_loss(tiny_llama, inputs, num_items_in_batch=28)
+    assert torch.allclose(half, reference * 14 / 28, atol=1e-5)
+    # Gradients flow into the model from the answer positions.
+    loss.backward()
+    assert tiny_llama.lm_head.weight.grad is not None
+
+
+def test_completion_head_trainer_matches_trl_eval_loss(tiny_model_dir, tmp_path, monkeypatch):
+    """The CPU trainer's evaluation loss equals TRL's own (the fused, every-position head)."""
+    import json
+
+    import finetune.speed
+    from finetune.train import main
+
+    calls = []
+    real = finetune.speed.completion_head_loss
+    monkeypatch.setattr(finetune.speed, "completion_head_loss",
+                        lambda *a, **kw: calls.append(1) or real(*a, **kw))
+
+    rows = [{"messages": [{"role": "user", "content": f"Question {i} about the remote?"},
+                          {"role": "assistant", "content": f"Answer {i}: press Home."}]}
+            for i in range(6)]
+    data = tmp_path / "d"
+    data.mkdir()
+    for name in ("train.jsonl", "eval.jsonl"):
+        (data / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    losses = {}
+    for flag in ([], ["--no_completion_head"]):
+        out = tmp_path / ("default" if not flag else "trl")
+        assert main(["--model_name_or_path", str(tiny_model_dir), "--train_file",
+                     str(data / "train.jsonl"), "--output_dir", str(out), "--use_peft",
+                     "--use_cpu", "--max_steps", "1", "--eval_strategy", "steps",
+                     "--eval_steps", "1", "--eval_on_start", "true", "--report_to", "none",
+                     "--save_strategy", "no", "--early_stopping_patience", "0",
+                     "--per_device_eval_batch_size", "2", "--disable_tqdm", "true",
+                     "--seed", "0", *flag]) == 0
+        report = json.loads((out / "training_report.json").read_text())
+        losses[out.name] = [e["loss"] for e in report["eval_loss"]]
+        if not flag:  # the default CPU run computed every loss with the completion head
+            assert len(calls) >= 3 and report["tokens_per_s"]
+            calls.clear()
+    assert not calls  # --no_completion_head: TRL's own loss
+    assert losses["default"][0] == pytest.approx(losses["trl"][0], rel=1e-3)

@@ -156,6 +156,30 @@ def test_sft_run_writes_adapter_and_report(tiny_model_dir, data_dir, tmp_path, c
     assert "adapter written to" in capsys.readouterr().out
 
 
+def test_lora_top_layers_adapts_only_the_last_layers(tiny_llama):
+    from peft import get_peft_model
+    from trl import ModelConfig
+
+    from finetune.train import lora_config
+
+    args = ModelConfig(use_peft=True, lora_r=4, lora_alpha=8, lora_target_modules="all-linear")
+    config = lora_config(args, tiny_llama, top_layers=1)
+    assert config.layers_to_transform == [1]
+    assert set(config.target_modules) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                          "up_proj", "down_proj"}
+    model = get_peft_model(tiny_llama, config)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert len(trainable) == 2 * 7 and all(".layers.1." in n for n in trainable)
+    # Every adapter of the adapted layer learns.
+    batch = memorisable_batch(tiny_llama.config.vocab_size)
+    model(**batch).loss.backward()
+    assert all(p.grad is not None for n, p in model.named_parameters() if p.requires_grad)
+    # 0 and the layer count mean every layer (PEFT's own "all-linear" expansion).
+    assert lora_config(args, tiny_llama, 0).layers_to_transform is None
+    with pytest.raises(TrainConfigError, match="lora_top_layers: 3 is outside 0..2"):
+        lora_config(args, tiny_llama, 3)
+
+
 def test_resume_and_merge(tiny_model_dir, data_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
@@ -245,6 +269,8 @@ def test_shipped_cpu_config_trains_a_whole_epoch_densely():
     assert data.early_stopping_patience > 0 and data.max_eval_examples == 0
     # Trains on data built the way the agent prompts.
     assert data.train_file == "runs/data/emanual/train.jsonl"
+    # Adapters on the upper half of the 30 layers: half the seconds per step (docs/finetune.md).
+    assert data.lora_top_layers == 15
 
 
 @pytest.mark.parametrize("name", ["configs/smollm2-gpu.yaml", "configs/llama-3.1-8b-qlora.yaml"])

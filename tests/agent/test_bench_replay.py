@@ -1,0 +1,76 @@
+"""`bench/replay_answers.py`: its command line and the replay of recorded answers."""
+
+import json
+
+import pytest
+
+from agent.context import Context
+from bench.replay_answers import main, replay, summarize
+from finetune.format import ABSTAIN_ANSWER
+from tests.agent.conftest import RESET, FakeSearcher, make_chunk
+
+REMOTE = make_chunk(
+    "About the Samsung Smart Remote (QLED TV) Learn about the buttons on the Samsung Smart "
+    "Remote that comes with the QLED TV.", source="smart_tv_manual.pdf", page=20,
+    section="About the Samsung Smart Remote (QLED TV)")
+# IDF in the index of smart_tv_manual.pdf (5.89: in no chunk)
+IDF = {"qled": 3.05, "tv": 0.16, "router": 1.0, "reset": 1.0, "factory": 1.0, "setting": 1.0}
+
+
+def record(question, chunk, raw, mode):
+    """An answer record as `python -m eval run` writes it (the keys replay reads)."""
+    return {"question": question, "raw": raw, "mode": mode, "answer": "x", "citations": [],
+            "contexts": [{"text": chunk.text, "source": chunk.source, "page": chunk.page,
+                          "section": chunk.section, "score": 0.1}]}
+
+
+def context(**kw):
+    return Context(searcher=FakeSearcher([]), llm=None,
+                   term_weight=lambda w: IDF.get(w, 5.89), **kw)
+
+
+def test_help_has_examples(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage: python bench/replay_answers.py" in out and "Examples:" in out
+
+
+def test_a_directory_that_is_no_run_exits_2_with_one_line(tmp_path, capsys):
+    assert main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "answers.jsonl: not found" in err and len(err.strip().splitlines()) == 1
+    (tmp_path / "answers.jsonl").write_text("{}\n")
+    (tmp_path / "questions.jsonl").write_text("{}\n")
+    assert main([str(tmp_path), "--home", str(tmp_path / "none")]) == 2
+    assert "no index there" in capsys.readouterr().err
+
+
+def test_replay_applies_todays_rules_to_the_recorded_reply():
+    # Recorded as a quote (eval ran without the IDF weights); today's bar rejects it.
+    off = record("How much does the QLED TV cost?", REMOTE,
+                 f"Reasoning: Passage [1].\nQuote: 1.1\nAnswer: {ABSTAIN_ANSWER}", "quoted")
+    assert replay(off, context())["mode"] == "abstained"
+    assert replay(off, Context(searcher=FakeSearcher([]), llm=None))["mode"] == "quoted"
+    # A supported answer stays generated, with the passage's citation.
+    good = record("How do I reset the router to factory settings?", RESET,
+                  "Reasoning: Passage [1].\nQuote: 1.1\nAnswer: Press and hold the Reset button "
+                  "for 10 seconds.", "generated")
+    again = replay(good, context())
+    assert again["mode"] == "generated" and again["citations"][0]["page"] == 4
+    # Answers that never reached the model keep their mode.
+    assert replay({"question": "q", "mode": "refused", "contexts": []}, context())["mode"] \
+        == "refused"
+
+
+def test_the_summary_reports_answered_unanswerable_by_split():
+    rows = [{"kind": "in-domain-unanswerable", "split": s, "answerable": False,
+             "recorded": "quoted", "replayed": m}
+            for s, m in (("calibration", "abstained"), ("calibration", "quoted"),
+                         ("report", "abstained"), ("report", "abstained"))]
+    part = summarize(rows)["in-domain-unanswerable"]
+    assert part["answered_recorded"] == 1.0 and part["answered_replayed"] == 0.25
+    assert part["answered_replayed_calibration"] == 0.5 and part["answered_replayed_report"] == 0
+    assert part["changed"] == 3
+    assert json.dumps(part)  # JSON-ready
