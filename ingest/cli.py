@@ -45,7 +45,8 @@ exit codes:
   {EXIT_FILES_FAILED}  some files failed (the others were indexed; see the table)
   {EXIT_USAGE}  usage or input error (bad flag, embedder or chunking differs from the index
      without --rebuild, --ocr on without Tesseract); 1 also when the run failed as a whole
-     (index locked by another ingest, unreachable Chroma server)
+     (index locked by another ingest, unreachable Chroma server, damaged index store:
+     --rebuild re-creates it)
 """
 
 

@@ -22,9 +22,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-
-import pypdf
-from pypdf.errors import DependencyError, PyPdfError
+from typing import TYPE_CHECKING
 
 from ingest import exports
 from ingest.ocr import INSTALL_HINT, MIN_CONFIDENCE, ON_MIN_WORDS, PageOcr, PageText
@@ -32,6 +30,9 @@ from ingest.redact import redact
 from ingest.tables import read_tables, tabular_pages
 from retrieval.errors import UsageError
 from retrieval.types import ChunkType
+
+if TYPE_CHECKING:
+    import pypdf
 
 PDF_SUFFIXES = {".pdf"}
 # Ticket histories: FAQ CSV/JSONL, conversation JSONL, Freshdesk CSV, Zendesk JSON.
@@ -55,6 +56,10 @@ class UnreadableFileError(UsageError):
         super().__init__(f"{path}: {reason}")
         self.path = path
         self.reason = reason
+
+    def __reduce__(self):
+        # Raised in the process that reads a file (`ingest.pipeline`) and re-raised in the run's.
+        return type(self), (self.path, self.reason)
 
 
 class NoTextError(UnreadableFileError):
@@ -184,6 +189,10 @@ def load_pdf(path: Path, data: bytes, ocr: PageOcr | None = None) -> LoadedFile:
             not a PDF at all.
         NoTextError: No page has a text layer (and OCR, if any, read none).
     """
+    # Imported here: pypdf takes 0.1 s to import, and a re-run over unchanged files reads none.
+    import pypdf
+    from pypdf.errors import DependencyError, PyPdfError
+
     head = data[:1024]
     if b"%PDF-" not in head:
         raise UnreadableFileError(
@@ -337,6 +346,8 @@ def _outline_entries(reader: pypdf.PdfReader) -> tuple[list[tuple[str, int]], li
     Entries whose destination cannot be resolved (broken or external links, odd outlines) are
     dropped with one warning; titles are whitespace-normalised.
     """
+    from pypdf.errors import PyPdfError
+
     try:
         outline = reader.outline
     except (PyPdfError, ValueError, KeyError, TypeError, AttributeError) as e:

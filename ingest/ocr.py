@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.util
 import json
 import os
+import subprocess
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -42,6 +44,8 @@ ON_MIN_WORDS = 20
 LANG = "eng"
 INSTALL_HINT = ("install Tesseract to read it (Debian/Ubuntu: apt-get install tesseract-ocr "
                 "tesseract-ocr-eng; `make setup` does it when run as root)")
+# The program that reads pages (given to pytesseract when a page is read; tests point it elsewhere).
+TESSERACT_CMD = "tesseract"
 # Tesseract refuses images this small ("Image too small to scale"); such a page holds an icon.
 _MIN_PIXELS = 32
 
@@ -69,26 +73,28 @@ class PageText:
 
 def engine_problem(lang: str = LANG) -> str | None:
     """Why OCR cannot run here, or `None` when Tesseract and its `lang` data are installed."""
-    try:
-        import pytesseract
-    except ImportError:
+    if importlib.util.find_spec("pytesseract") is None:
         return "the pytesseract package is not installed"
-    return _engine_problem(str(pytesseract.pytesseract.tesseract_cmd), lang)
+    return _engine_problem(TESSERACT_CMD, lang)
 
 
 @functools.cache
 def _engine_problem(command: str, lang: str) -> str | None:
-    # Cached per command: checking runs the tesseract program twice.
-    import pytesseract
-
+    # Asks the program itself, once per process: importing pytesseract imports pandas (0.35 s),
+    # which every ingest run that meets a page with little text would pay for a yes/no answer.
+    # The binding is imported only when a page is really read.
     try:
-        pytesseract.get_tesseract_version()
-        languages = pytesseract.get_languages(config="")
-    except (pytesseract.TesseractNotFoundError, OSError):
+        listed = subprocess.run([command, "--list-langs"], capture_output=True, text=True,
+                                stdin=subprocess.DEVNULL, timeout=60, check=False)
+    except OSError:
         return f"Tesseract is not installed ({command!r} not found)"
-    except pytesseract.TesseractError as e:
-        return f"Tesseract does not run ({e})"
-    if lang not in languages:
+    except subprocess.TimeoutExpired:
+        return f"Tesseract does not run ({command!r} --list-langs did not answer in 60 s)"
+    if listed.returncode != 0:
+        reason = (listed.stderr or listed.stdout).strip().splitlines()[:1]
+        return f"Tesseract does not run ({reason[0] if reason else f'exit {listed.returncode}'})"
+    # The first line is a header ("List of available languages in ..."), then one per line.
+    if lang not in {line.strip() for line in listed.stdout.splitlines()}:
         return f"Tesseract has no {lang!r} language data (package tesseract-ocr-{lang})"
     return None
 
@@ -131,6 +137,7 @@ class PageOcr:
     def _engine(self) -> str:
         import pytesseract
 
+        pytesseract.pytesseract.tesseract_cmd = TESSERACT_CMD
         # Part of the cache key: another Tesseract may read a page differently.
         return str(pytesseract.get_tesseract_version())
 
@@ -187,8 +194,9 @@ class PageOcr:
     def _read_image(self, image) -> PageText | str:
         import pytesseract
 
+        engine = self._engine  # first: it also points pytesseract at TESSERACT_CMD
         key = hashlib.sha256(
-            f"{self._engine}|{self.lang}|{self.dpi}|{image.mode}|{image.size}".encode()
+            f"{engine}|{self.lang}|{self.dpi}|{image.mode}|{image.size}".encode()
             + image.tobytes()).hexdigest()
         cached = self._cached(key)
         if cached is not None:

@@ -18,11 +18,24 @@ are not all in Chroma (killed between steps 2 and 3) is marked incomplete so it 
 again. A rebuild drops the collection before writing an empty manifest, so a rebuild killed
 midway is finished by running it again. One ingest at a time per index: a lock file under the
 index home serialises writers.
+
+Chroma is opened only when needed (`ingest.state`): a run that finished records that the
+embedded store holds exactly the manifest's chunks, so the next run skips the reconciliation
+(and with unchanged files never imports chromadb); the record is removed before the first
+write.
+
+Cold start on two cores: the first file a run reads is read in a second process while this one
+loads the embedder and opens Chroma (about 1.5 s of imports and set-up), when the run loads
+its own embedder. pypdf is pure Python, so a thread would only take turns with the imports.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
+import subprocess
+import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -33,8 +46,16 @@ from typing import Protocol, runtime_checkable
 from filelock import FileLock, Timeout
 from tqdm import tqdm
 
+from ingest import state
 from ingest.chunking import Chunker, ChunkingConfig, file_hash
-from ingest.loaders import PDF_SUFFIXES, NoTextError, UnreadableFileError, load_file, redacts
+from ingest.loaders import (
+    PDF_SUFFIXES,
+    LoadedFile,
+    NoTextError,
+    UnreadableFileError,
+    load_file,
+    redacts,
+)
 from ingest.ocr import PageOcr
 from retrieval.errors import (
     EXIT_FAILED,
@@ -56,6 +77,31 @@ TEST_BATCH_SLEEP_ENV = "CASEWISE_TEST_BATCH_SLEEP"
 
 # Some files failed, the others were indexed (the policy's "part of the run failed").
 EXIT_FILES_FAILED = EXIT_FAILED
+
+
+# The reader process of `_Run._load`: `load_file` on the bytes sent through stdin; the result,
+# or the exception it raised, pickled back through stdout. A fresh interpreter (not a fork of
+# this process, which may hold threads) that never runs the caller's `__main__`.
+_READER = """
+import pickle, signal, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the ingest run's to handle
+request = pickle.load(sys.stdin.buffer)
+sys.path[:] = request["sys_path"]
+from ingest.loaders import load_file
+try:
+    result = (True, load_file(*request["args"], **request["kwargs"]))
+except Exception as err:
+    result = (False, err)
+pickle.dump(result, sys.stdout.buffer)
+"""
+
+
+def _feed(pipe, data: bytes) -> None:
+    try:
+        pipe.write(data)
+        pipe.close()
+    except OSError:
+        pass  # the reader died; `_load` reads the file itself
 
 
 class IngestLockedError(CasewiseError):
@@ -353,6 +399,9 @@ class _Run:
         self.batch_size = batch_size
         self.sleep = float(os.environ.get(TEST_BATCH_SLEEP_ENV, "0") or 0)
         self.summary = IngestSummary(str(settings.home), self.embedder_name)
+        self._store: ChunkStore | None = None
+        self._cleared = False  # the index-state record is gone: this run writes
+        self._saved = False  # this run rewrote the manifest
 
     @property
     def embedder(self) -> Embedder:
@@ -368,14 +417,17 @@ class _Run:
         start = time.perf_counter()
         manifest = self._open_manifest(rebuild)
         self.chunker = Chunker(ChunkingConfig(**manifest["chunking"]))
-        self.store = self._open_store(rebuild)
+        clean = not rebuild and state.is_clean(self.settings)
         if rebuild:
+            self._clear_state()
+            # Whatever embedder filled it (its vectors may not even have our dimension).
+            drop_collection(self.settings)
             manifest = self._new_manifest(self.chunker.config)
-            write_manifest(self.settings.manifest_path, manifest)
+            self._save_manifest(manifest)
             self.summary.notes.append("rebuild: the index was emptied and re-embedded")
             self.store_ids: set[str] = set()
         else:
-            self.store_ids = self._reconcile(manifest)
+            self.store_ids = self._reconcile(manifest, clean)
         manifest["settings"] = self.settings.to_dict()  # the settings of the latest run
         self.manifest = manifest
 
@@ -395,7 +447,17 @@ class _Run:
                 "beginning (keyword search and the answer see all of it). Kept whole: on the "
                 "shared manual, splitting them or averaging windows lowered recall "
                 "(docs/ingest.md); --chunk-size makes smaller chunks")
-        self.summary.total_chunks = self.store.count()
+        if self._store is not None:
+            self.summary.total_chunks = self.store.count()
+        else:  # not opened: the index-state record vouches for the store, or there is none
+            self.summary.total_chunks = len(self.store_ids)
+        if not clean or self._cleared or self._saved or self._store is not None:
+            owned = {i for entry in self.manifest["files"].values() for i in entry["chunk_ids"]}
+            # Only when every chunk the manifest owns is there, and nothing else.
+            if self.summary.total_chunks == len(owned) and owned == self.store_ids:
+                state.mark_clean(self.settings, len(owned))
+            else:
+                self._clear_state()
         self.summary.seconds = round(time.perf_counter() - start, 3)
         return self.summary
 
@@ -428,19 +490,42 @@ class _Run:
             )
         return manifest
 
-    def _open_store(self, rebuild: bool) -> ChunkStore:
-        if rebuild:
-            # Whatever embedder filled it (its vectors may not even have our dimension).
-            drop_collection(self.settings)
-        return ChunkStore(self.settings, self.embedder_name)
+    @property
+    def store(self) -> ChunkStore:
+        """The Chroma collection, opened on first use."""
+        if self._store is None:
+            self._store = ChunkStore(self.settings, self.embedder_name)
+        return self._store
 
-    def _reconcile(self, manifest: dict) -> set[str]:
-        """Repair what an interrupted run left behind; returns the ids now in the store."""
-        store_ids = self.store.ids()
+    def _writable_store(self) -> ChunkStore:
+        """The store, once the index-state record is gone (every write goes through here)."""
+        self._clear_state()
+        return self.store
+
+    def _save_manifest(self, manifest: dict) -> None:
+        write_manifest(self.settings.manifest_path, manifest)
+        self._saved = True
+
+    def _clear_state(self) -> None:
+        if not self._cleared:
+            state.clear(self.settings)
+            self._cleared = True
+
+    def _reconcile(self, manifest: dict, clean: bool) -> set[str]:
+        """Repair what an interrupted run left behind; returns the ids now in the store.
+
+        `clean`: the index-state record vouches that the store holds exactly the manifest's
+        chunks, so Chroma is not even opened. Without a store on disk there is nothing to
+        repair either (every file of a manifest is then incomplete).
+        """
         owned = {i for entry in manifest["files"].values() for i in entry["chunk_ids"]}
+        if clean:
+            return owned
+        exists = self.settings.chroma_url or self.settings.chroma_dir.exists()
+        store_ids = self.store.ids() if exists else set()
         orphans = store_ids - owned
         if orphans:
-            self.store.delete(sorted(orphans))
+            self._writable_store().delete(sorted(orphans))
             store_ids -= orphans
             self.summary.repaired = len(orphans)
             self.summary.notes.append(
@@ -474,7 +559,7 @@ class _Run:
                               ocr_pages=len(entry.get("ocr_pages", [])),
                               tables=entry.get("tables", 0))
         try:
-            loaded = load_file(path, data, redact=redact, ocr=self.ocr)
+            loaded = self._load(path, data, redact)
         except NoTextError as e:
             self._replace(key, path, digest, [], "skipped", e.reason, [])
             return FileResult(key, "skipped", reason=e.reason)
@@ -497,6 +582,43 @@ class _Run:
                           ocr_pages=len(loaded.ocr_pages), ocr_cached=loaded.ocr_cached,
                           tables=loaded.tables, over_window=over)
 
+    def _load(self, path: Path, data: bytes, redact: bool) -> LoadedFile:
+        """`load_file`; the first time, in a second process while the model and store load.
+
+        Only for a PDF (pypdf is the slow reader; an empty file fails before any model is
+        needed) and when this run loads its own embedder (an injected one is already loaded,
+        and tests' monkeypatches must apply to the reading): the overlap hides the reading time
+        (0.8 s for the 165-page manual) of a cold ingest. Should the reader process fail in
+        any way, the file is read here instead, so errors are reported as always.
+        """
+        if (self._embedder is not None or path.suffix.lower() not in PDF_SUFFIXES
+                or not data.strip()):
+            return load_file(path, data, redact=redact, ocr=self.ocr)
+        request = pickle.dumps({"sys_path": sys.path, "args": (path, data),
+                                "kwargs": {"redact": redact, "ocr": self.ocr}})
+        reader = subprocess.Popen([sys.executable, "-c", _READER], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        # Fed from a thread: the pipe holds 64 KiB, and the reader takes a moment to start.
+        feeder = threading.Thread(target=_feed, args=(reader.stdin, request), daemon=True)
+        feeder.start()
+        try:
+            _ = self.embedder, self.store  # what this process needs next anyway
+            result = reader.stdout.read()
+            reader.wait()
+        finally:
+            if reader.poll() is None:
+                reader.kill()
+                reader.wait()
+        feeder.join()
+        try:
+            ok, value = pickle.loads(result)
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
+                ImportError):  # no or unreadable answer: the reader died
+            return load_file(path, data, redact=redact, ocr=self.ocr)
+        if not ok:
+            raise value
+        return value
+
     def _replace(self, key: str, path: Path, digest: str, chunks: list[Chunk], status: str,
                  reason: str | None, warnings: list[str], *, pages: int | None = None,
                  type_: str | None = None, extra: dict | None = None) -> tuple[int, int]:
@@ -513,11 +635,12 @@ class _Run:
         if kept:
             # Same content, same vector: re-write only the metadata (doc hash, chunk index).
             vectors = self.store.embeddings([c.id for c in kept])
-            self.store.upsert(kept, [vectors[c.id] for c in kept])
+            self._writable_store().upsert(kept, [vectors[c.id] for c in kept])
         over = self._embed_and_upsert(new, key)
         new_ids = {c.id for c in chunks}
         stale = sorted(old_ids - new_ids)
-        self.store.delete(stale)
+        if stale:
+            self._writable_store().delete(stale)
         self.store_ids = (self.store_ids - set(stale)) | new_ids
         self.summary.deleted += len(stale)
         record = {
@@ -528,7 +651,7 @@ class _Run:
         if reason:
             record["reason"] = reason
         self.manifest["files"][key] = record
-        write_manifest(self.settings.manifest_path, self.manifest)
+        self._save_manifest(self.manifest)
         return len(new), over
 
     def _embed_and_upsert(self, chunks: list[Chunk], key: str) -> int:
@@ -542,11 +665,15 @@ class _Run:
             over = sum(n > window for n in self.embedder.token_counts([c.text for c in chunks]))
         bar = tqdm(total=len(chunks), desc=f"embedding {Path(key).name}", unit="chunk",
                    leave=False, disable=not self.progress)
+        # A text that repeats in the file (a notice printed on several pages) is embedded once.
+        vectors: dict[str, list[float]] = {}
         with bar:
             for start in range(0, len(chunks), self.batch_size):
                 batch = chunks[start:start + self.batch_size]
-                vectors = self.embedder.embed_documents([c.text for c in batch])
-                self.store.upsert(batch, vectors)
+                texts = [t for t in dict.fromkeys(c.text for c in batch) if t not in vectors]
+                if texts:
+                    vectors.update(zip(texts, self.embedder.embed_documents(texts), strict=True))
+                self._writable_store().upsert(batch, [vectors[c.text] for c in batch])
                 self.summary.embedded += len(batch)
                 bar.update(len(batch))
                 if self.sleep:
@@ -567,9 +694,9 @@ class _Run:
             return
         for key in gone:
             ids = self.manifest["files"][key]["chunk_ids"]
-            self.store.delete(ids)
+            self._writable_store().delete(ids)
             self.store_ids -= set(ids)
             self.summary.deleted += len(ids)
             del self.manifest["files"][key]
-            write_manifest(self.settings.manifest_path, self.manifest)
+            self._save_manifest(self.manifest)
             self.summary.files.append(FileResult(key, "pruned", reason="file no longer exists"))

@@ -21,8 +21,6 @@ import io
 import logging
 import re
 
-from pypdf.errors import PyPdfError
-
 MIN_RULES = 8
 _RULE_OPS = re.compile(rb"(?<![A-Za-z])(?:re|l)(?![A-Za-z])")
 
@@ -32,6 +30,8 @@ logging.getLogger("pdfminer").setLevel(logging.ERROR)
 
 def rule_count(page) -> int:
     """Rectangles and line segments drawn by a pypdf page's content stream (0 if unreadable)."""
+    from pypdf.errors import PyPdfError
+
     try:
         contents = page.get_contents()
         data = contents.get_data() if contents is not None else b""

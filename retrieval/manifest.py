@@ -14,6 +14,7 @@ crash never sees half a manifest.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -99,13 +100,34 @@ def write_manifest(path: Path, manifest: dict) -> None:
         path: `settings.manifest_path`.
         manifest: The manifest dict (modified in place: `updated_at`).
     """
+    manifest["updated_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    write_json_atomic(path, manifest, indent=1)
+
+
+def manifest_digest(path: Path) -> str | None:
+    """sha256 of the manifest file's bytes (`None` when there is none): names one manifest."""
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except FileNotFoundError:
+        return None
+
+
+def write_json_atomic(path: Path, data: dict, indent: int | None = None) -> None:
+    """Write JSON so that a reader or a crash sees the old file or the new one, never half.
+
+    Temporary file in the same directory, fsync, `os.replace`.
+
+    Args:
+        path: Target file (its directory is created).
+        data: JSON-ready dict (written with sorted keys).
+        indent: Indentation, `None` for one line.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    manifest["updated_at"] = datetime.now(UTC).isoformat(timespec="seconds")
-    fd, tmp = tempfile.mkstemp(prefix=".manifest-", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(manifest, f, indent=1, sort_keys=True)
+            json.dump(data, f, indent=indent, sort_keys=True)
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
 from retrieval.errors import UsageError
 
 DEFAULT_HOME = Path(".casewise")
@@ -84,6 +85,11 @@ class Settings:
     def manifest_path(self) -> Path:
         """The index manifest: files, hashes, chunk ids and the settings that built them."""
         return self.home / "manifest.json"
+
+    @property
+    def state_path(self) -> Path:
+        """Record that the embedded store held exactly the manifest's chunks (`ingest.state`)."""
+        return self.home / "index-state.json"
 
     @property
     def lock_path(self) -> Path:

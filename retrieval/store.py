@@ -5,11 +5,18 @@ cosine space, either on disk under `settings.chroma_dir` or on the server at
 `settings.chroma_url`. Vectors always come from the caller (no Chroma embedding function, so
 Chroma never downloads a model). Chunk <-> Chroma metadata conversion lives here: Chroma stores no
 `None`, so a missing page is -1 and a missing section is "".
+
+`embedded_fingerprint(settings)` identifies what the embedded store holds without importing
+chromadb (about 0.8 s), for ingest's "nothing changed" check (`ingest.state`).
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import sqlite3
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import urlparse
 
 from retrieval.errors import CasewiseError, IndexSettingsMismatchError, UsageError
@@ -25,6 +32,10 @@ NO_PAGE = -1
 
 class StoreUnavailableError(CasewiseError):
     """The Chroma server cannot be reached or the store cannot be opened."""
+
+
+class StoreDamagedError(StoreUnavailableError):
+    """The embedded store's files cannot be read as a Chroma store (`--rebuild` re-creates it)."""
 
 
 def chunk_to_metadata(chunk: Chunk) -> dict:
@@ -124,25 +135,117 @@ def _chroma_settings():
     return ChromaSettings(anonymized_telemetry=False, allow_reset=False)
 
 
+def _brief(err: Exception) -> str:
+    """`Type: first line of the message` (Chroma's messages can run over many lines)."""
+    return f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
+
+
 def _connect(settings: Settings):
     """A Chroma client for the server at `settings.chroma_url`, else the embedded store."""
     import chromadb
 
     if not settings.chroma_url:
         settings.chroma_dir.mkdir(parents=True, exist_ok=True)
-        return chromadb.PersistentClient(path=str(settings.chroma_dir), settings=_chroma_settings())
+        try:
+            return chromadb.PersistentClient(path=str(settings.chroma_dir),
+                                             settings=_chroma_settings())
+        except Exception as err:  # noqa: BLE001 - Chroma's Rust core raises several types
+            raise StoreDamagedError(
+                f"the index store at {settings.chroma_dir} cannot be opened ({_brief(err)}): "
+                "it is damaged or not a Chroma store; "
+                "re-create it with `python -m ingest --rebuild PATH...`"
+            ) from err
     try:
         client = chromadb.HttpClient(**_client_args(settings.chroma_url),
                                      settings=_chroma_settings())
         client.heartbeat()
     except Exception as err:  # noqa: BLE001 - connection errors differ by transport and version
-        reason = str(err).splitlines()[0][:200] if str(err) else ""
         raise StoreUnavailableError(
             f"Chroma server at {settings.chroma_url} did not answer "
-            f"({type(err).__name__}: {reason}); start it with `chroma run --path DIR --port PORT` "
+            f"({_brief(err)}); start it with `chroma run --path DIR --port PORT` "
             "or unset CASEWISE_CHROMA_URL / --chroma-url to use the embedded store"
         ) from err
     return client
+
+
+# Read from Chroma's SQLite catalogue (chromadb 1.x schema): the collection, its segments, how many
+# records its metadata segment holds and the log's last sequence numbers, which every write
+# advances.
+_FINGERPRINT_SQL = {
+    "collection": "SELECT id, dimension FROM collections WHERE name = ?",
+    "segments": "SELECT id, type FROM segments WHERE collection = ? ORDER BY id",
+    "records": "SELECT count(*) FROM embeddings e JOIN segments s ON e.segment_id = s.id "
+               "WHERE s.collection = ? AND s.scope = 'METADATA'",
+    "applied": "SELECT m.segment_id, m.seq_id FROM max_seq_id m JOIN segments s "
+               "ON m.segment_id = s.id WHERE s.collection = ? ORDER BY m.segment_id",
+    "log": "SELECT count(*), max(seq_id) FROM embeddings_queue",
+}
+
+
+def embedded_fingerprint(settings: Settings) -> dict | None:
+    """What identifies the embedded store's content, read without opening Chroma.
+
+    Its files (relative path, inode, size) and, from Chroma's SQLite catalogue (opened read-only),
+    the collection's id, its segments, its record count and the write log's sequence numbers.
+    Two fingerprints are equal only if no write, deletion or replacement of the store happened in
+    between. Modification times are left out on purpose: Chroma rewrites its files each time a
+    client opens the store, even to read.
+
+    Args:
+        settings: Where the store lives (`chroma_dir`, `collection`).
+
+    Returns:
+        A JSON-ready dict, or `None` for a Chroma server, a missing store or collection, or a
+        catalogue that cannot be read as expected (another chromadb schema, a damaged file):
+        then only opening the store can tell.
+    """
+    if settings.chroma_url:
+        return None
+    root = settings.chroma_dir
+    catalogue = root / "chroma.sqlite3"
+    if not catalogue.is_file():
+        return None
+    try:
+        files = []
+        for folder, _, names in os.walk(root):
+            for name in names:
+                path = Path(folder, name)
+                stat = path.stat()
+                files.append([path.relative_to(root).as_posix(), stat.st_ino, stat.st_size])
+    except OSError:
+        return None  # a file vanished while we looked: something is writing
+    try:
+        db = sqlite3.connect(f"{catalogue.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            def rows(query: str, *args) -> list[list]:
+                # JSON-shaped (lists, not tuples), so a fingerprint read back from a file compares.
+                return [list(r) for r in db.execute(_FINGERPRINT_SQL[query], args).fetchall()]
+
+            collection = rows("collection", settings.collection)
+            if not collection:
+                return None
+            key = collection[0][0]
+            return {"collection": [settings.collection, *collection[0]],
+                    "files": sorted(files),
+                    "segments": rows("segments", key), "records": rows("records", key),
+                    "applied": rows("applied", key), "log": rows("log")}
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return None
+
+
+def _catalogue_readable(settings: Settings) -> bool:
+    try:
+        db = sqlite3.connect(f"{(settings.chroma_dir / 'chroma.sqlite3').resolve().as_uri()}"
+                             "?mode=ro", uri=True)
+        try:
+            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return False
+    return True
 
 
 def drop_collection(settings: Settings) -> bool:
@@ -151,15 +254,29 @@ def drop_collection(settings: Settings) -> bool:
     Args:
         settings: Where the collection lives.
 
-    Returns:
-        Whether a collection was there to delete.
-    """
-    from chromadb.errors import NotFoundError
+    An embedded store whose SQLite catalogue SQLite itself cannot read (a damaged file) is
+    removed as a whole: a rebuild empties the index anyway, and nothing can be read from it.
 
+    Returns:
+        Whether a collection (or a damaged store) was there to delete.
+    """
     if not settings.chroma_url and not settings.chroma_dir.exists():
         return False
+    from chromadb.errors import NotFoundError
+
     try:
-        _connect(settings).delete_collection(settings.collection)
+        client = _connect(settings)
+    except StoreDamagedError:
+        if _catalogue_readable(settings):
+            raise  # Chroma fails on a readable file: not ours to delete
+        shutil.rmtree(settings.chroma_dir)
+        from chromadb.api.client import SharedSystemClient
+
+        # This process may hold Chroma's cached client of the old files: forget it.
+        SharedSystemClient.clear_system_cache()
+        return True
+    try:
+        client.delete_collection(settings.collection)
     except NotFoundError:
         return False
     return True

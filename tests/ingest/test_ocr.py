@@ -2,6 +2,9 @@
 image, placed on a page without a text layer). OCR on finds its words and cites the page; off
 or without an engine it is reported as before; results are cached by page image."""
 
+import subprocess
+import sys
+
 import pytesseract
 import pytest
 
@@ -11,7 +14,7 @@ from ingest.loaders import NO_TEXT_LAYER, NoTextError, load_file
 from ingest.ocr import MIN_CONFIDENCE, PageOcr, engine_problem
 from retrieval.search import open_searcher
 from retrieval.store import ChunkStore
-from tests.conftest import shared_data
+from tests.conftest import REPO, shared_data
 from tests.ingest.conftest import scanned_pdf
 
 needs_tesseract = pytest.mark.skipif(engine_problem() is not None,
@@ -21,7 +24,7 @@ needs_tesseract = pytest.mark.skipif(engine_problem() is not None,
 @pytest.fixture
 def no_engine(monkeypatch):
     """A machine without the tesseract program (the binding is a dependency, the binary not)."""
-    monkeypatch.setattr(pytesseract.pytesseract, "tesseract_cmd", "/nonexistent/tesseract")
+    monkeypatch.setattr(ocr_module, "TESSERACT_CMD", "/nonexistent/tesseract")
 
 
 @pytest.fixture
@@ -140,3 +143,17 @@ def test_pdfs_with_a_text_layer_never_start_the_engine(router_pdf, ingest, monke
     monkeypatch.setattr(ocr_module, "engine_problem", no_check)
     assert ingest([router_pdf]).files[0].status == "indexed"
     assert ingest([router_pdf]).files[0].status == "unchanged"
+
+
+def test_checking_for_the_engine_does_not_import_the_binding():
+    """pytesseract imports pandas (0.35 s): only a page that is really read may pay for it."""
+    code = ("import sys; from ingest.ocr import engine_problem; problem = engine_problem(); "
+            "print([m for m in ('pytesseract', 'pandas') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_a_missing_program_is_named(no_engine):
+    assert engine_problem() == "Tesseract is not installed ('/nonexistent/tesseract' not found)"

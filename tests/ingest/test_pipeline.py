@@ -199,6 +199,15 @@ def _start_runner(tmp_path, settings, paths, sleep: float) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True)
 
 
+def _kill_at_batch(proc: subprocess.Popen, batch: int) -> None:
+    """SIGKILL the runner once it reports embedding batch `batch`."""
+    for line in proc.stdout:
+        if line.strip() == f"batch {batch}":
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
 def _wait_for_manifest_entry(settings, name: str, proc, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -217,11 +226,7 @@ def test_sigkill_midway_then_rerun_gives_complete_index_without_duplicates(
     write_markdown(docs / "b_big.md", sections=20, words=400, tag="b")
     proc = _start_runner(tmp_path, settings, [docs], sleep=0.1)
     # a_small.md is one batch; kill while b_big.md (40 chunks, 20 batches) is half written.
-    for line in proc.stdout:
-        if line.strip() == "batch 8":
-            break
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
+    _kill_at_batch(proc, 8)
     manifest = read_manifest(settings.manifest_path)
     assert not any(k.endswith("b_big.md") for k in manifest["files"]), "killed too late"
     owned = {i for e in manifest["files"].values() for i in e["chunk_ids"]}
@@ -235,6 +240,25 @@ def test_sigkill_midway_then_rerun_gives_complete_index_without_duplicates(
     ingest([docs], settings=reference)
     assert _store(settings).ids() == _store(reference).ids()
     assert len(manifest["files"]) == 2
+
+
+def test_a_run_killed_after_a_clean_one_leaves_no_index_state(tmp_path, settings, ingest):
+    """The index-state record vouches for the store; a killed writer must not leave it."""
+    docs = tmp_path / "docs"
+    write_markdown(docs / "a_small.md", sections=2, tag="s")
+    ingest([docs])
+    assert settings.state_path.is_file()
+    write_markdown(docs / "b_big.md", sections=20, words=400, tag="b")
+    _kill_at_batch(_start_runner(tmp_path, settings, [docs], sleep=0.1), 6)
+    assert not settings.state_path.exists()
+    owned = {i for e in read_manifest(settings.manifest_path)["files"].values()
+             for i in e["chunk_ids"]}
+    assert _store(settings).ids() - owned, "the kill left no partial writes"
+    summary = ingest([docs])
+    assert summary.repaired > 0 and summary.counts == {
+        "indexed": 1, "unchanged": 1, "skipped": 0, "failed": 0, "pruned": 0}
+    _assert_consistent(settings)
+    assert settings.state_path.is_file()
 
 
 def test_second_ingest_waits_then_stops_with_a_clear_message(tmp_path, settings, ingest):
@@ -284,3 +308,21 @@ def test_rebuild_works_even_without_a_manifest(ingest, settings, tmp_path):
     summary = ingest([doc], embedder=other, rebuild=True)
     assert summary.counts["indexed"] == 1
     _assert_consistent(settings, "hash-bow-128")
+
+
+def test_a_text_repeated_in_a_file_is_embedded_once(ingest, settings, tmp_path, hash_embedder):
+    """The same safety notice on two pages: one model call for it, the same vector twice."""
+    notice = " ".join(f"notice{w}" for w in range(260))
+    doc = tmp_path / "docs" / "repeats.md"
+    doc.parent.mkdir(parents=True)
+    doc.write_text(f"# Guide\n\n## Safety\n\n{notice}\n\n## Setup\n\n"
+                   + " ".join(f"setup{w}" for w in range(260)) + f"\n\n## Safety\n\n{notice}\n")
+    summary = ingest([doc], batch_size=2)
+    chunks = _store(settings).all_chunks()
+    texts = [c.text for c in chunks]
+    assert summary.embedded == len(chunks) == 3 and len(set(texts)) == 2
+    assert hash_embedder.texts_embedded == 2
+    vectors = _store(settings).embeddings([c.id for c in chunks])
+    twins = [c.id for c in chunks if "notice0" in c.text]
+    assert len(twins) == 2 and vectors[twins[0]] == vectors[twins[1]]
+    _assert_consistent(settings)
