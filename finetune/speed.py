@@ -51,6 +51,7 @@ argparse parser for all dataclasses and rejects a flag defined twice.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 from retrieval.errors import UsageError
@@ -385,21 +386,18 @@ def completion_head_loss(model, inputs: dict, num_items_in_batch=None):
     hidden = inner.model(**kwargs).last_hidden_state[:, :-1]
     labels = inputs["labels"][:, 1:]
     mask = labels != -100
-    logits = inner.get_output_embeddings()(hidden[mask]).float()
+    logp = torch.log_softmax(inner.get_output_embeddings()(hidden[mask]).float(), dim=-1)
     targets = labels[mask]
-    nll = F.cross_entropy(logits, targets, reduction="sum")
+    nll = F.nll_loss(logp, targets, reduction="sum")
     count = mask.sum() if num_items_in_batch is None else num_items_in_batch
     loss = nll / torch.as_tensor(count, device=nll.device).clamp(min=1)
-    with torch.no_grad():
-        logp = torch.log_softmax(logits, dim=-1)
+    with torch.no_grad():  # the metrics reuse the loss's log-probabilities
         stats = {"entropy_sum": float(-(logp.exp() * logp).sum()),
-                 "correct": int((logits.argmax(-1) == targets).sum()), "tokens": int(mask.sum())}
+                 "correct": int((logp.argmax(-1) == targets).sum()), "tokens": int(mask.sum())}
     return loss, stats
 
 
-_TRAINER_CLASSES: dict = {}
-
-
+@functools.cache
 def completion_head_trainer(base):
     """`base` (TRL's `SFTTrainer`) with `compute_loss` from `completion_head_loss`.
 
@@ -407,8 +405,6 @@ def completion_head_trainer(base):
     metrics (the training report reads `num_tokens`). Packed (padding-free) batches and other
     loss types go to TRL's own `compute_loss`.
     """
-    if base in _TRAINER_CLASSES:
-        return _TRAINER_CLASSES[base]
 
     class CompletionHeadTrainer(base):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -426,5 +422,4 @@ def completion_head_trainer(base):
             self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
             return loss
 
-    _TRAINER_CLASSES[base] = CompletionHeadTrainer
     return CompletionHeadTrainer
