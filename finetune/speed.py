@@ -402,13 +402,16 @@ def completion_head_trainer(base):
     """`base` (TRL's `SFTTrainer`) with `compute_loss` from `completion_head_loss`.
 
     The subclass keeps TRL's bookkeeping: the `entropy`, `mean_token_accuracy` and `num_tokens`
-    metrics (the training report reads `num_tokens`). Packed (padding-free) batches and other
-    loss types go to TRL's own `compute_loss`.
+    metrics (the training report reads `num_tokens`). Packed (padding-free) batches, other
+    loss types and multi-process runs go to TRL's own `compute_loss`.
     """
 
     class CompletionHeadTrainer(base):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            # Several processes (DDP on CPU): the model is wrapped, and its gradients are synced
+            # through the wrapper's forward, which calling the backbone directly would skip.
             if (return_outputs or "attention_mask" not in inputs
+                    or self.accelerator.num_processes > 1
                     or getattr(self.args, "loss_type", "nll") != "nll"
                     or self.label_smoother is not None):
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
