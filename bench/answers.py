@@ -52,6 +52,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench import doc_parser  # noqa: E402
 from eval.metrics import PAGE_TOLERANCE, citation_correct  # noqa: E402
 from eval.questions import Question, load_questions  # noqa: E402
 from eval.runner import pick  # noqa: E402
@@ -277,10 +278,7 @@ def format_table(systems: dict) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of `python bench/answers.py`."""
-    parser = argparse.ArgumentParser(
-        prog="python bench/answers.py", description=__doc__.split("\n\n")[1],
-        epilog="Examples:\n" + __doc__.split("Examples:\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = doc_parser(__doc__, "python bench/answers.py")
     parser.add_argument("--configs", default=None,
                         help=f"systems to run, from {', '.join(CONFIGS)} (default: ranker and "
                         "base:generate, base:extract, plus the adapter ones with --adapter)")

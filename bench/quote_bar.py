@@ -29,6 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench import doc_parser  # noqa: E402
 from eval.questions import load_questions  # noqa: E402
 from retrieval.errors import CasewiseError, UsageError, run_cli  # noqa: E402
 
@@ -77,10 +78,7 @@ def passes(rows: list[dict], key: str, threshold: float) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code."""
-    parser = argparse.ArgumentParser(
-        prog="python bench/quote_bar.py", description=__doc__.split("\n\n")[1],
-        epilog="Examples:\n" + __doc__.split("Examples:\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = doc_parser(__doc__, "python bench/quote_bar.py")
     parser.add_argument("--unanswerable", required=True, metavar="PATH",
                         help="JSONL of in-domain questions the manual does not answer")
     parser.add_argument("--split", default="calibration",

@@ -38,6 +38,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench import doc_parser  # noqa: E402
 from retrieval.errors import CasewiseError, UsageError, run_cli  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data" / "emanual"
@@ -236,10 +237,7 @@ def study(items: list[dict], unanswerable: list[dict], do_fit: bool, l2: float) 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code."""
-    parser = argparse.ArgumentParser(
-        prog="python bench/quote_rank.py", description=__doc__.split("\n\n")[1],
-        epilog="Examples:\n" + __doc__.split("Examples:\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = doc_parser(__doc__, "python bench/quote_rank.py")
     parser.add_argument("--fit", action="store_true",
                         help="refit RANK_WEIGHTS on faq_history and cross-validate the fit")
     parser.add_argument("--unanswerable", default=None, metavar="PATH",

@@ -32,6 +32,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench import doc_parser  # noqa: E402
 from bench.answers import rouge_l  # noqa: E402
 from eval.metrics import citation_correct  # noqa: E402
 from eval.questions import Question  # noqa: E402
@@ -124,10 +125,7 @@ def summarize(rows: list[dict]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code."""
-    parser = argparse.ArgumentParser(
-        prog="python bench/replay_answers.py", description=__doc__.split("\n\n")[1],
-        epilog="Examples:\n" + __doc__.split("Examples:\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = doc_parser(__doc__, "python bench/replay_answers.py")
     parser.add_argument("run", type=Path, metavar="RUN_DIR",
                         help="an eval run directory (answers.jsonl, questions.jsonl)")
     parser.add_argument("--home", type=Path, default=REPO / "runs" / "bench" / "emanual-pdf",
