@@ -9,6 +9,7 @@ from typing import Literal
 from agent.faq import FaqMatcher
 from agent.guards import Guard
 from agent.llm import ChatBackend
+from finetune.format import PASSAGE_WORDS
 from retrieval.errors import UsageError
 from retrieval.types import Embedder, Searcher
 
@@ -30,6 +31,10 @@ class Context:
         llm: The reasoning model.
         top_k: Passages retrieved per search.
         max_contexts: Passages kept after grading and shown to the model.
+        passage_words: Words of each graded passage the prompt shows: the window of sentences
+            that best matches the question (`finetune.format.passage_window`, default
+            `PASSAGE_WORDS`); 0 shows whole passages. Verification and quotes always read the
+            whole passages.
         min_similarity: A passage whose cosine similarity to the query reaches this is relevant.
         min_overlap: Alternatively, a passage holding at least this fraction of the query's
             content words is relevant if its similarity is at least `overlap_floor`.
@@ -61,6 +66,7 @@ class Context:
     llm: ChatBackend
     top_k: int = 5
     max_contexts: int = 3
+    passage_words: int = PASSAGE_WORDS
     min_similarity: float = DEFAULT_MIN_SIMILARITY
     min_overlap: float = DEFAULT_MIN_OVERLAP
     overlap_floor: float = DEFAULT_OVERLAP_FLOOR
@@ -88,6 +94,9 @@ class Context:
             )
         if not 0.0 < self.min_overlap <= 1.0:
             raise UsageError(f"min_overlap ({self.min_overlap}) must be in (0, 1]")
+        if self.passage_words < 0:
+            raise UsageError(f"passage_words ({self.passage_words}) must be 0 (whole passages) "
+                             f"or more")
         if self.max_rewrites < 0:
             raise UsageError(f"max_rewrites ({self.max_rewrites}) must be 0 or more")
         if self.answer_mode not in ("generate", "extract"):

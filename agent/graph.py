@@ -16,8 +16,10 @@
 - **grade** does not ask the model: it keeps passages whose cosine similarity to the query
   reaches `Context.min_similarity`, or that share most of the question's content words while
   staying above `Context.overlap_floor`. A 135M model cannot grade relevance; these signals can.
-- **reason** prompts with the shared format (`finetune.format`: sentence-numbered passages) and
-  keeps the chain of thought (`reasoning`) and the sentences the model quoted (`selection`).
+- **reason** prompts with the shared format (`finetune.format`: sentence-numbered passages, each
+  shown as the window of `Context.passage_words` words that best matches the question) and keeps
+  the chain of thought (`reasoning`) and the sentences the model quoted (`selection`, in the
+  whole passages' numbering). Verification and quotes read the whole passages.
 - **answer** takes the answer text (`draft`) and the passages the model cited (`hints`). A small
   model writes reasoning and answer in one generation, which `reason` keeps in `raw`; with
   `Context.separate_answer_call` (a capable or remote model) `reason` stops at the `Answer:`
@@ -61,7 +63,15 @@ from agent.prompts import (
     keyword_query,
 )
 from agent.state import Claim, InputState, State
-from finetune.format import ABSTAIN_ANSWER, REFUSAL_ANSWER, build_messages, parse_answer
+from finetune.format import (
+    ABSTAIN_ANSWER,
+    REFUSAL_ANSWER,
+    Window,
+    build_messages,
+    parse_answer,
+    whole_sentence_numbers,
+    window_passages,
+)
 from retrieval.grounding import (
     ClaimCheck,
     Quote,
@@ -120,12 +130,17 @@ def _read(llm, messages: list[dict], max_new_tokens: int) -> Iterator[str]:
     yield from llm.stream(messages, max_new_tokens=max_new_tokens)
 
 
-def _prompt(state: State, ctx: Context) -> list[dict]:
+def prompt_windows(state: State, ctx: Context) -> list[Window]:
+    """What the prompt shows of each graded passage (`Context.passage_words`)."""
+    return window_passages(state["standalone"], state["contexts"], ctx.passage_words)
+
+
+def _prompt(state: State, ctx: Context, windows: list[Window] | None = None) -> list[dict]:
     history = []
     if ctx.history_turns:
         for m in (state.get("messages") or [])[-2 * ctx.history_turns:]:
             history.append({"role": m["role"], "content": m.get("standalone", m["content"])})
-    return build_messages(state["standalone"], state["contexts"], history)
+    return build_messages(state["standalone"], windows or prompt_windows(state, ctx), history)
 
 
 # --- nodes -------------------------------------------------------------------------------------
@@ -231,7 +246,8 @@ def reason(state: State, runtime: Runtime[Context]) -> dict:
     """
     ctx = runtime.context
     start = time.perf_counter()
-    messages = _prompt(state, ctx)
+    windows = prompt_windows(state, ctx)
+    messages = _prompt(state, ctx, windows)
     prefix = ctx.answer_prefix
     if prefix:
         # Prefilled assistant turn: the reply continues it (see ChatBackend).
@@ -264,8 +280,9 @@ def reason(state: State, runtime: Runtime[Context]) -> dict:
     timings = _timed(state, "generate", start)
     if first_token is not None:
         timings["first_token"] = first_token
-    return {"raw": raw, "reasoning": parsed.reasoning, "selection": parsed.quote,
-            "timings": timings}
+    # The model numbers the sentences it was shown; quotes read the whole passages.
+    return {"raw": raw, "reasoning": parsed.reasoning,
+            "selection": whole_sentence_numbers(parsed.quote, windows), "timings": timings}
 
 
 def cited_passages(reasoning: str, cited: list[Citation], contexts: list[Hit]) -> list[int]:

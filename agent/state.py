@@ -47,7 +47,8 @@ class State(InputState, total=False):
         raw: The model's raw output (reasoning, quote, answer, sources). [reason, answer]
         reasoning: The model's reasoning part (its chain of thought). [reason]
         selection: `(passage, sentence)` numbers the model quoted (1-based; format v2's
-            `Quote` part), unchecked. [reason]
+            `Quote` part), in the whole passages' numbering (the prompt may show a window of
+            each), unchecked otherwise. [reason]
         draft: The model's answer text before verification ("" when it abstained). [answer]
         hints: 1-based numbers of the passages the model cited (hints for verify). [answer]
         claims: The sentences shown to the user, each with its support. [verify, quote]

@@ -185,8 +185,9 @@ def summarize(rows: list[dict]) -> dict:
 
 
 def run_config(home: Path, n: int, adapter: str | None, max_new_tokens: int,
-               backend: str) -> dict:
-    """Measure one configuration in this process."""
+               backend: str, passage_words: int | None = None) -> dict:
+    """Measure one configuration in this process (`passage_words`: the agent's
+    `Context.passage_words`, `None` its default)."""
     from agent.api import Assistant
     from agent.llm import chat_prompt, local_backend
     from ingest.pipeline import run
@@ -200,7 +201,8 @@ def run_config(home: Path, n: int, adapter: str | None, max_new_tokens: int,
     load_start = time.perf_counter()
     llm.load()
     load_s = time.perf_counter() - load_start
-    assistant = Assistant.from_settings(settings, llm, max_new_tokens=max_new_tokens)
+    extra = {} if passage_words is None else {"passage_words": passage_words}
+    assistant = Assistant.from_settings(settings, llm, max_new_tokens=max_new_tokens, **extra)
     questions = [json.loads(line) for line in (DATA / "qa_dev.jsonl").open() if line.strip()][:n]
     assistant.ask("warm-up: how do I turn on the TV?")  # first-call costs out of the figures
 
@@ -229,6 +231,7 @@ def run_config(home: Path, n: int, adapter: str | None, max_new_tokens: int,
         "backend_name": llm.name,
         "llama_weights": getattr(llm, "weights", None),  # CASEWISE_LLAMA_WEIGHTS: bf16 / q4_1
         "adapter": adapter,
+        "passage_words": assistant.context.passage_words,
         "questions": len(rows),
         "model_load_s": round(load_s, 2),
         **summarize(rows),
@@ -271,6 +274,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backends", default="llama.cpp,transformers",
                         help="local backends to measure, the first one stored as the headline "
                         "figures (default llama.cpp,transformers)")
+    parser.add_argument("--passage-words", default=None, metavar="N[,N...]",
+                        help="words of each passage the prompt shows (the agent's "
+                        "Context.passage_words; 0 = whole passages), one or more values each "
+                        "measured in its own process; results are stored under "
+                        "'<config>@<N>w' (default: the agent's default, stored under '<config>')")
     parser.add_argument("--one", choices=["base", "adapter"], help=argparse.SUPPRESS)
     parser.add_argument("--backend", default="auto", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -282,8 +290,9 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
     if args.one:
+        words = int(args.passage_words) if args.passage_words is not None else None
         result = run_config(args.home, args.n, args.adapter if args.one == "adapter" else None,
-                            args.max_new_tokens, args.backend)
+                            args.max_new_tokens, args.backend, words)
         print(json.dumps(result))
         return 0
 
@@ -294,11 +303,24 @@ def main(argv: list[str] | None = None) -> int:
     configs = [c for c in ("base", "adapter") if c in wanted and (c == "base" or adapter)]
     previous = RESULTS / "agent.json"
     results = json.loads(previous.read_text())["configs"] if previous.exists() else {}
-    for config in configs:
+    try:
+        word_values = [int(w) for w in args.passage_words.split(",")] \
+            if args.passage_words is not None else [None]
+    except ValueError:
+        print(f"error: --passage-words {args.passage_words!r}: not a list of integers",
+              file=sys.stderr)
+        return 2
+    if any(w is not None and w < 0 for w in word_values):
+        print("error: --passage-words must be 0 (whole passages) or more", file=sys.stderr)
+        return 2
+    runs = [(config, words) for config in configs for words in word_values]
+    for config, words in runs:
         for i, backend in enumerate(backends):
             cmd = [sys.executable, __file__, "--one", config, "--n", str(args.n), "--home",
                    str(args.home), "--max-new-tokens", str(args.max_new_tokens),
                    "--backend", backend]
+            if words is not None:
+                cmd += ["--passage-words", str(words)]
             if adapter:
                 cmd += ["--adapter", adapter]
             if args.threads:
@@ -308,7 +330,8 @@ def main(argv: list[str] | None = None) -> int:
             if out.returncode != 0:
                 print(out.stderr[-3000:], file=sys.stderr)
                 return 1
-            key = config if i == 0 else f"{config}/{backend}"
+            name = config if words is None else f"{config}@{words}w"
+            key = name if i == 0 else f"{name}/{backend}"
             results[key] = json.loads(out.stdout.strip().splitlines()[-1])
             results[key]["load_average_before"] = [round(x, 2) for x in load]
     import torch

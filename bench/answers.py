@@ -34,6 +34,7 @@ Examples:
     python bench/answers.py --limit 20 --spread                   # a quick look (ranker + base)
     python bench/answers.py --unanswerable eval/data/unanswerable_in_domain.jsonl
     python bench/answers.py --adapter /work/adapters/smollm2-v2 --configs adapter:generate,adapter:extract
+    python bench/answers.py --passage-words 0 --configs base:generate   # whole passages
 """
 
 from __future__ import annotations
@@ -233,8 +234,10 @@ def run_config(config: str, questions: list[Question], args: argparse.Namespace)
 
     llm = make_llm(config, args)
     mode = "extract" if config.endswith(":extract") or config == "ranker" else "generate"
+    extra = {} if args.passage_words is None else {"passage_words": args.passage_words}
     assistant = Assistant.from_settings(Settings.resolve(home=args.home), llm,
-                                        max_new_tokens=args.max_new_tokens, answer_mode=mode)
+                                        max_new_tokens=args.max_new_tokens, answer_mode=mode,
+                                        **extra)
     rows = []
     try:
         for q in tqdm(questions, desc=config, unit="q", disable=args.json):
@@ -296,6 +299,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backend", default=None,
                         help="local engine: auto (default, as the agent: llama.cpp when "
                         "installed), llama.cpp or transformers")
+    parser.add_argument("--passage-words", type=int, default=None, metavar="N",
+                        help="words of each passage the prompt shows (the agent's "
+                        "Context.passage_words; 0 = whole passages); results are stored under "
+                        "'<system>@<N>w' (default: the agent's default, stored under '<system>')")
     parser.add_argument("--fresh", action="store_true", help="ignore cached model replies")
     parser.add_argument("--json", action="store_true", help="print the result JSON only")
     return parser
@@ -311,6 +318,9 @@ def main(argv: list[str] | None = None) -> int:
 def _main(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise UsageError(f"--limit ({args.limit}) must be at least 1")
+    if args.passage_words is not None and args.passage_words < 0:
+        raise UsageError(f"--passage-words ({args.passage_words}) must be 0 (whole passages) "
+                         f"or more")
     configs = args.configs.split(",") if args.configs else [
         c for c in CONFIGS if not c.startswith("adapter") or args.adapter]
     unknown = [c for c in configs if c not in CONFIGS]
@@ -337,6 +347,7 @@ def _main(args: argparse.Namespace) -> int:
     build_index(args.home)
     previous = RESULTS / "answers.json"
     report = json.loads(previous.read_text()) if previous.exists() else {"systems": {}}
+    suffix = "" if args.passage_words is None else f"@{args.passage_words}w"
     for config in configs:
         start = time.perf_counter()
         result = run_config(config, questions, args)
@@ -345,13 +356,14 @@ def _main(args: argparse.Namespace) -> int:
                               "backend": result["summary"].pop("backend"),
                               "max_new_tokens": args.max_new_tokens, "limit": args.limit,
                               "spread": args.spread, "unanswerable": args.unanswerable,
+                              "passage_words": args.passage_words,
                               "load_average": os.getloadavg()}
-        report["systems"][config] = result
+        report["systems"][config + suffix] = result
     report["machine"] = {"cpu": platform.processor() or platform.machine(),
                          "cores": os.cpu_count(), "load_average": os.getloadavg()}
     RESULTS.mkdir(parents=True, exist_ok=True)
     previous.write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n")
-    shown = {c: report["systems"][c] for c in configs}
+    shown = {c + suffix: report["systems"][c + suffix] for c in configs}
     if args.json:
         print(json.dumps({c: r["summary"] for c, r in shown.items()}, indent=1))
     else:

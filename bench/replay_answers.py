@@ -61,7 +61,7 @@ def replay(record: dict, context) -> dict:
     from langgraph.runtime import Runtime
 
     from agent import graph
-    from finetune.format import ABSTAIN_ANSWER, parse_answer
+    from finetune.format import ABSTAIN_ANSWER, parse_answer, whole_sentence_numbers
 
     if not record.get("contexts") or record.get("mode") not in ("generated", "quoted",
                                                                 "abstained"):
@@ -72,8 +72,10 @@ def replay(record: dict, context) -> dict:
     raw = record.get("raw") or ""
     parsed = parse_answer(raw)
     state = {"question": question, "standalone": question, "contexts": hits_of(record["contexts"]),
-             "raw": raw, "reasoning": parsed.reasoning, "selection": parsed.quote,
-             "timings": {}, "messages": []}
+             "raw": raw, "reasoning": parsed.reasoning, "timings": {}, "messages": []}
+    # the recorded output numbers the sentences its prompt showed (`context.passage_words`)
+    state["selection"] = whole_sentence_numbers(parsed.quote,
+                                                graph.prompt_windows(state, context))
     state |= graph.answer(state, runtime)
     if state.get("refused"):
         return {"mode": "refused", "answer": "", "citations": [], "removed": []}

@@ -52,8 +52,12 @@ def _data_parser(sub) -> None:
                    help="answer-word coverage that makes a chunk gold (default %(default)s)")
     p.add_argument("--search-k", type=int, default=d.search_k,
                    help="candidates retrieved per query (default %(default)s)")
+    p.add_argument("--passage-words", type=int, default=d.passage_words,
+                   help="words of each passage the prompt shows, the window the agent shows "
+                   "(Context.passage_words); 0 = whole passages (default %(default)s)")
     p.add_argument("--max-passage-chars", type=int, default=d.max_passage_chars,
-                   help="clip passages to this many characters, 0 = whole (default %(default)s)")
+                   help="with --passage-words 0: clip passages to this many characters, 0 = "
+                   "whole (default %(default)s)")
     p.add_argument("--refusal-share", type=float, default=d.refusal_share,
                    help="refusal examples as a share of FAQ examples (default %(default)s)")
     p.add_argument("--eval-fraction", type=float, default=d.eval_fraction,
@@ -187,7 +191,8 @@ def run_data(args: argparse.Namespace) -> int:
 
     config = DataConfig(
         p_gold=args.p_gold, k=args.k, gold_match=args.gold_match, min_overlap=args.min_overlap,
-        search_k=args.search_k, max_passage_chars=args.max_passage_chars,
+        search_k=args.search_k, passage_words=args.passage_words,
+        max_passage_chars=args.max_passage_chars,
         refusal_share=args.refusal_share, eval_fraction=args.eval_fraction, seed=args.seed,
         redact=not args.no_redact,
     )

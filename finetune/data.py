@@ -38,12 +38,15 @@ from pathlib import Path
 from typing import Protocol
 
 from finetune.format import (
+    PASSAGE_WORDS,
     build_messages,
     citation_label,
     format_abstain,
     format_answer,
     format_refusal,
     passage_sentences,
+    shown_sentences,
+    window_passages,
 )
 # The FAQ/ticket reader is ingest's (one reader for ingest and training data); FaqRow, Problem
 # and read_faq are re-exported here because the dataset builders below speak in them.
@@ -75,8 +78,13 @@ class DataConfig:
             by overlap, and above which a chunk is never used as a distractor.
         search_k: Candidates retrieved per query when looking for the gold passage and
             distractors.
-        max_passage_chars: Passages longer than this are clipped (around the quoted sentence for
-            the gold passage) to bound the sequence length; 0 keeps them whole.
+        passage_words: Words of each passage the prompt shows, chosen by the question exactly
+            as the agent chooses them (`finetune.format.passage_window`, the agent's
+            `Context.passage_words`; default `PASSAGE_WORDS`); 0 shows whole passages, or
+            clips them by `max_passage_chars`.
+        max_passage_chars: With `passage_words` 0 only: passages longer than this are clipped
+            (around the quoted sentence for the gold passage) to bound the sequence length; 0
+            keeps them whole.
         refusal_share: Refusal examples to add, as a share of the FAQ examples.
         eval_fraction: Share of answer groups held out for evaluation.
         seed: Seed of every random choice (P draws, distractor order, split).
@@ -88,6 +96,7 @@ class DataConfig:
     gold_match: str = "page_then_overlap"
     min_overlap: float = 0.5
     search_k: int = 12
+    passage_words: int = PASSAGE_WORDS
     max_passage_chars: int = 700
     refusal_share: float = 0.05
     eval_fraction: float = 0.1
@@ -112,6 +121,9 @@ class DataConfig:
             raise DataError(f"min_overlap ({self.min_overlap}) must be in (0, 1]")
         if not 0.0 <= self.eval_fraction < 1.0:
             raise DataError(f"eval_fraction ({self.eval_fraction}) must be in [0, 1)")
+        if self.passage_words < 0:
+            raise DataError(f"passage_words ({self.passage_words}) must be 0 (whole passages) or "
+                            f"more")
         if self.refusal_share < 0:
             raise DataError(f"refusal_share ({self.refusal_share}) must not be negative")
 
@@ -198,11 +210,18 @@ def split_groups(groups: Sequence[str], eval_fraction: float, seed: int) -> set[
 # --------------------------------------------------------------------------- passages and targets
 
 
+def _best_index(sents: Sequence[str], answer: str) -> int:
+    """0-based index of the sentence sharing most content words with the answer (shorter wins
+    ties)."""
+    aw = set(content_words(answer))
+    return max(range(len(sents)), key=lambda j: (len(set(content_words(sents[j])) & aw),
+                                                 -len(sents[j])))
+
+
 def best_sentence(passage: str, answer: str) -> str:
     """The passage sentence sharing most content words with the answer (shorter wins ties)."""
-    aw = set(content_words(answer))
     sents = passage_sentences(passage)
-    return max(sents, key=lambda s: (len(set(content_words(s)) & aw), -len(s)))
+    return sents[_best_index(sents, answer)]
 
 
 # A gold-passage sentence is part of the target's `Quote` when the answer holds this share of its
@@ -215,16 +234,16 @@ QUOTE_SENTENCE_COVERAGE = 0.75
 MAX_QUOTE_SENTENCES = 8
 
 
-def quote_sentences(passage: str, answer: str) -> list[int]:
+def quote_sentences(passage: str | Sequence[str], answer: str) -> list[int]:
     """1-based numbers of the passage's sentences (as the prompt numbers them) that the answer
     repeats: those it covers to `QUOTE_SENTENCE_COVERAGE`, else the single best one; at most
-    `MAX_QUOTE_SENTENCES`, in order."""
-    sents = passage_sentences(passage)
+    `MAX_QUOTE_SENTENCES`, in order. `passage` is a text, or the sentences a prompt shows
+    (`finetune.format.shown_sentences`)."""
+    sents = passage_sentences(passage) if isinstance(passage, str) else list(passage)
     picked = [j for j, s in enumerate(sents, start=1)
               if overlap(s, answer) >= QUOTE_SENTENCE_COVERAGE]
     if not picked:
-        best = best_sentence(passage, answer)
-        picked = [next((j for j, s in enumerate(sents, start=1) if s == best), 1)]
+        picked = [_best_index(sents, answer) + 1]
     return picked[:MAX_QUOTE_SENTENCES]
 
 
@@ -330,27 +349,31 @@ def build_grounded_example(
     Returns:
         `(messages, kind, passage_labels)` where kind is `"gold"` or `"abstain"`.
     """
+    windowed = config.passage_words > 0
+    # `clip` is the old character clip (passage_words 0 only); windows are the agent's own.
+    clip = 0 if windowed else config.max_passage_chars
     if use_gold and gold is not None:
         keep = best_sentence(gold.text, answer)
-        chosen = [_Passage(gold, clip_passage(gold.text, config.max_passage_chars, keep))]
-        chosen += [_Passage(c, clip_passage(c.text, config.max_passage_chars))
-                   for c in distractors[: config.k - 1]]
+        chosen = [_Passage(gold, clip_passage(gold.text, clip, keep))]
+        chosen += [_Passage(c, clip_passage(c.text, clip)) for c in distractors[: config.k - 1]]
         rng.shuffle(chosen)
-        idx, shown = next((i, p) for i, p in enumerate(chosen, start=1) if p.chunk.id == gold.id)
+        idx = next(i for i, p in enumerate(chosen, start=1) if p.chunk.id == gold.id)
+        if windowed:
+            chosen = window_passages(question, chosen, config.passage_words)
         # The most specific heading names the topic in a few tokens ("Factory reset", not the
         # whole "Troubleshooting and Reset > Factory reset" path the passage header shows).
         topic = (gold.citation.section or "").split(">")[-1].strip()
         reasoning = f"Passage [{idx}]{f' ({topic})' if topic else ''} answers the question."
-        quote = [(idx, j) for j in quote_sentences(shown.text, answer)]
+        # numbered as the prompt shows them (the window's own numbers)
+        quote = [(idx, j) for j in quote_sentences(shown_sentences(chosen[idx - 1]), answer)]
         target = format_answer(reasoning, answer, [gold.citation], quote)
         kind = "gold"
     else:
-        chosen = [_Passage(c, clip_passage(c.text, config.max_passage_chars))
-                  for c in distractors[: config.k]]
+        chosen = [_Passage(c, clip_passage(c.text, clip)) for c in distractors[: config.k]]
         rng.shuffle(chosen)
         target = format_abstain()
         kind = "abstain"
-    messages = build_messages(question, chosen)
+    messages = build_messages(question, chosen, passage_words=config.passage_words)
     messages.append({"role": "assistant", "content": target})
     return messages, kind, [citation_label(p.citation) for p in chosen]
 
@@ -399,8 +422,9 @@ def refusal_questions(n: int, seed: int) -> list[tuple[str, str]]:
 def build_refusal_example(question: str, searcher: Searcher, config: DataConfig) -> list[dict]:
     """Refusal example: the retrieved passages are shown too, and the target still refuses."""
     hits = _search_docs(searcher, question, config.k)
-    passages = [_Passage(c, clip_passage(c.text, config.max_passage_chars)) for c in hits]
-    messages = build_messages(question, passages)
+    clip = 0 if config.passage_words > 0 else config.max_passage_chars
+    passages = [_Passage(c, clip_passage(c.text, clip)) for c in hits]
+    messages = build_messages(question, passages, passage_words=config.passage_words)
     messages.append({"role": "assistant", "content": format_refusal()})
     return messages
 

@@ -25,6 +25,15 @@ verbatim as a quoted answer, so a small model that selects well cannot invent. A
 refusing use fixed texts (`ABSTAIN_ANSWER`, `REFUSAL_ANSWER`) so that the agent, the training
 targets and the evaluation all recognise them the same way.
 
+Windows (`PASSAGE_WORDS`): to keep the prompt short (prompt processing is most of the wait for the
+first token on a CPU), each passage may show only a window of its sentences: the sentence the
+quote ranker scores best for the question (`retrieval.grounding.rank_sentences`, the ranker of
+the quote step, without an embedder) and the ones after it, then the ones before it, up to
+`passage_words` words; the label line (file, page, section) always stays. The window is numbered
+from 1 like a whole passage (`(n.1)` is its first sentence); `Window.whole` maps a number back to
+the whole passage, whose sentences verification and quoting read. `build_messages` windows for
+the agent and for the training data alike, so an adapter trains on what the agent shows.
+
 `FORMAT_VERSION` names this format; training records it next to every adapter (`casewise.json`)
 and the agent warns when an adapter was trained on another one (`adapter_format_warning`).
 Version 1 had no sentence numbers and no `Quote` part.
@@ -38,10 +47,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 
+from retrieval.grounding import rank_sentences
 from retrieval.text import normalise, sentences
 from retrieval.types import Citation, PassageLike
 
 FORMAT_VERSION = 2
+
+# Words of each passage the prompt shows (`window_passages`); 0 shows whole passages. The
+# manual's passages run to about 350 words (chunks of up to 256 embedder word pieces), three of
+# them about 1,000 prompt tokens, which llama.cpp processes at about 2.9 ms a token on 2 CPU
+# cores: 3.2 s before the first token. 70 words (about 100 SmolLM2 tokens with the sentence
+# numbers) keeps the whole prompt near 500 tokens (docs/speed.md, fifth pass).
+PASSAGE_WORDS = 70
 
 SYSTEM_PROMPT = (
     "You are casewise, an assistant for a customer support team. Answer the question using only "
@@ -86,21 +103,103 @@ def sentence_label(passage: int, sentence: int) -> str:
     return f"{passage}.{sentence}"
 
 
+@dataclass(frozen=True)
+class Window:
+    """The part of a passage a prompt shows.
+
+    Attributes:
+        passage: The whole passage (verification and quotes read it).
+        first: 1-based number, in the whole passage, of the window's first sentence.
+        sentences: The shown sentences, in order (the last one cut at the word budget, with
+            "...", when a single sentence exceeds it).
+    """
+
+    passage: PassageLike
+    first: int
+    sentences: tuple[str, ...]
+
+    @property
+    def citation(self) -> Citation:
+        """The passage's citation (the label line stays whole)."""
+        return self.passage.citation
+
+    @property
+    def text(self) -> str:
+        """The shown sentences joined by spaces."""
+        return " ".join(self.sentences)
+
+    def whole(self, sentence: int) -> int:
+        """The whole passage's number of the window's sentence `sentence` (both 1-based)."""
+        return self.first + sentence - 1
+
+
+def passage_window(question: str, passage: PassageLike, words: int) -> Window:
+    """The sentences of `passage` worth showing for `question` within `words` words.
+
+    The window starts at the sentence the quote ranker scores best for the question (word
+    overlap; ties and a passage the ranker skips start at the first sentence) and takes the
+    sentences after it, then those before it, while the total stays within `words`. A
+    sentence longer than the whole budget is cut at it. `words <= 0` returns the whole passage.
+    """
+    sents = passage_sentences(passage.text)
+    if words <= 0 or sum(len(s.split()) for s in sents) <= words:
+        return Window(passage, 1, tuple(sents))
+    ranked = rank_sentences(question, [passage])
+    start = ranked[0][2] if ranked else 1
+    first = last = start
+    used = len(sents[start - 1].split())
+    if used > words:
+        cut = " ".join(sents[start - 1].split()[:words]) + " ..."
+        return Window(passage, start, (cut,))
+    while last < len(sents) and used + len(sents[last].split()) <= words:
+        used += len(sents[last].split())
+        last += 1
+    while first > 1 and used + len(sents[first - 2].split()) <= words:
+        used += len(sents[first - 2].split())
+        first -= 1
+    return Window(passage, first, tuple(sents[first - 1:last]))
+
+
+def window_passages(question: str, passages: Sequence[PassageLike],
+                    words: int | None = None) -> list[Window]:
+    """Every passage's window (`passage_window`); `words=None` uses `PASSAGE_WORDS`."""
+    words = PASSAGE_WORDS if words is None else words
+    return [passage_window(question, p, words) for p in passages]
+
+
+def whole_sentence_numbers(selection: Sequence[tuple[int, int]],
+                           windows: Sequence[Window]) -> list[tuple[int, int]]:
+    """A selection in the prompt's numbering (`(passage, sentence)`, 1-based) in the whole
+    passages' numbering; numbers outside every window are dropped."""
+    out = []
+    for p, s in selection:
+        if 1 <= p <= len(windows) and 1 <= s <= len(windows[p - 1].sentences):
+            out.append((p, windows[p - 1].whole(s)))
+    return out
+
+
+def shown_sentences(passage: PassageLike) -> list[str]:
+    """The sentences a prompt numbers for `passage`: a `Window`'s own, else the passage's."""
+    return list(passage.sentences) if isinstance(passage, Window) else \
+        passage_sentences(passage.text)
+
+
 def format_passages(passages: Sequence[PassageLike]) -> str:
-    """Number the passages, label each with file, page and section, and number its sentences."""
+    """Number the passages, label each with file, page and section, and number its sentences
+    (a `Window`'s own sentences, else the passage's)."""
     blocks = []
     for i, p in enumerate(passages, start=1):
         head = f"[{i}] {citation_label(p.citation)}"
         if p.citation.section:
             head += f" ({p.citation.section})"
         lines = [f"({sentence_label(i, j)}) {s}"
-                 for j, s in enumerate(passage_sentences(p.text), start=1)]
+                 for j, s in enumerate(shown_sentences(p), start=1)]
         blocks.append("\n".join([head, *lines]))
     return "\n\n".join(blocks)
 
 
 def build_user_message(question: str, passages: Sequence[PassageLike]) -> str:
-    """The user turn: passages then the question."""
+    """The user turn: passages (whole, or `Window`s) then the question."""
     body = format_passages(passages) if passages else "(no passages were found)"
     return f"Passages:\n{body}\n\nQuestion: {question.strip()}"
 
@@ -109,20 +208,26 @@ def build_messages(
     question: str,
     passages: Sequence[PassageLike],
     history: Sequence[dict] | None = None,
+    passage_words: int | None = None,
 ) -> list[dict]:
-    """Chat messages for the reasoning model.
+    """Chat messages for the reasoning model (the agent's and the training data's).
 
     Args:
         question: The (already rewritten, standalone) question.
-        passages: Retrieved passages, in the order they should be numbered.
+        passages: Retrieved passages, in the order they should be numbered; `Window`s are
+            shown as they are.
         history: Earlier turns as `{"role", "content"}` dicts, placed before the question.
+        passage_words: Words shown of each passage (`window_passages`); `None`: `PASSAGE_WORDS`;
+            0: whole passages.
 
     Returns:
         A list of `{"role", "content"}` messages starting with the system prompt.
     """
+    windows = [p if isinstance(p, Window) else passage_window(
+        question, p, PASSAGE_WORDS if passage_words is None else passage_words) for p in passages]
     messages = [{"role": "system", "content": SYSTEM_PROMPT}]
     messages.extend(history or [])
-    messages.append({"role": "user", "content": build_user_message(question, passages)})
+    messages.append({"role": "user", "content": build_user_message(question, windows)})
     return messages
 
 

@@ -89,3 +89,58 @@ def test_adapter_format_version_is_checked(tmp_path):
     assert f"trained on format 1, but the agent prompts with format {FORMAT_VERSION}" in warning
     (tmp_path / "casewise.json").write_text("{broken")
     assert "unknown format" in adapter_format_warning(tmp_path)
+
+
+# --- passage windows (`PASSAGE_WORDS`) ---------------------------------------------------------
+
+LONG = ("The TV has many settings. Picture mode changes colours. Sound mode changes the audio. "
+        "To reset the TV, open Settings > General > Reset. Enter your PIN. The TV restarts. "
+        "Eco mode saves power. Timers turn the TV off.")
+
+
+def test_a_window_starts_at_the_sentence_that_matches_the_question():
+    from finetune.format import passage_window
+
+    window = passage_window("How do I reset the TV?", _chunk(LONG), 16)
+    assert window.first == 4
+    assert window.sentences == ("To reset the TV, open Settings > General > Reset.",
+                                "Enter your PIN.", "The TV restarts.")
+    assert window.whole(1) == 4 and window.whole(3) == 6
+    # whole passages when the budget is 0 or the passage fits
+    assert passage_window("How do I reset the TV?", _chunk(LONG), 0).first == 1
+    assert len(passage_window("reset", _chunk(LONG), 200).sentences) == 8
+
+
+def test_a_window_at_a_passage_end_fills_its_budget_backwards():
+    from finetune.format import passage_window
+
+    window = passage_window("What do timers do?", _chunk(LONG), 9)
+    assert window.sentences == ("Eco mode saves power.", "Timers turn the TV off.")
+    assert window.first == 7
+
+
+def test_a_sentence_longer_than_the_budget_is_cut():
+    from finetune.format import passage_window
+
+    window = passage_window("reset", _chunk("Reset " + "word " * 50 + "end."), 10)
+    assert window.sentences[0].split()[:-1] == ["Reset"] + ["word"] * 9
+    assert window.sentences[0].endswith(" ...")
+
+
+def test_the_prompt_shows_the_window_numbered_from_one_under_the_whole_label():
+    msgs = build_messages("How do I reset the TV?", [_chunk(LONG)], passage_words=16)
+    lines = msgs[-1]["content"].splitlines()
+    assert lines[1:5] == ["[1] [manual.pdf p.3] (Setup)",
+                          "(1.1) To reset the TV, open Settings > General > Reset.",
+                          "(1.2) Enter your PIN.", "(1.3) The TV restarts."]
+    assert "Picture mode" not in msgs[-1]["content"]
+    whole = build_messages("How do I reset the TV?", [_chunk(LONG)], passage_words=0)
+    assert "(1.8) Timers turn the TV off." in whole[-1]["content"]
+
+
+def test_selected_numbers_map_back_to_the_whole_passage():
+    from finetune.format import whole_sentence_numbers, window_passages
+
+    windows = window_passages("How do I reset the TV?", [_chunk(LONG), _chunk("Short.")], 16)
+    assert whole_sentence_numbers([(1, 1), (1, 3), (2, 1), (1, 4), (3, 1)], windows) == [
+        (1, 4), (1, 6), (2, 1)]

@@ -450,3 +450,56 @@ def test_a_backend_stream_that_is_a_plain_iterator_works_in_extract_mode(searche
 
     assistant = Assistant(searcher, ListModel(), answer_mode="extract", **THRESHOLDS)
     assert assistant.ask(QUESTION).mode == "quoted"
+
+
+# --- passage windows: the prompt shows part of a passage, verify and quote read all of it -------
+
+MANUAL = make_chunk(
+    "The router has four ports. The status lights show the connection. The guest network can "
+    "be turned on in the web interface. To reset the router to factory settings, press and "
+    "hold the Reset button for 10 seconds. All settings are erased. The router restarts in two "
+    "minutes. Firmware updates install at night. Parental controls limit access.",
+    page=7, section="Maintenance",
+)
+
+
+def test_the_prompt_shows_the_window_and_quotes_map_back_to_the_whole_passage():
+    searcher = FakeSearcher([MANUAL])
+    answer = ("Reasoning: Passage [1] (Maintenance) answers the question.\nQuote: 1.1 1.2\n"
+              "Answer: Something invented entirely.\nSources: none")
+    assistant, llm = make(searcher, answer, min_similarity=-1.0, overlap_floor=-1.0,
+                          passage_words=30)
+    result = assistant.ask(QUESTION)
+    user = llm.calls[0][-2]["content"]
+    assert "(1.1) To reset the router to factory settings" in user
+    assert "four ports" not in user and "Parental controls" not in user
+    # the model's 1.1 1.2 are the whole passage's sentences 4 and 5
+    assert result.mode == "quoted"
+    assert result.answer == (
+        'The manual says (router_manual.pdf p.7): "To reset the router to factory settings, '
+        'press and hold the Reset button for 10 seconds. All settings are erased."')
+
+
+def test_verification_reads_the_whole_passage_not_only_the_window():
+    searcher = FakeSearcher([MANUAL])
+    # supported by the passage's last sentence, outside a 10-word window around the reset step
+    answer = ("Reasoning: Passage [1] answers.\nQuote: none\n"
+              "Answer: Press and hold the Reset button for 10 seconds. Parental controls limit "
+              "access.\nSources: [router_manual.pdf p.7]")
+    assistant, llm = make(searcher, answer, min_similarity=-1.0, overlap_floor=-1.0,
+                          passage_words=10)
+    result = assistant.ask(QUESTION)
+    assert "Parental controls" not in llm.calls[0][-2]["content"]
+    assert result.mode == "generated"
+    assert [c.text for c in result.claims] == [
+        "Press and hold the Reset button for 10 seconds.", "Parental controls limit access."]
+
+
+def test_passage_words_zero_shows_whole_passages_and_negative_is_refused():
+    searcher = FakeSearcher([MANUAL])
+    assistant, llm = make(searcher, GOOD, min_similarity=-1.0, overlap_floor=-1.0,
+                          passage_words=0)
+    assistant.ask(QUESTION)
+    assert "(1.8) Parental controls limit access." in llm.calls[0][-2]["content"]
+    with pytest.raises(UsageError, match="passage_words"):
+        make(searcher, GOOD, passage_words=-1)

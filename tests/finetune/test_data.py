@@ -223,3 +223,49 @@ def test_redact_rows_keeps_every_field_and_redacts_the_extra_text():
     assert out.extra["status"] == "solved" and out.extra["priority"] == 2
     assert "ann@example.com" not in out.extra["subject"] and out.extra["subject"].startswith("From ")
     assert sum(counts.values()) == 3
+
+
+def test_training_prompts_window_passages_exactly_as_the_agent_does():
+    """One prompt builder: a training example shows the windows the agent would show for the
+    same question and passages, and its Quote target numbers the window's sentences."""
+    import random
+
+    from agent.api import Assistant
+    from finetune.data import build_grounded_example
+    from retrieval.types import Chunk, Hit
+    from tests.conftest import ScriptedChatModel
+
+    def chunk(text, page):
+        return Chunk(id=f"c{page}", text=text, source="manual.pdf", page=page, section="Care",
+                     chunk_index=page, doc_hash="h")
+
+    filler = " ".join(f"Filler sentence number {i} talks about cables." for i in range(12))
+    gold = chunk(f"{filler} To clean the screen, wipe it with a dry microfibre cloth. Never "
+                 f"spray liquid on the screen. {filler}", 5)
+    others = [chunk(f"{filler} The remote needs two AAA batteries.", 8),
+              chunk(f"The stand holds the TV. {filler}", 9)]
+    question, answer = "How do I clean the screen?", "Wipe it with a dry microfibre cloth."
+    config = DataConfig(k=3, passage_words=40)
+    messages, kind, labels = build_grounded_example(question, answer, gold, others, config,
+                                                    random.Random(3), use_gold=True)
+    assert kind == "gold"
+    order = [next(c for c in [gold, *others] if f"[manual.pdf p.{c.page}]" == label)
+             for label in labels]
+
+    class InOrder:  # the agent retrieves the same passages in the same order
+        def search(self, query, k=5, where=None):
+            return [Hit(chunk=c, score=1.0, similarity=0.9) for c in order]
+
+    llm = ScriptedChatModel([messages[-1]["content"]])
+    Assistant(InOrder(), llm, passage_words=40, answer_prefix="").ask(question)
+    assert llm.calls[0][-1] == messages[-2]  # the same user message, windows included
+    user = messages[-2]["content"]
+    assert len(user.split()) < len(" ".join(c.text for c in order).split())
+    parsed = parse_answer(messages[-1]["content"])
+    idx = labels.index("[manual.pdf p.5]") + 1
+    assert parsed.quote and all(p == idx for p, _ in parsed.quote)
+    block = user.split(f"[{idx}] [manual.pdf p.5]")[1].split("\n\n")[0]
+    quoted = [line for line in block.splitlines()
+              if any(line.startswith(f"({idx}.{s}) ") for _, s in parsed.quote)]
+    assert quoted == [f"({idx}.{parsed.quote[0][1]}) To clean the screen, wipe it with a dry "
+                      f"microfibre cloth."]
