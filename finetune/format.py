@@ -56,9 +56,11 @@ FORMAT_VERSION = 2
 # Words of each passage the prompt shows (`window_passages`); 0 shows whole passages. The
 # manual's passages run to about 350 words (chunks of up to 256 embedder word pieces), three of
 # them about 1,000 prompt tokens, which llama.cpp processes at about 2.9 ms a token on 2 CPU
-# cores: 3.2 s before the first token. 70 words (about 100 SmolLM2 tokens with the sentence
-# numbers) keeps the whole prompt near 500 tokens (docs/speed.md, fifth pass).
-PASSAGE_WORDS = 70
+# cores: 3.2 s before the first token. 60 words (3-4 sentences) keeps the whole prompt near
+# 500 tokens: on the 95 dev + 52 unanswerable questions 486 mean / 566 p95 against 1,192 / 1,668
+# for whole passages (50 words: 443, 70: 526, 90: 613; docs/speed.md, fifth pass). Chosen by
+# prompt length alone, before any quality was measured.
+PASSAGE_WORDS = 60
 
 SYSTEM_PROMPT = (
     "You are casewise, an assistant for a customer support team. Answer the question using only "
