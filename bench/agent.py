@@ -282,27 +282,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--one", choices=["base", "adapter"], help=argparse.SUPPRESS)
     parser.add_argument("--backend", default="auto", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if not DATA.exists():
-        print(f"error: {DATA} not found: this benchmark needs ../shared/data", file=sys.stderr)
-        return 1
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    if args.one:
-        words = int(args.passage_words) if args.passage_words is not None else None
-        result = run_config(args.home, args.n, args.adapter if args.one == "adapter" else None,
-                            args.max_new_tokens, args.backend, words)
-        print(json.dumps(result))
-        return 0
-
-    adapter = args.adapter or (str(DEFAULT_ADAPTER) if (DEFAULT_ADAPTER / "adapter_config.json")
-                               .is_file() else None)
-    wanted = args.configs.split(",")
-    backends = args.backends.split(",")
-    configs = [c for c in ("base", "adapter") if c in wanted and (c == "base" or adapter)]
-    previous = RESULTS / "agent.json"
-    results = json.loads(previous.read_text())["configs"] if previous.exists() else {}
     try:
         word_values = [int(w) for w in args.passage_words.split(",")] \
             if args.passage_words is not None else [None]
@@ -313,6 +292,26 @@ def main(argv: list[str] | None = None) -> int:
     if any(w is not None and w < 0 for w in word_values):
         print("error: --passage-words must be 0 (whole passages) or more", file=sys.stderr)
         return 2
+    if not DATA.exists():
+        print(f"error: {DATA} not found: this benchmark needs ../shared/data", file=sys.stderr)
+        return 1
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if args.one:
+        result = run_config(args.home, args.n, args.adapter if args.one == "adapter" else None,
+                            args.max_new_tokens, args.backend, word_values[0])
+        print(json.dumps(result))
+        return 0
+
+    adapter = args.adapter or (str(DEFAULT_ADAPTER) if (DEFAULT_ADAPTER / "adapter_config.json")
+                               .is_file() else None)
+    wanted = args.configs.split(",")
+    backends = args.backends.split(",")
+    configs = [c for c in ("base", "adapter") if c in wanted and (c == "base" or adapter)]
+    previous = RESULTS / "agent.json"
+    results = json.loads(previous.read_text())["configs"] if previous.exists() else {}
     runs = [(config, words) for config in configs for words in word_values]
     for config, words in runs:
         for i, backend in enumerate(backends):

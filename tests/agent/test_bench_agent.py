@@ -90,3 +90,13 @@ def test_summary_names_every_timed_key(assistant):
         sum(r["decode_tokens_per_s"] for r in rows) / 2, abs=0.01)
     assert summary["prompt_tokens_mean"] is None  # not recorded by measure_question itself
     assert summary["gold_page_cited_rate"] == 1.0 and summary["abstain_rate"] == 0.0
+
+
+@pytest.mark.parametrize("value, message", [("x", "not a list of integers"),
+                                            ("0,-3", "must be 0 (whole passages) or more")])
+def test_bad_passage_words_exit_2_with_one_line(value, message, capsys):
+    from bench.agent import main
+
+    assert main(["--passage-words", value]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1

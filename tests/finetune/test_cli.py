@@ -40,6 +40,10 @@ def test_data_bad_setting(faq_csv, tmp_path, capsys):
     code = main(["data", "--faq", str(faq_csv), "--out", str(tmp_path / "o"), "--p-gold", "2"])
     assert code == 2
     assert "p_gold (2.0)" in capsys.readouterr().err
+    code = main(["data", "--faq", str(faq_csv), "--out", str(tmp_path / "o"),
+                 "--passage-words", "-5"])
+    assert code == 2
+    assert "passage_words (-5) must be 0" in capsys.readouterr().err
 
 
 def test_data_bad_argument_exit_code(tmp_path):
