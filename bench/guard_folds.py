@@ -21,6 +21,11 @@ the ones `classifier.json` keeps), not re-chosen per fold.
 Run it under the team's CPU lock (five fits of each scorer; about four minutes on the team
 machine): `flock /tmp/casewise-cpu.lock python bench/guard_folds.py`. A table goes to stdout,
 the rows to `bench/results/guard_folds.json`.
+
+Examples:
+  flock /tmp/casewise-cpu.lock python bench/guard_folds.py
+  python bench/guard_folds.py --train /tmp/train_variant.yaml --out /tmp/folds.json
+  python bench/guard_folds.py --model logistic:4 --char-c 16
 """
 
 from __future__ import annotations
@@ -50,6 +55,8 @@ from agent.guard_train import (  # noqa: E402
     load_training_set,
 )
 from agent.guards import BENIGN, _platt  # noqa: E402
+from bench import doc_parser  # noqa: E402
+from bench.guard import load_load  # noqa: E402
 from retrieval.errors import UsageError, run_cli  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
@@ -131,13 +138,7 @@ def judge_rules(examples, scores: dict[str, np.ndarray]) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     """Measure the threshold rules and write the table and the JSON."""
-    parser = argparse.ArgumentParser(
-        prog="python bench/guard_folds.py", description=__doc__.splitlines()[0],
-        epilog="examples:\n  flock /tmp/casewise-cpu.lock python bench/guard_folds.py\n"
-               "  python bench/guard_folds.py --train /tmp/train_variant.yaml "
-               "--out /tmp/folds.json\n"
-               "  python bench/guard_folds.py --model logistic:4 --char-c 16",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = doc_parser(__doc__, "python bench/guard_folds.py")
     parser.add_argument("--train", type=Path, default=TRAIN_PATH,
                         help=f"training set (default {TRAIN_PATH.relative_to(REPO)})")
     parser.add_argument("--model", default="mlp:256:0.01",
@@ -155,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
     from retrieval.embeddings import load_embedder
 
     spec = parse_model(args.model)
-    load_start = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    load_start = load_load()
     examples = load_training_set(args.train)
     print(f"{len(examples)} sentences from {args.train}", file=sys.stderr)
     vectors = np.asarray(load_embedder("default").embed_documents([e.text for e in examples]),
@@ -170,8 +171,7 @@ def run(args: argparse.Namespace) -> int:
               f"{' '.join(f'{v:.3f}' for v in r['recall_per_fold'])} | "
               f"{' '.join(f'{v:.3f}' for v in r['benign_items_flagged_per_fold'])} |")
     report = {"train": str(args.train), "model": args.model, "char_c": args.char_c,
-              "rows": rows, "load_average": {"start": load_start,
-                                             "end": " ".join(f"{x:.2f}" for x in os.getloadavg())}}
+              "rows": rows, "load_average": {"start": load_start, "end": load_load()}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")
     print(f"\nwritten: {args.out}")

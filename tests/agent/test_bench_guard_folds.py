@@ -15,7 +15,7 @@ def test_help_names_the_rules_and_has_examples(capsys):
         guard_folds.main(["--help"])
     assert done.value.code == 0
     out = capsys.readouterr().out
-    assert "--train" in out and "--model" in out and "examples:" in out
+    assert "--train" in out and "--model" in out and "Examples:" in out
 
 
 @pytest.mark.parametrize(("argv", "message"), [
