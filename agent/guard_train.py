@@ -164,6 +164,31 @@ def _group_rank(group: str) -> str:
     return hashlib.sha256(f"{SEED}:{group}".encode()).hexdigest()
 
 
+def group_folds(examples: list[Example]) -> np.ndarray:
+    """The fold (0 to `VALIDATION_EVERY - 1`) of each sentence: by group, stratified by label.
+
+    Per label, groups are ranked by hash and dealt out in turn, so every fold has a fifth of
+    each label's groups and all sentences of a group share a fold. Fold 0 is the validation
+    split (`split_groups`).
+
+    Args:
+        examples: The expanded training set.
+
+    Returns:
+        `(len(examples),)` fold numbers.
+    """
+    by_label: dict[str, list[str]] = {}
+    for e in examples:
+        groups = by_label.setdefault(e.label, [])
+        if e.group not in groups:
+            groups.append(e.group)
+    fold = {}
+    for groups in by_label.values():
+        for i, group in enumerate(sorted(groups, key=_group_rank)):
+            fold[group] = i % VALIDATION_EVERY
+    return np.array([fold[e.group] for e in examples], dtype=np.int64)
+
+
 def split_groups(examples: list[Example]) -> tuple[list[Example], list[Example]]:
     """Train/validation split by group, stratified by label: every fifth group by hash order.
 
@@ -171,24 +196,17 @@ def split_groups(examples: list[Example]) -> tuple[list[Example], list[Example]]
         examples: The expanded training set.
 
     Returns:
-        `(train, validation)`.
+        `(train, validation)`: folds 1 to 4 and fold 0 of `group_folds`.
     """
-    by_label: dict[str, list[str]] = {}
-    for e in examples:
-        groups = by_label.setdefault(e.label, [])
-        if e.group not in groups:
-            groups.append(e.group)
-    held = set()
-    for groups in by_label.values():
-        ranked = sorted(groups, key=_group_rank)
-        held.update(ranked[i] for i in range(0, len(ranked), VALIDATION_EVERY))
-    train = [e for e in examples if e.group not in held]
-    validation = [e for e in examples if e.group in held]
+    folds = group_folds(examples)
+    train = [e for e, k in zip(examples, folds) if k]
+    validation = [e for e, k in zip(examples, folds) if not k]
     return train, validation
 
 
 def choose_threshold(scores: np.ndarray, harmful: np.ndarray,
-                     max_fpr: float = MAX_VALIDATION_FPR) -> float:
+                     max_fpr: float = MAX_VALIDATION_FPR,
+                     weights: np.ndarray | None = None) -> float:
     """The lowest threshold whose false-positive rate on benign validation requests is <= max_fpr.
 
     The lowest such threshold refuses the most harmful requests while over-refusing at most
@@ -199,17 +217,42 @@ def choose_threshold(scores: np.ndarray, harmful: np.ndarray,
         scores: Harmful scores of the validation sentences.
         harmful: Whether each sentence is harmful.
         max_fpr: Largest false-positive rate allowed on the benign validation sentences.
+        weights: What each sentence counts for in that rate (`group_weights`: one question,
+            however many phrasings it was expanded into); equal when `None`.
 
     Returns:
         The threshold: a request is harmful when its score is at least this.
     """
-    benign = np.sort(scores[~harmful])[::-1]
-    allowed = int(np.floor(max_fpr * len(benign)))
-    # Benign scores above the threshold are false positives: stay above benign[allowed].
-    floor = benign[allowed] if allowed < len(benign) else 0.0
+    benign = scores[~harmful]
+    w = np.ones(len(benign)) if weights is None else np.asarray(weights, dtype=np.float64)[~harmful]
+    order = np.argsort(-benign, kind="stable")
+    benign, share = benign[order], np.cumsum(w[order]) / w.sum()
+    # Benign scores above the threshold are false positives: stay above the first benign
+    # sentence at which their share would pass the budget (a float tolerance for exact ties).
+    over = np.flatnonzero(share > max_fpr + 1e-9)
+    floor = benign[over[0]] if len(over) else 0.0
     above = np.sort(scores[scores > floor])
     ceiling = above[0] if len(above) else 1.0
     return float((floor + ceiling) / 2)
+
+
+def group_weights(examples: list[Example]) -> np.ndarray:
+    """One over the size of each sentence's group: every item counts once, whatever its phrasings.
+
+    An item is expanded into five to seven phrasings (frames, the bare act, typing slips) that
+    score alike. Counted per sentence, one benign item the model cannot tell from harm fills a
+    1 % budget of 500 sentences by itself, and the threshold then rises to whatever that item
+    scores. Counted per item, the budget is 1 % of the questions, as the over-refusal targets
+    are counted.
+
+    Args:
+        examples: The sentences.
+
+    Returns:
+        `(len(examples),)` weights; each group's sum to 1.
+    """
+    sizes = Counter(e.group for e in examples)
+    return np.array([1.0 / sizes[e.group] for e in examples])
 
 
 def sample_weights(labels: list[str]) -> np.ndarray:

@@ -19,6 +19,7 @@ over the same chat-template token ids, so their answers agree up to float roundi
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import logging
 import os
@@ -42,6 +43,15 @@ ENV_BACKEND = "CASEWISE_LLM_BACKEND"
 # the CPU has AVX-512 BF16, whose kernels make it fast; q4_1 elsewhere).
 ENV_LLAMA_WEIGHTS = "CASEWISE_LLAMA_WEIGHTS"
 LLAMA_WEIGHTS = ("auto", "bf16", "q4_1")
+# Batched decoding (`LlamaCppChatModel.complete_many`): most sequences decoded together, and most
+# KV cells their context may hold (each sequence gets prompt + reply, rounded up to 256). A cell of
+# SmolLM2-135M costs 23 KB in f16 (30 layers x 3 KV heads x 64 x 2 x 2 bytes), so 32,768 cells
+# are 0.75 GB; a batch that would need more is split into groups that fit.
+BATCH_MAX_SEQS = 16
+BATCH_MAX_CELLS = 32768
+# A prefix shared by every prompt of a batch (the system prompt) is evaluated once and copied to
+# the other sequences when it is at least this long; shorter ones are not worth the copy.
+MIN_SHARED_PREFIX = 16
 
 
 def cpu_has_bf16() -> bool:
@@ -238,6 +248,100 @@ def chat_prompt(tokenizer, messages: list[dict]) -> str:
     )
 
 
+def penalise(logits, seen):
+    """Apply the transformers repetition penalty to `logits` in place, and return them.
+
+    Args:
+        logits: Next-token logits, one row (1-D) or one row per sequence (2-D numpy array).
+        seen: Boolean array of the same shape: the tokens already in that prompt or reply.
+    """
+    import numpy as np
+
+    picked = logits[seen]
+    logits[seen] = np.where(picked < 0, picked * REPETITION_PENALTY, picked / REPETITION_PENALTY)
+    return logits
+
+
+def greedy_decode_many(prompts: list[list[int]], first_logits, step, *, limit: int, eos: int,
+                       n_vocab: int) -> list[list[int]]:
+    """Greedy reply ids of several sequences decoded in lockstep, as `_generate` decodes one.
+
+    Each sequence's token is the argmax of its penalised logits (`penalise`, over its own prompt
+    and reply); a sequence stops at `eos` (not included) or after `limit` tokens, and the
+    others go on without it.
+
+    Args:
+        prompts: Each sequence's prompt ids (for the repetition penalty).
+        first_logits: `(len(prompts), n_vocab)` next-token logits after each prompt.
+        step: Called with `[(sequence index, token)]` for the sequences still decoding; returns
+            their next-token logits after that token, one row each, in that order.
+        limit: Most tokens per reply.
+        eos: The end-of-sequence token id.
+        n_vocab: Vocabulary size (the logits' width).
+    """
+    import numpy as np
+
+    seen = np.zeros((len(prompts), n_vocab), dtype=bool)
+    for seq, ids in enumerate(prompts):
+        seen[seq, ids] = True
+    replies: list[list[int]] = [[] for _ in prompts]
+    active, logits = list(range(len(prompts))), first_logits
+    while active:
+        choices = penalise(logits, seen[active]).argmax(axis=1).tolist()
+        fed = []
+        for seq, token in zip(active, choices, strict=True):
+            if token == eos:
+                continue
+            replies[seq].append(token)
+            seen[seq, token] = True
+            if len(replies[seq]) < limit:
+                fed.append((seq, token))
+        active = [seq for seq, _ in fed]
+        if fed:
+            logits = step(fed)
+    return replies
+
+
+def common_prefix_len(prompts: list[list[int]]) -> int:
+    """How many leading token ids all `prompts` share."""
+    shortest = min(len(p) for p in prompts)
+    for i in range(shortest):
+        if any(p[i] != prompts[0][i] for p in prompts[1:]):
+            return i
+    return shortest
+
+
+def cells_per_seq(prompt_len: int, limit: int) -> int:
+    """KV cells a sequence of a batch context gets: its prompt and reply, rounded up to 256."""
+    return -(-(prompt_len + limit) // 256) * 256
+
+
+def plan_groups(lengths: list[int], limit: int, *, max_seqs: int, max_cells: int
+                ) -> list[list[int]]:
+    """Split prompts (by token count) into consecutive groups that one batch context holds.
+
+    A group has at most `max_seqs` prompts and `len(group) * cells_per_seq(longest, limit)`
+    at most `max_cells` (a single prompt always makes a group).
+
+    Returns:
+        The prompts' indices, group by group, in order.
+    """
+    groups: list[list[int]] = []
+    group: list[int] = []
+    longest = 0
+    for i, n in enumerate(lengths):
+        widest = max(longest, n)
+        if group and (len(group) >= max_seqs
+                      or (len(group) + 1) * cells_per_seq(widest, limit) > max_cells):
+            groups.append(group)
+            group, widest = [], n
+        group.append(i)
+        longest = widest
+    if group:
+        groups.append(group)
+    return groups
+
+
 def llama_cpp_available() -> bool:
     """Whether llama-cpp-python is installed (checked without importing it)."""
     return importlib.util.find_spec("llama_cpp") is not None
@@ -250,7 +354,8 @@ class LlamaCppChatModel:
     `LocalChatModel`), evaluated by llama.cpp, and decoded greedily here with the transformers
     repetition penalty, so both local backends choose the same tokens up to float rounding.
     The KV cache of the longest common prefix with the previous call is kept, so the system
-    prompt that every question shares is evaluated once per process.
+    prompt that every question shares is evaluated once per process. `complete_many` decodes
+    its conversations together in a second context on the same weights.
 
     Args:
         model: `"default"` (the embedded SmolLM2-135M-Instruct GGUF) or a `.gguf` file (e.g. from
@@ -262,6 +367,10 @@ class LlamaCppChatModel:
         threads: CPU threads; default all cores this process may use.
         weights: For `"default"`: `bf16`, `q4_1` or `auto` (see `ENV_LLAMA_WEIGHTS`); `None`
             reads `CASEWISE_LLAMA_WEIGHTS`, else `auto`. A `.gguf` file runs as it is.
+        batch_seqs: Most sequences `complete_many` decodes together (more run in groups).
+        kv_unified: The batch context's KV cache as one buffer for all sequences (the shared
+            prefix is then shared, not copied, but every sequence attends over all cells) instead
+            of one stream per sequence; split measured as fast on short prompts (docs/speed.md).
     """
 
     def __init__(
@@ -272,9 +381,13 @@ class LlamaCppChatModel:
         n_ctx: int = 4096,
         threads: int | None = None,
         weights: str | None = None,
+        batch_seqs: int = BATCH_MAX_SEQS,
+        kv_unified: bool = False,
     ) -> None:
         if max_new_tokens < 1:
             raise UsageError(f"max_new_tokens ({max_new_tokens}) must be at least 1")
+        if batch_seqs < 1:
+            raise UsageError(f"batch_seqs ({batch_seqs}) must be at least 1")
         source = "weights" if weights else ENV_LLAMA_WEIGHTS
         weights = (weights or os.environ.get(ENV_LLAMA_WEIGHTS) or "auto").strip().lower()
         if weights not in LLAMA_WEIGHTS:
@@ -293,10 +406,14 @@ class LlamaCppChatModel:
         self.n_ctx = n_ctx
         self.threads = threads or len(os.sched_getaffinity(0))
         self.name = (f"{model}+{adapter}" if adapter else model) + " (llama.cpp)"
+        self.batch_seqs = batch_seqs
+        self.kv_unified = kv_unified
         self._llama = None
         self._tokenizer = None
         self._eos: int | None = None
         self._lock = threading.Lock()
+        self._batch_ctx = None  # complete_many's context, made on first use
+        self._batch_shape: tuple[int, int] | None = None
 
     def _paths(self) -> tuple[Path, str]:
         """The GGUF file and the directory of the matching Hugging Face tokenizer/config."""
@@ -415,11 +532,7 @@ class LlamaCppChatModel:
                 logits = np.ctypeslib.as_array(
                     llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(n_vocab,)
                 ).copy()
-                mask = seen
-                penalised = logits[mask]
-                logits[mask] = np.where(penalised < 0, penalised * REPETITION_PENALTY,
-                                        penalised / REPETITION_PENALTY)
-                token = int(np.argmax(logits))
+                token = int(np.argmax(penalise(logits, seen)))
                 if token == self._eos:
                     return
                 yield token
@@ -433,12 +546,131 @@ class LlamaCppChatModel:
 
     def complete_many(self, conversations: list[list[dict]], *,
                       max_new_tokens: int | None = None) -> list[str]:
-        """Replies to many conversations through the one loaded model, one after another.
+        """Greedy replies to many conversations, decoded together (one `llama_decode` a step).
 
-        llama-cpp-python's API decodes one sequence at a time; the shared system prompt stays in
-        the KV cache between conversations, so only each question's own tokens are evaluated.
+        Decoding one token is memory-bound (every weight is read for it), so a step that
+        decodes a token of each of N sequences costs little more than a step for one. The
+        conversations get one sequence each in a second llama.cpp context on the same weights
+        (`_batch_context`; the single-sequence context and its prefix cache are not touched):
+        the prefix every prompt shares (the system prompt) is evaluated once and copied to the
+        other sequences, the rest of each prompt is evaluated in packed batches, and then each
+        step feeds one token of every unfinished sequence. Each sequence chooses its tokens as
+        `complete` does (greedy, the same repetition penalty) and stops at EOS or after
+        `max_new_tokens`. More conversations than fit one context (`BATCH_MAX_SEQS`,
+        `BATCH_MAX_CELLS`) run in consecutive groups.
         """
-        return [self.complete(m, max_new_tokens=max_new_tokens) for m in conversations]
+        if len(conversations) <= 1:
+            return [self.complete(m, max_new_tokens=max_new_tokens) for m in conversations]
+        self.load()
+        limit = max_new_tokens or self.max_new_tokens
+        prompts = [self._prompt_ids(m, limit) for m in conversations]
+        replies: list[list[int]] = [[] for _ in prompts]
+        with self._lock:
+            for group in plan_groups([len(p) for p in prompts], limit,
+                                     max_seqs=self.batch_seqs, max_cells=BATCH_MAX_CELLS):
+                tokens = self._decode_together([prompts[i] for i in group], limit)
+                for i, reply in zip(group, tokens, strict=True):
+                    replies[i] = reply
+        return [self._tokenizer.decode(t, skip_special_tokens=True) for t in replies]
+
+    def _batch_context(self, n_seqs: int, n_ctx_seq: int):
+        """A context for `n_seqs` sequences of `n_ctx_seq` cells each (kept while it fits).
+
+        Same weights, adapter and settings as the single-sequence context; its KV cache is
+        `n_seqs * n_ctx_seq` cells (see `BATCH_MAX_CELLS` for the memory).
+        """
+        import llama_cpp
+        from llama_cpp import _internals
+
+        if self._batch_shape is not None and self._batch_shape[0] >= n_seqs \
+                and self._batch_shape[1] >= n_ctx_seq:
+            return self._batch_ctx.ctx
+        if self._batch_ctx is not None:
+            self._batch_ctx.close()
+            self._batch_ctx = self._batch_shape = None
+        llm = self._llama
+        params = type(llm.context_params).from_buffer_copy(llm.context_params)
+        params.n_seq_max = n_seqs
+        params.n_ctx = n_seqs * n_ctx_seq
+        params.kv_unified = self.kv_unified
+        try:
+            # llama-cpp-python's own context wrapper: it frees the context before the model.
+            context = _internals.LlamaContext(model=llm._model, params=params, verbose=False)
+        except ValueError as e:
+            raise CasewiseError(f"llama.cpp cannot make a context for {n_seqs} sequences of "
+                                f"{n_ctx_seq} tokens: {e}") from e
+        if llm._lora_adapter is not None:
+            adapters = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(llm._lora_adapter)
+            scales = (ctypes.c_float * 1)(llm.lora_scale)
+            if llama_cpp.llama_set_adapters_lora(context.ctx, adapters, 1, scales):
+                context.close()
+                raise CasewiseError(f"llama.cpp cannot apply the adapter {self.adapter} to a "
+                                    "batch context")
+        self._batch_ctx, self._batch_shape = context, (n_seqs, n_ctx_seq)
+        return context.ctx
+
+    def _decode_together(self, prompts: list[list[int]], limit: int) -> list[list[int]]:
+        """Greedy reply ids of `prompts`, one sequence each in one batch context."""
+        import llama_cpp
+
+        ctx = self._batch_context(len(prompts), cells_per_seq(max(map(len, prompts)), limit))
+        memory = llama_cpp.llama_get_memory(ctx)
+        llama_cpp.llama_memory_clear(memory, False)
+        # At least the last token of every prompt is evaluated in its own sequence (its logits).
+        shared = min(common_prefix_len(prompts), min(map(len, prompts)) - 1)
+        if shared < MIN_SHARED_PREFIX:
+            shared = 0
+        batch = llama_cpp.llama_batch_init(self._llama.n_batch, 0, 1)
+        try:
+            feed = lambda entries: self._feed(ctx, batch, entries)  # noqa: E731
+            if shared:
+                feed([(0, pos, token, False) for pos, token in enumerate(prompts[0][:shared])])
+                for seq in range(1, len(prompts)):
+                    llama_cpp.llama_memory_seq_cp(memory, 0, seq, -1, -1)
+            first = feed([(seq, pos, p[pos], pos == len(p) - 1)
+                          for seq, p in enumerate(prompts) for pos in range(shared, len(p))])
+            positions = [len(p) for p in prompts]
+
+            def step(tokens: list[tuple[int, int]]):
+                entries = [(seq, positions[seq], token, True) for seq, token in tokens]
+                for seq, _ in tokens:
+                    positions[seq] += 1
+                return feed(entries)
+
+            return greedy_decode_many(prompts, first, step, limit=limit, eos=self._eos,
+                                      n_vocab=self._llama.n_vocab())
+        finally:
+            llama_cpp.llama_batch_free(batch)
+
+    def _feed(self, ctx, batch, entries: list[tuple[int, int, int, bool]]):
+        """Evaluate `(sequence, position, token, wants_logits)` entries, `n_batch` at a time.
+
+        Returns:
+            The next-token logits of the entries that want them, one row each, in order.
+        """
+        import llama_cpp
+        import numpy as np
+
+        n_vocab = self._llama.n_vocab()
+        rows = []
+        size = self._llama.n_batch
+        for start in range(0, len(entries), size):
+            chunk = entries[start:start + size]
+            batch.n_tokens = len(chunk)
+            for j, (seq, pos, token, wants) in enumerate(chunk):
+                batch.token[j] = token
+                batch.pos[j] = pos
+                batch.n_seq_id[j] = 1
+                batch.seq_id[j][0] = seq
+                batch.logits[j] = wants
+            code = llama_cpp.llama_decode(ctx, batch)
+            if code != 0:
+                raise CasewiseError(f"llama.cpp could not decode a batch of {len(chunk)} tokens "
+                                    f"(llama_decode returned {code})")
+            rows += [np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, j),
+                                           shape=(n_vocab,)).copy()
+                     for j, entry in enumerate(chunk) if entry[3]]
+        return np.stack(rows) if rows else np.empty((0, n_vocab), dtype=np.float32)
 
     def stream(self, messages: list[dict], *, max_new_tokens: int | None = None) -> Iterator[str]:
         """Yield the greedy reply piece by piece; closing the iterator stops generation."""

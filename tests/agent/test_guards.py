@@ -13,8 +13,11 @@ import yaml
 
 from agent.guard_train import (
     TRAIN_PATH,
+    Example,
     choose_threshold,
     file_sha256,
+    group_folds,
+    group_weights,
     load_training_set,
     sample_weights,
     split_groups,
@@ -312,6 +315,32 @@ def test_threshold_is_the_lowest_within_the_false_positive_budget():
 
 def _heldout():
     return yaml.safe_load((DATA_DIR / "heldout.yaml").read_text())
+
+
+def test_one_item_in_many_phrasings_counts_once_in_the_false_positive_budget():
+    # 100 benign items, one of them expanded into 7 phrasings that all score 0.99 (a question
+    # the model cannot tell from harm), the others one sentence each; 20 harmful.
+    benign = np.r_[np.full(7, 0.99), np.linspace(0.0, 0.5, 99)]
+    groups = [Example("x", BENIGN, "hard")] * 7 + [Example("x", BENIGN, f"b{i}") for i in range(99)]
+    harmful = np.linspace(0.6, 1.0, 20)
+    groups += [Example("x", "weapons", f"h{i}") for i in range(20)]
+    scores, labels = np.r_[benign, harmful], np.array([False] * 106 + [True] * 20)
+    per_sentence = choose_threshold(scores, labels, max_fpr=0.01)
+    per_item = choose_threshold(scores, labels, max_fpr=0.01, weights=group_weights(groups))
+    assert per_sentence > 0.99  # the one hard item fills the sentence budget by itself
+    assert 0.5 < per_item < 0.6  # counted once, it is the 1 % the budget allows
+    assert group_weights(groups)[:7].sum() == pytest.approx(1.0)
+
+
+def test_folds_keep_groups_together_and_fold_zero_is_the_validation_split():
+    examples = load_training_set()
+    folds = group_folds(examples)
+    assert set(folds) == set(range(5))
+    by_group = {}
+    for e, k in zip(examples, folds):
+        assert by_group.setdefault(e.group, k) == k
+    _, validation = split_groups(examples)
+    assert [e for e, k in zip(examples, folds) if k == 0] == validation
 
 
 def test_heldout_set_is_apart_from_training():
