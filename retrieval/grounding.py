@@ -16,6 +16,11 @@ heading):
    Remote);
 4. the passage is not instruction-like (`looks_like_injection`): planted text never supports.
 
+Two kinds of sentence are rejected before any passage is read: one that narrates the
+conversation ("You mentioned that...", "The user asks...") and one whose content words are all
+the question's (to a question that is not yes/no: "Reset the router." to "How do I reset the
+router?"). Both would pass on coverage, and neither tells the user anything.
+
 A yes/no answer is a claim about the question: "Yes." to "Does the TV support Dolby Atmos?" is
 checked as "the TV supports Dolby Atmos" (and a "No" needs a window that negates). A claim that
 repeats an instruction-like passage (its URL, or its words) or is itself an instruction ("ignore
@@ -113,6 +118,15 @@ _AUXILIARY = re.compile(
     re.IGNORECASE,
 )
 _NEGATION = frozenset("not no cannot never none unavailable unsupported without".split())
+# A sentence that narrates the conversation ("You mentioned that you forgot the password", "The
+# user asks how to reset the router") is about the prompt, not something a passage says: small
+# models summarise their input this way, and since its words are the question's and the
+# passages', coverage alone would let it through.
+_NARRATION = re.compile(
+    r"^\s*(?:you|the (?:user|customer))\s+(?:have |has |had |also |are |is |were |was )?"
+    r"(?:mention|ask|said|says|discuss|want|wish|note|describ|wonder|inquir|request|rais|talk)",
+    re.IGNORECASE,
+)
 
 
 def looks_like_injection(text: str) -> bool:
@@ -251,6 +265,13 @@ def check_claim(
     words = set(content_words(text))
     if not words:
         return ClaimCheck(claim, False, reason="states nothing that a passage could support")
+    if _NARRATION.match(text):
+        return ClaimCheck(claim, False, reason="narrates the conversation, not the documents")
+    if not _AUXILIARY.match(question) and words <= set(content_words(question)):
+        # "Reset the router." to "How do I reset the router?" adds nothing to the question. A
+        # yes/no question is left out: there the restated proposition is the answer ("You can
+        # use Bluetooth headphones."), checked like a "Yes".
+        return ClaimCheck(claim, False, reason="only restates the question")
     anchors = _Anchors.of(text)
     subjects = question_subjects(question)
     best: tuple | None = None  # (coverage, hinted, -window, passage, evidence)
