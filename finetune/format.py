@@ -60,11 +60,14 @@ FORMAT_VERSION = 2
 # 500 tokens: on the 95 dev + 52 unanswerable questions 486 mean / 566 p95 against 1,192 / 1,668
 # for whole passages (50 words: 443, 70: 526, 90: 613; docs/speed.md, fifth pass). Chosen by
 # prompt length alone, before any quality was measured; bench/answers.py then held on the whole
-# set with both models. It is not yet the default: with it the real-model demo test
-# (tests/agent/test_demo.py) gets a verified answer that is not the reset steps; set 60 here
-# once that is looked at (docs/speed.md, fifth pass). 0 = whole passages, as before.
-RECOMMENDED_PASSAGE_WORDS = 60
-PASSAGE_WORDS = 0
+# set with both models (none of false abstention, citation accuracy, ROUGE-L, unanswerable
+# answered worse by more than one question). The demo question first failed with it: the base
+# model answered the shorter prompt by narrating it ("You mentioned that you forgot the admin
+# password"), which verification let through; such sentences are now removed
+# (`retrieval.grounding`), and the demo answer is the quoted reset steps again.
+# 0 = whole passages (`--passage-words 0`, as the shipped adapter was trained).
+PASSAGE_WORDS = 60
+PASSAGE_WORDS = 60
 
 SYSTEM_PROMPT = (
     "You are casewise, an assistant for a customer support team. Answer the question using only "
