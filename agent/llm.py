@@ -517,12 +517,8 @@ class LlamaCppChatModel:
         llm = self._llama
         with self._lock:
             cached = llm.input_ids[:llm.n_tokens]
-            keep = 0
-            for a, b in zip(cached, ids, strict=False):
-                if a != b:
-                    break
-                keep += 1
-            keep = min(keep, len(ids) - 1)  # evaluate at least one token to get fresh logits
+            # evaluate at least one token to get fresh logits
+            keep = min(common_prefix_len([list(cached), ids]), len(ids) - 1)
             llm.n_tokens = keep  # eval() drops the KV cache past n_tokens itself
             llm.eval(ids[keep:])
             n_vocab = llm.n_vocab()

@@ -67,7 +67,6 @@ FORMAT_VERSION = 2
 # (`retrieval.grounding`), and the demo answer is the quoted reset steps again.
 # 0 = whole passages (`--passage-words 0`, as the shipped adapter was trained).
 PASSAGE_WORDS = 60
-PASSAGE_WORDS = 60
 
 SYSTEM_PROMPT = (
     "You are casewise, an assistant for a customer support team. Answer the question using only "
