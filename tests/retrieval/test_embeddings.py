@@ -129,3 +129,23 @@ def test_onnx_queries_come_from_the_cache(onnx_minilm, monkeypatch):
     assert onnx_minilm.embed_query(question) == first and calls == []
     onnx_minilm.embed_query("A question never asked before either")
     assert calls == [1]
+
+
+@pytest.mark.integration
+def test_onnx_batches_by_token_count_and_returns_vectors_in_order(onnx_minilm, monkeypatch):
+    short = ["Bananas are yellow.", "Press Home."]
+    long = [" ".join(["Open Settings, then General, then Reset, and enter the PIN."] * 6),
+            " ".join(["Hold the power button for five seconds to restart the set."] * 6)]
+    texts = [long[0], short[0], long[1], short[1]]  # long and short interleaved
+    alone = np.array([onnx_minilm._forward([t])[0] for t in texts])
+    widths = []
+    real = onnx_minilm._run
+    monkeypatch.setattr(onnx_minilm, "_run", lambda encoded: widths.append(
+        sorted(len(e.ids) for e in encoded)) or real(encoded))
+    monkeypatch.setattr(onnx_minilm, "batch_size", 2)
+    vectors = np.array(onnx_minilm.embed_documents(texts))
+    # The two short texts share a batch, the two long ones the other: little padding.
+    counts = onnx_minilm.token_counts(texts)
+    assert widths == [sorted([counts[1], counts[3]]), sorted([counts[0], counts[2]])]
+    # Padding inside a batch changes nothing: each vector is the text's own, in input order.
+    assert (vectors * alone).sum(axis=1).min() > 0.99999
