@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO))
 from ingest.pipeline import run  # noqa: E402
 from retrieval.embeddings import load_embedder  # noqa: E402
 from retrieval.search import HybridSearcher, open_searcher  # noqa: E402
-from retrieval.settings import Settings  # noqa: E402
+from retrieval.settings import DEFAULT_EMBEDDER, Settings  # noqa: E402
 from retrieval.store import ChunkStore  # noqa: E402
 from retrieval.types import Chunk  # noqa: E402
 
@@ -126,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print only the result object")
     parser.add_argument("--synthetic", type=int, default=100_000, metavar="N",
                         help="synthetic chunks added for the large-index latency (default 100000)")
+    parser.add_argument("--embedder", default=DEFAULT_EMBEDDER,
+                        help=f"embedder that builds and searches the index (default "
+                        f"{DEFAULT_EMBEDDER}; 'default' is the float32 model)")
     parser.add_argument("--runtime", choices=["auto", "onnx", "torch"], default="auto",
                         help="embedder runtime of the bundled model (default auto: onnx where "
                         "onnxruntime is installed)")
@@ -142,10 +145,10 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="casewise-bench-") as tmp:
         root = args.keep or Path(tmp)
-        settings = Settings(home=root / "manual")
+        settings = Settings(home=root / "manual", embedder=args.embedder)
         log("ingest: loading the embedder and indexing the manual ...")
         start = time.perf_counter()
-        embedder = load_embedder("default", runtime=args.runtime)
+        embedder = load_embedder(args.embedder, runtime=args.runtime)
         load_s = time.perf_counter() - start
         first = run([manual], settings, embedder=embedder, progress=not args.json, rebuild=True)
         ingest_s = time.perf_counter() - start
@@ -162,7 +165,9 @@ def main(argv: list[str] | None = None) -> int:
         log(f"queries: {len(questions)} dev questions ...")
         small = evaluate(searcher, questions)
 
-        big_settings = Settings(home=root / "large")
+        # One large index per embedder: a Chroma collection holds one embedder's vectors.
+        big_settings = Settings(home=root / ("large" if embedder.name == "default"
+                                             else f"large-{embedder.name}"))
         store = ChunkStore(big_settings, embedder.name)
         manual_chunks = searcher.store.all_chunks()
         vectors = searcher.store.embeddings([c.id for c in manual_chunks])

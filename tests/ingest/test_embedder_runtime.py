@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -56,7 +57,8 @@ def test_ingest_embeds_with_the_search_runtime(runtimes, monkeypatch, settings, 
     if env:
         monkeypatch.setenv(embeddings.ENV_RUNTIME, env)
     doc = write_markdown(tmp_path / "docs" / "guide.md")
-    summary = run([doc], settings, progress=False)  # settings.embedder is "default"
+    settings = replace(settings, embedder="default")  # float32, either runtime
+    summary = run([doc], settings, progress=False)
     assert runtimes == [expected]
     assert summary.embedded > 0 and summary.embedder == "default"
     # An unchanged re-run loads no embedder at all.
@@ -104,3 +106,22 @@ def test_onnx_passages_match_sentence_transformers_on_the_manual():
     b = np.asarray(torch_st.embed_documents(texts))
     assert sum(n > 256 for n in onnx.token_counts(texts)) > 5  # truncation is exercised
     assert (a * b).sum(axis=1).min() >= 0.999
+
+
+@pytest.mark.skipif(not embeddings.onnx_available(), reason="onnxruntime is not installed")
+def test_the_default_is_int8_and_an_index_built_in_float32_is_refused(runtimes, settings,
+                                                                      tmp_path):
+    from retrieval.errors import IndexSettingsMismatchError
+
+    doc = write_markdown(tmp_path / "docs" / "guide.md")
+    assert settings.embedder == embeddings.INT8_NAME  # where onnxruntime is installed
+    run([doc], settings, progress=False)
+    assert json.loads(settings.manifest_path.read_text())["embedder"] == "default-int8"
+    # An index that the float32 "default" built (before int8 was the default) is refused,
+    # unchanged files or not: its vectors are of another embedding space.
+    old = replace(settings, home=tmp_path / "old", embedder="default")
+    run([doc], old, progress=False)
+    with pytest.raises(IndexSettingsMismatchError, match="built with embedder 'default'"):
+        run([doc], replace(old, embedder=settings.embedder), progress=False)
+    run([doc], replace(old, embedder=settings.embedder), progress=False, rebuild=True)
+    assert json.loads(old.manifest_path.read_text())["embedder"] == "default-int8"

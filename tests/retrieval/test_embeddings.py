@@ -149,3 +149,29 @@ def test_onnx_batches_by_token_count_and_returns_vectors_in_order(onnx_minilm, m
     assert widths == [sorted([counts[1], counts[3]]), sorted([counts[0], counts[2]])]
     # Padding inside a batch changes nothing: each vector is the text's own, in input order.
     assert (vectors * alone).sum(axis=1).min() > 0.99999
+
+
+def test_int8_without_onnxruntime_is_a_clear_error(monkeypatch):
+    import retrieval.embeddings as embeddings
+
+    monkeypatch.setattr(embeddings, "onnx_available", lambda: False)
+    with pytest.raises(ModelNotFoundError, match="'default-int8' runs on onnxruntime"):
+        load_embedder("default-int8")
+
+
+@pytest.mark.integration
+def test_int8_embedder_stays_near_float32_and_keeps_paraphrases_nearer(onnx_minilm):
+    int8 = load_embedder("default-int8")
+    assert isinstance(int8, OnnxEmbedder) and int8.name == "default-int8" and int8.dim == 384
+    texts = ["Open Settings > General > Reset and enter the PIN.", "Bananas are yellow.",
+             " ".join(["Press the Home button, then open Settings and choose Picture Mode."] * 40)]
+    vectors, reference = np.array(int8.embed_documents(texts)), np.array(
+        onnx_minilm.embed_documents(texts))
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    cosines = (vectors * reference).sum(axis=1)
+    # Quantised, so not float32's vectors (the manual's chunks: min 0.9875), but close to them.
+    assert cosines.min() > 0.97 and cosines.max() < 0.99999
+    query = np.array(int8.embed_query("How do I reset the TV to factory settings?"))
+    near = np.array(int8.embed_query("Restoring the television's factory defaults"))
+    far = np.array(int8.embed_query("Bananas are yellow."))
+    assert query @ near > query @ far
