@@ -50,7 +50,8 @@ def test_the_first_file_is_read_in_a_second_process_with_the_same_chunks(
     reference = Settings.resolve(home=tmp_path / "reference")
     ingest([router_pdf], settings=reference)  # an injected embedder: read in this process
     assert len(readers) == 1
-    own = ChunkStore(Settings.resolve(home=tmp_path / "own"), "default").all_chunks()
+    own_settings = Settings.resolve(home=tmp_path / "own")
+    own = ChunkStore(own_settings, own_settings.embedder).all_chunks()
     assert sorted(own, key=lambda c: c.id) == sorted(
         ChunkStore(reference, "hash-bow-256").all_chunks(), key=lambda c: c.id)
 
