@@ -6,6 +6,7 @@ import sys
 import pytest
 
 from ingest.cli import main
+from retrieval.settings import DEFAULT_EMBEDDER
 from tests.conftest import REPO
 from tests.ingest.conftest import write_markdown
 
@@ -86,7 +87,7 @@ def test_sample_docs_with_the_real_embedder_then_unchanged(tmp_path):
     first = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
     assert first.returncode == 0, first.stderr
     data = json.loads(first.stdout)
-    assert data["counts"]["indexed"] == 2 and data["embedder"] == "default"
+    assert data["counts"]["indexed"] == 2 and data["embedder"] == DEFAULT_EMBEDDER
     assert data["embedded"] == data["total_chunks"] >= 15 + 6  # 15 tickets, 6 pages
     second = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
     again = json.loads(second.stdout)
