@@ -65,10 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--home", metavar="DIR",
                         help="index directory (default ./.casewise, or CASEWISE_HOME)")
     parser.add_argument("--embedder", metavar="NAME",
-                        help="'default-int8' (bundled all-MiniLM-L6-v2, int8 weights on "
-                             "onnxruntime; the default where onnxruntime is installed), 'default' "
-                             "(the same in float32) or a sentence-transformers model id/path "
-                             "(CASEWISE_EMBEDDER)")
+                        help="'default' (bundled all-MiniLM-L6-v2), 'default-int8' (the same "
+                             "with int8 weights on onnxruntime: faster, slightly other vectors) "
+                             "or a sentence-transformers model id/path (CASEWISE_EMBEDDER)")
     parser.add_argument("--chroma-url", metavar="URL",
                         help="Chroma server, e.g. http://localhost:8000 (CASEWISE_CHROMA_URL); "
                              "default: embedded store under the index directory")

@@ -108,20 +108,19 @@ def test_onnx_passages_match_sentence_transformers_on_the_manual():
     assert (a * b).sum(axis=1).min() >= 0.999
 
 
-@pytest.mark.skipif(not embeddings.onnx_available(), reason="onnxruntime is not installed")
-def test_the_default_is_int8_and_an_index_built_in_float32_is_refused(runtimes, settings,
-                                                                      tmp_path):
+def test_an_index_of_one_bundled_variant_is_refused_by_the_other(runtimes, settings, tmp_path):
     from retrieval.errors import IndexSettingsMismatchError
 
     doc = write_markdown(tmp_path / "docs" / "guide.md")
-    assert settings.embedder == embeddings.INT8_NAME  # where onnxruntime is installed
-    run([doc], settings, progress=False)
-    assert json.loads(settings.manifest_path.read_text())["embedder"] == "default-int8"
-    # An index that the float32 "default" built (before int8 was the default) is refused,
-    # unchanged files or not: its vectors are of another embedding space.
-    old = replace(settings, home=tmp_path / "old", embedder="default")
-    run([doc], old, progress=False)
+    int8 = replace(settings, embedder=embeddings.INT8_NAME)
+    run([doc], int8, progress=False)
+    assert json.loads(int8.manifest_path.read_text())["embedder"] == "default-int8"
+    # The float32 "default" (unchanged files or not) must not add to or keep the int8 index:
+    # its vectors are of another embedding space. --rebuild re-embeds everything.
+    float32 = replace(int8, embedder="default")
+    with pytest.raises(IndexSettingsMismatchError, match="built with embedder 'default-int8'"):
+        run([doc], float32, progress=False)
+    run([doc], float32, progress=False, rebuild=True)
+    assert json.loads(float32.manifest_path.read_text())["embedder"] == "default"
     with pytest.raises(IndexSettingsMismatchError, match="built with embedder 'default'"):
-        run([doc], replace(old, embedder=settings.embedder), progress=False)
-    run([doc], replace(old, embedder=settings.embedder), progress=False, rebuild=True)
-    assert json.loads(old.manifest_path.read_text())["embedder"] == "default-int8"
+        run([doc], int8, progress=False)
