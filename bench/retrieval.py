@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="synthetic chunks added for the large-index latency (default 100000)")
     parser.add_argument("--embedder", default=DEFAULT_EMBEDDER,
                         help=f"embedder that builds and searches the index (default "
-                        f"{DEFAULT_EMBEDDER}; 'default' is the float32 model)")
+                        f"{DEFAULT_EMBEDDER!r}; 'default-int8': the int8 MiniLM)")
     parser.add_argument("--runtime", choices=["auto", "onnx", "torch"], default="auto",
                         help="embedder runtime of the bundled model (default auto: onnx where "
                         "onnxruntime is installed)")
