@@ -216,6 +216,10 @@ class SentenceTransformerEmbedder(_QueryCache):
 ENV_RUNTIME = "CASEWISE_EMBEDDER_RUNTIME"
 RUNTIMES = ("auto", "onnx", "torch")
 ONNX_BATCH_SIZE = 4
+# int8 takes one activation scale per batch, so its vectors depend a little on batch-mates:
+# batches of 8 kept MRR within 0.004 of float32 on the dev questions, batches of 4 did not
+# (0.011 under; docs/speed.md, sixth pass).
+ONNX_INT8_BATCH_SIZE = 8
 # Part of the cached export's file name: a change to how the model is exported makes a new file.
 ONNX_EXPORT_VERSION = 2
 # Export with eager attention and fuse the graph for onnxruntime (version 2); version 1 was the
@@ -505,7 +509,8 @@ def load_embedder(
                 f"embedder {INT8_NAME!r} runs on onnxruntime, which is not installed: install "
                 "it (`make setup`), or use the embedder 'default' and re-index with --rebuild"
             )
-        return OnnxEmbedder(name, bundled_model_path(), int8=True)
+        return OnnxEmbedder(name, bundled_model_path(), int8=True,
+                            batch_size=ONNX_INT8_BATCH_SIZE)
     if name == DEFAULT_NAME:
         runtime = (runtime or os.environ.get(ENV_RUNTIME) or "auto").strip().lower()
         if runtime not in RUNTIMES:

@@ -163,6 +163,7 @@ def test_int8_without_onnxruntime_is_a_clear_error(monkeypatch):
 def test_int8_embedder_stays_near_float32_and_keeps_paraphrases_nearer(onnx_minilm):
     int8 = load_embedder("default-int8")
     assert isinstance(int8, OnnxEmbedder) and int8.name == "default-int8" and int8.dim == 384
+    assert int8.batch_size == 8  # the measured batch size (docs/speed.md)
     texts = ["Open Settings > General > Reset and enter the PIN.", "Bananas are yellow.",
              " ".join(["Press the Home button, then open Settings and choose Picture Mode."] * 40)]
     vectors, reference = np.array(int8.embed_documents(texts)), np.array(
