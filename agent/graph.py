@@ -91,8 +91,7 @@ _POINTER = re.compile(r"\[(\d+)\]|passage\s+\[?(\d+)", re.IGNORECASE)
 # answer call): "Reasoning: Passage [2] (<heading>) answers the question.\nQuote: 2.1 2.2" fits.
 REASON_MAX_NEW_TOKENS = 96
 _PER_TURN_RESET = {
-    "standalone": "", "asked": "", "query": "", "rewrites": 0, "hits": [], "contexts": [],
-    "faq_match": None,
+    "standalone": "", "query": "", "rewrites": 0, "hits": [], "contexts": [], "faq_match": None,
     "raw": "", "reasoning": "", "selection": [], "draft": "", "hints": [], "claims": [],
     "removed_claims": [], "answer": "", "citations": [], "abstain_reason": "",
     "abstained": False, "refused": False, "guard": None,
@@ -113,11 +112,6 @@ def _turn(state: State, answer: str, citations: list[Citation] = ()) -> list[dic
         {"role": "assistant", "content": answer,
          "citations": [f"[{c.label()}]" for c in citations]},
     ]
-
-
-def _asked(state: State) -> str:
-    """The question the relevance bar judges an answer against (`State.asked`)."""
-    return state.get("asked") or state.get("standalone") or state["question"]
 
 
 def _first_line(text: str) -> str:
@@ -184,7 +178,7 @@ def contextualize(state: State, runtime: Runtime[Context]) -> dict:
     question = state["question"].strip()
     previous = [m for m in state.get("messages") or [] if m["role"] == "user"]
     if not previous or not is_follow_up(question):
-        return {"standalone": question, "query": question, "asked": question}
+        return {"standalone": question, "query": question}
     if runtime.context.rewrite_with_llm:
         history = "\n".join(
             f"{m['role']}: {m['content']}" for m in (state.get("messages") or [])[-4:]
@@ -193,14 +187,9 @@ def contextualize(state: State, runtime: Runtime[Context]) -> dict:
         reply = runtime.context.llm.complete([{"role": "user", "content": prompt}],
                                              max_new_tokens=64)
         standalone = _first_line(reply) or question
-        return {"standalone": standalone, "query": standalone, "asked": standalone}
-    # The earlier topic's key words are appended for the search (they bring its passages
-    # back); whether an answer answers is judged on what the user asked in this turn. Judged
-    # on the whole rewrite, a quote had to hold the earlier topic's words too (often the rare
-    # ones the IDF weighting counts most, typos included), and 42 % of the release run's
-    # answerable conversation turns abstained (docs/eval.md).
-    standalone = keyword_contextualize(question, previous[-1].get("standalone", ""))
-    return {"standalone": standalone, "query": standalone, "asked": question}
+    else:
+        standalone = keyword_contextualize(question, previous[-1].get("standalone", ""))
+    return {"standalone": standalone, "query": standalone}
 
 
 def match_faq(state: State, runtime: Runtime[Context]) -> dict:
@@ -361,7 +350,7 @@ def verify(state: State, runtime: Runtime[Context]) -> dict:
     claims = [_claim(c, contexts) for c in checks]
     kept = [c for c in claims if c.supported]
     removed = [c for c in claims if not c.supported]
-    off_topic = kept and answer_relevance(_asked(state), contexts,
+    off_topic = kept and answer_relevance(state["standalone"], contexts,
                                           # a "Yes." is read with the sentence it rests on
                                           [(c.passage, f"{c.text} {c.evidence}") for c in kept],
                                           runtime.context.term_weight)
@@ -395,8 +384,7 @@ def quote(state: State, runtime: Runtime[Context]) -> dict:
     """Quote the passage sentences that best answer the question, or say why none qualifies."""
     contexts = state["contexts"]
     quotes, why = choose_quote(state["standalone"], contexts, state["selection"],
-                               runtime.context.embedder, runtime.context.term_weight,
-                               asked=_asked(state))
+                               runtime.context.embedder, runtime.context.term_weight)
     if not quotes:
         return {"abstain_reason": f"no passage sentence answers the question well enough: {why}"}
     claims = [Claim(text=t, supported=True, citation=contexts[q.passage - 1].citation,

@@ -39,9 +39,6 @@ class State(InputState, total=False):
         messages: Conversation so far, `{"role", "content"}` dicts; user turns also carry
             `"standalone"` (the rewritten question). Persisted per thread. [final nodes]
         standalone: The question rewritten to stand alone (follow-ups resolved). [contextualize]
-        asked: What the relevance bar judges answers against: the turn's own question when
-            the rewrite only appended the earlier topic's key words for the search, else
-            `standalone`. [contextualize]
         query: The search query of the latest retrieval. [contextualize, rewrite_query]
         rewrites: How many times the query was rewritten after grading found nothing.
         hits: Passages of the latest retrieval, best first. [retrieve]
@@ -70,7 +67,6 @@ class State(InputState, total=False):
 
     messages: Annotated[list[dict], operator.add]
     standalone: str
-    asked: str
     query: str
     rewrites: int
     hits: list[Hit]

@@ -594,26 +594,22 @@ def choose_quote(
     selection: Sequence[tuple[int, int]] = (),
     embedder: Embedder | None = None,
     weight: TermWeight | None = None,
-    asked: str | None = None,
 ) -> tuple[list[Quote], str]:
     """What to quote when no generated claim survives, and why not when nothing qualifies.
 
     The model's selection (its quotes that reach `quote_relevance`) comes first; otherwise the
-    ranker's quote if it reaches the bar. `question` ranks the sentences; the bar judges them
-    against `asked` (default `question`): a follow-up's own words, without the earlier topic
-    words its search query carries (`agent.graph.contextualize`).
+    ranker's quote if it reaches the bar.
 
     Returns:
         `(quotes, reason)`: the quotes to show (empty when none reaches the bar) and, when
         empty, why.
     """
-    asked = asked or question
     chosen = [q for q in selected_quotes(selection, passages)
-              if quote_relevance(asked, passages, q, weight) is None]
+              if quote_relevance(question, passages, q, weight) is None]
     if chosen:
         return chosen, ""
     ranked = ranked_quote(question, passages, embedder)
     if ranked is None:
         return [], "no usable passage"
-    why = quote_relevance(asked, passages, ranked, weight)
+    why = quote_relevance(question, passages, ranked, weight)
     return ([], why) if why else ([ranked], "")

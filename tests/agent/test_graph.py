@@ -503,31 +503,3 @@ def test_passage_words_zero_shows_whole_passages_and_negative_is_refused():
     assert "(1.8) Parental controls limit access." in llm.calls[0][-2]["content"]
     with pytest.raises(UsageError, match="passage_words"):
         make(searcher, GOOD, passage_words=-1)
-
-
-def test_a_follow_up_is_judged_on_its_own_question_not_the_topic_words_added_for_search(
-        searcher):
-    """The keyword rewrite appends the earlier topic's words for the search; the relevance bar
-    judges the answer against the turn as asked. (Judged on the rewrite, this answer held 30 %
-    of the IDF-weighted words, "wi-fi" and "password" being rare, and the turn abstained.)"""
-    idf = {"wi-fi": 3.0, "wifi": 3.0, "password": 3.0}
-    wifi = ("Reasoning: Passage [1] (Wireless security) answers the question.\nQuote: 1.1\n"
-            "Answer: Open the web interface, go to Wireless > Security and enter a new "
-            "passphrase.\nSources: [router_manual.pdf p.3]")
-    lights = ("Reasoning: The status lights passage answers it.\n"
-              "Answer: Turning the lights off does not affect the wireless signal.\n"
-              "Sources: [router_manual.pdf p.5]")
-    assistant, _ = make(searcher, wifi, lights, term_weight=lambda w: idf.get(w, 1.0))
-    assert assistant.ask("How do I change the Wi-Fi password?", thread_id="t").mode \
-        == "generated"
-    follow_up = assistant.ask("does turning off the lights affect it?", thread_id="t")
-    query = [q for q, _, where in searcher.queries if where is None][-1]
-    assert "password" in query  # the search still carries the earlier topic
-    assert follow_up.mode == "generated", follow_up.removed_claims
-    assert follow_up.answer == "Turning the lights off does not affect the wireless signal."
-    assert [c.page for c in follow_up.citations] == [5]
-    # The same answer to a single question that names the earlier topic itself is judged on
-    # all of its words and still held off: the bar is not lowered for questions.
-    alone, _ = make(searcher, lights, term_weight=lambda w: idf.get(w, 1.0))
-    assert alone.ask("does turning off the lights affect the wi-fi password?").mode \
-        != "generated"
