@@ -52,11 +52,12 @@ def hits_of(contexts: list[dict]):
             for i, c in enumerate(contexts)]
 
 
-def replay(record: dict, context) -> dict:
+def replay(record: dict, context, standalone: str | None = None) -> dict:
     """The mode (and answer) the current graph gives to one recorded answer's model output.
 
     Answers that never reached the model (abstained before reasoning, refused by the guard, no
-    passages) keep their recorded mode: nothing after grading changed for them.
+    passages) keep their recorded mode: nothing after grading changed for them. `standalone`:
+    a conversation turn's rewrite (`agent.graph.contextualize`; default: the question itself).
     """
     from langgraph.runtime import Runtime
 
@@ -71,7 +72,8 @@ def replay(record: dict, context) -> dict:
     question = record["question"]
     raw = record.get("raw") or ""
     parsed = parse_answer(raw)
-    state = {"question": question, "standalone": question, "contexts": hits_of(record["contexts"]),
+    state = {"question": question, "standalone": standalone or question,
+             "contexts": hits_of(record["contexts"]),
              "raw": raw, "reasoning": parsed.reasoning, "timings": {}, "messages": []}
     # the recorded output numbers the sentences its prompt showed (`context.passage_words`)
     state["selection"] = whole_sentence_numbers(parsed.quote,

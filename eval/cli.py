@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from agent.llm import BACKENDS
+from eval.systems import EVAL_MAX_NEW_TOKENS
 from retrieval.errors import UsageError, run_cli
 
 RUN_EXAMPLES = """examples:
@@ -95,7 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
                                           "under --home; CASEWISE_CHROMA_URL)")
     run.add_argument("--embedder", help="embedder name/path (default: settings)")
     run.add_argument("--top-k", type=int, default=5, help="passages per question")
-    run.add_argument("--max-new-tokens", type=int, default=256, help="answer length budget")
+    run.add_argument("--max-new-tokens", type=int, default=EVAL_MAX_NEW_TOKENS,
+                     help=f"answer length budget, every system (default {EVAL_MAX_NEW_TOKENS}; "
+                          "the agent CLI's is 256)")
     run.add_argument("--limit", type=int, help="at most N questions (conversations) per file")
     run.add_argument("--score-only", action="store_true",
                      help="answer nothing: score the cached answers (missing ones are reported)")

@@ -27,6 +27,13 @@ from retrieval.errors import UsageError
 from retrieval.settings import Settings
 
 SYSTEMS = ("no-rag", "base", "finetuned", "remote")
+# Generation budget per answer in evaluation, the same for every system (the answers bench,
+# bench/answers.py, uses the same). The agent keeps little past it: in the release run on
+# 0a46579 the adapter's `Answer:` label always began before token 160 and 2 of its 45
+# generated answers kept a sentence beyond it (the base model 3 of 10), while the batches ran
+# to 256 because a third of the replies (the no-rag baseline's: 129 of 342) rambled to the
+# cap; a batch lasts as long as its longest reply. docs/eval.md has the measurement.
+EVAL_MAX_NEW_TOKENS = 160
 
 
 class SystemConfigError(UsageError):
@@ -69,7 +76,7 @@ class SystemOptions:
     llm_url: str | None = None
     llm_model: str | None = None
     top_k: int = 5
-    max_new_tokens: int = 256
+    max_new_tokens: int = EVAL_MAX_NEW_TOKENS
     backend: str | None = None
 
     def to_dict(self) -> dict:
@@ -102,7 +109,8 @@ def check_systems(names: list[str], options: SystemOptions) -> None:
 class NoRagSystem:
     """The model alone: the shared prompt with no passages, parsed like the agent's output."""
 
-    def __init__(self, llm, name: str = "no-rag", max_new_tokens: int = 256) -> None:
+    def __init__(self, llm, name: str = "no-rag",
+                 max_new_tokens: int = EVAL_MAX_NEW_TOKENS) -> None:
         self.llm = llm
         self.name = name
         self.max_new_tokens = max_new_tokens

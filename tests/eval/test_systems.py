@@ -77,3 +77,36 @@ def test_eval_measures_the_agent_as_shipped(tiny_index):
     # The failure this guards against: without the weights, the plain share of words passes.
     bare = Assistant(make_searcher(), ScriptedChatModel([REPLY]), top_k=2)
     assert bare.ask(off_focus).mode == "generated"
+
+
+class _BudgetRecorder(ScriptedChatModel):
+    """A scripted model that also records the generation budget of each call."""
+
+    def __init__(self, answers):
+        super().__init__(answers)
+        self.budgets: list[int] = []
+
+    def complete(self, messages, *, max_new_tokens=256):
+        self.budgets.append(max_new_tokens)
+        return super().complete(messages, max_new_tokens=max_new_tokens)
+
+
+def test_every_system_generates_with_the_eval_budget(tiny_index):
+    """`eval run` gives every system the same budget, EVAL_MAX_NEW_TOKENS unless told (the
+    budget decides how long a batch runs: docs/eval.md), and `--max-new-tokens` overrides it."""
+    from eval.cli import build_parser
+    from eval.systems import EVAL_MAX_NEW_TOKENS
+
+    run = ["run", "--questions", "q.jsonl", "--out", "runs/x"]
+    assert build_parser().parse_args(run).max_new_tokens == EVAL_MAX_NEW_TOKENS == 160
+    assert build_parser().parse_args(run + ["--max-new-tokens", "256"]).max_new_tokens == 256
+    settings, make_searcher = tiny_index
+    for budget in (None, 64):
+        opts = SystemOptions(settings=settings, top_k=2) if budget is None else \
+            SystemOptions(settings=settings, top_k=2, max_new_tokens=budget)
+        want = budget or EVAL_MAX_NEW_TOKENS
+        for name in ("no-rag", "base"):
+            llm = _BudgetRecorder([REPLY])
+            build_system(name, opts, llm=llm, searcher=make_searcher()).answer(
+                "How do I reset the router?")
+            assert llm.budgets == [want], (name, budget)
