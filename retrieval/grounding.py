@@ -14,7 +14,11 @@ heading):
 3. the passage names the question's subject: every name, quoted string and menu path of the
    question (a passage about the Universal Guide does not support an answer about the Universal
    Remote);
-4. the passage is not instruction-like (`looks_like_injection`): planted text never supports.
+4. the passage is not instruction-like (`looks_like_injection`): planted text never supports;
+5. the window does not say the opposite (`retrieval.text.negated`): a word the claim asserts is
+   only ever negated there ("The TV supports AirPlay" against "does not support AirPlay"), or a
+   word the claim negates is only ever asserted there. Coverage alone cannot see this: "not" is
+   a stop word, so a claim and its negation hold the same content words.
 
 Two kinds of sentence are rejected before any passage is read: one that narrates the
 conversation ("You mentioned that...", "The user asks...") and one whose content words are all
@@ -47,6 +51,7 @@ from retrieval.text import (
     content_words,
     menu_paths,
     names,
+    negated,
     normalise,
     overlap,
     quantities,
@@ -123,7 +128,8 @@ _NEGATION = frozenset("not no cannot never none unavailable unsupported without"
 # models summarise their input this way, and since its words are the question's and the
 # passages', coverage alone would let it through.
 _NARRATION = re.compile(
-    r"^\s*(?:you|the (?:user|customer))\s+(?:have |has |had |also |are |is |were |was )?"
+    r"^\s*(?:(?:as|like|since)\s+)?(?:you|the (?:user|customer))(?:['’]ve)?\s+"
+    r"(?:have |has |had |also |are |is |were |was |just |already )?"
     r"(?:mention|ask|said|says|discuss|want|wish|note|describ|wonder|inquir|request|rais|talk)",
     re.IGNORECASE,
 )
@@ -218,12 +224,13 @@ class _Sentence:
     norm: str
     words: set[str]
     quantities: set
+    negated: set[str]
 
 
 def _prepare(passage: PassageLike) -> tuple[list[_Sentence], str, set[str]]:
     sents = sentences(passage.text) or [passage.text.strip()]
     heading = passage.citation.section or ""
-    return ([_Sentence(s, normalise(s), set(content_words(s)), set(quantities(s)))
+    return ([_Sentence(s, normalise(s), set(content_words(s)), set(quantities(s)), negated(s))
              for s in sents], normalise(heading), set(content_words(heading)))
 
 
@@ -240,6 +247,18 @@ def _claim_text(claim: str, question: str) -> tuple[str, bool]:
         proposition = _AUXILIARY.sub("", question).strip().rstrip("?")
         return f"{proposition}. {rest}".strip(), negative
     return rest, negative
+
+
+def _polarity_clash(asserted: set[str], denied: set[str], window: Sequence[_Sentence],
+                    heading_words: set[str]) -> str | None:
+    """Why `window` says the opposite of a claim (rule 5 of the module docstring), or `None`."""
+    negated_there = set().union(*(s.negated for s in window))
+    affirmed_there = set().union(heading_words, *(s.words - s.negated for s in window))
+    if (word := min(asserted & (negated_there - affirmed_there), default=None)):
+        return f'says the opposite: it negates "{word}"'
+    if (word := min(denied & (affirmed_there - negated_there), default=None)):
+        return f'says the opposite: it affirms "{word}"'
+    return None
 
 
 def check_claim(
@@ -273,6 +292,10 @@ def check_claim(
         # use Bluetooth headphones."), checked like a "Yes".
         return ClaimCheck(claim, False, reason="only restates the question")
     anchors = _Anchors.of(text)
+    # A "No." keeps the older, weaker rule below (its proposition is checked for a negation
+    # anywhere in the window); every other claim must agree with its window on what is negated.
+    denied = set() if negative else negated(text) & words
+    asserted = set() if negative else words - denied
     subjects = question_subjects(question)
     best: tuple | None = None  # (coverage, hinted, -window, passage, evidence)
     closest: tuple[float, int, str] | None = None  # (coverage, passage, why not)
@@ -304,6 +327,8 @@ def check_claim(
                     why = f"does not contain {gap}"
                 elif negative and not _NEGATION & set(norm.split()):
                     why = "does not say no: a 'no' needs a passage that negates"
+                elif (clash := _polarity_clash(asserted, denied, window, heading_words)):
+                    why = clash
                 if why is None:
                     key = (coverage, number in hints, -size, -number)
                     if best is None or key > best[:4]:

@@ -14,6 +14,8 @@ thing everywhere:
 - `sentences`: a sentence splitter that keeps menu paths, decimals, enumerations ("1. Turn off
   ...") and common abbreviations in one piece;
 - `overlap`: the share of one text's distinct content words found in another;
+- `negated`: the content words a negation governs ("does not support AirPlay" -> support),
+  so that verification can tell a claim from its opposite;
 - `char_ngrams`: the letter sequences inside each word (the guard's spelling-robust features).
 
 And the anchors that answer verification checks verbatim (`retrieval.grounding`): `quantities`
@@ -121,6 +123,45 @@ def overlap(text: str, other: str) -> float:
     if not mine:
         return 0.0
     return len(mine & set(content_words(other))) / len(mine)
+
+
+# Words that negate what follows them in their clause. "t" is the tail of a split contraction
+# ("doesn't" -> "doesn", "t"); "no" covers "no sound", "never", "without" and "nor" the rest.
+NEGATIONS = frozenset("not no never cannot without none nor t".split())
+# A negation governs this many content words after it, and never past its clause: "If the TV does
+# not turn on, press Power" negates "turn", not "press". One: the word after "not" is the verb or
+# adjective it denies ("not support", "not available", "no sound", "without Wi-Fi"); a wider scope
+# reaches the objects, and "Do not turn off the TV" would then deny "the TV" too.
+NEGATION_SCOPE = 1
+_CLAUSE_BREAK = re.compile(r"[,;:.!?()\[\]]|\b(?:but|however|although|though|unless|whereas|"
+                           r"instead|except)\b", re.IGNORECASE)
+
+
+def negated(text: str) -> set[str]:
+    """Stems of the content words of `text` that a negation governs.
+
+    A negation word (`NEGATIONS`) governs the next `NEGATION_SCOPE` content words of its clause:
+    "The TV does not support Apple AirPlay." -> {"support"}; "If there is no sound, check the
+    cable." -> {"sound"}. Deliberately
+    shallow (no parse), and applied alike to an answer and to its passage, which is what a
+    comparison of the two needs.
+
+    Args:
+        text: Any text.
+
+    Returns:
+        The governed stems (empty when `text` negates nothing).
+    """
+    out: set[str] = set()
+    for clause in _CLAUSE_BREAK.split(text):
+        left = 0
+        for word in words(clause):
+            if word in NEGATIONS:
+                left = NEGATION_SCOPE
+            elif left and word not in STOP_WORDS:
+                out.add(stem(word))
+                left -= 1
+    return out
 
 
 def char_ngrams(text: str, sizes: tuple[int, ...] = (2, 3, 4, 5)) -> list[str]:

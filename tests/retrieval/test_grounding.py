@@ -118,12 +118,34 @@ def test_yes_no_answers_are_claims_about_the_question():
      "narrates the conversation, not the documents"),
     ("2. The user asks how to reset the router.", "narrates the conversation, not the documents"),
     ("You also asked about a factory reset.", "narrates the conversation, not the documents"),
+    ("As you said, the router restarts in about two minutes.",
+     "narrates the conversation, not the documents"),
     ("Reset the router.", "only restates the question"),
 ])
 def test_claims_about_the_conversation_or_restating_the_question_are_removed(claim, reason):
     # every word of these is in the question or the passage, so coverage alone would keep them
     check = check_claim(claim, Q, [RESET])
     assert not check.supported and check.reason == reason
+
+
+def test_a_claim_is_not_supported_by_a_passage_that_says_its_opposite():
+    # "not" is a stop word: claim and negation hold the same content words, so coverage passes
+    no_airplay = passage("The TV does not support Apple AirPlay. Use Screen Mirroring instead.")
+    q = "Does the TV support Apple AirPlay?"
+    for claim in ("Yes.", "The TV supports Apple AirPlay.", "Yes, Apple AirPlay is supported."):
+        check = check_claim(claim, q, [no_airplay])
+        assert not check.supported and 'negates "support"' in check.reason, claim
+    assert check_claim("The TV doesn't support Apple AirPlay.", q, [no_airplay]).supported
+    airplay = passage("The TV supports Apple AirPlay 2 on 2019 models.")
+    check = check_claim("The TV does not support Apple AirPlay.", q, [airplay])
+    assert not check.supported and 'affirms "support"' in check.reason
+    # a negation governs its own clause only: the step after it stays supported
+    power = passage("If the TV does not turn on, press the Power button on the remote control.")
+    q = "The TV won't turn on, what do I do?"
+    assert check_claim("Press the Power button on the remote control.", q, [power]).supported
+    assert check_claim("If the TV does not turn on, press the Power button.", q, [power]).supported
+    assert not check_claim("The TV turns on when you press the Power button on the remote.", q,
+                           [power]).supported
 
 
 def test_restating_is_an_answer_to_a_yes_no_question_and_you_can_is_no_narration():

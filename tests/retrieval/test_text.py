@@ -7,6 +7,7 @@ from retrieval.text import (
     keywords,
     menu_paths,
     names,
+    negated,
     normalise,
     overlap,
     quantities,
@@ -104,3 +105,11 @@ def test_char_ngrams_of_a_misspelling_mostly_match_the_word():
     word, slip = set(char_ngrams("explosive")), set(char_ngrams("expolsive"))
     assert len(word & slip) / len(word) > 0.4  # one swap keeps 8 of 17
     assert not set(char_ngrams("explosive")) & set(char_ngrams("quiz"))
+
+
+def test_negated_words_are_the_word_after_a_negation_within_its_clause():
+    assert negated("The TV does not support Apple AirPlay.") == {"support"}
+    assert negated("It doesn't work without Wi-Fi.") == {"work", "wi"}
+    assert negated("If there is no sound, check the cable.") == {"sound"}
+    assert negated("If the TV does not turn on, press Power.") == {"turn"}
+    assert negated("Press and hold the Reset button.") == set()
