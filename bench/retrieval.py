@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         small = evaluate(searcher, questions)
 
         # One large index per embedder: a Chroma collection holds one embedder's vectors.
-        big_settings = Settings(home=root / ("large" if embedder.name == "default"
+        big_settings = Settings(home=root / ("large" if embedder.name == DEFAULT_EMBEDDER
                                              else f"large-{embedder.name}"))
         store = ChunkStore(big_settings, embedder.name)
         manual_chunks = searcher.store.all_chunks()

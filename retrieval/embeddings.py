@@ -37,7 +37,6 @@ from importlib import metadata
 from pathlib import Path
 
 from retrieval.errors import ModelNotFoundError, UsageError
-from retrieval.settings import onnx_available
 
 DEFAULT_NAME = "default"
 # The bundled model with int8 weights (dynamic quantisation, per channel) on onnxruntime.
@@ -227,6 +226,11 @@ ONNX_EXPORT_VERSION = 2
 ONNX_FUSED = True
 
 
+def onnx_available() -> bool:
+    """Whether onnxruntime and tokenizers are installed (checked without importing them)."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "tokenizers"))
 
 
 def onnx_model_path(model_dir: Path) -> Path:

