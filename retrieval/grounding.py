@@ -294,7 +294,7 @@ def check_claim(
     anchors = _Anchors.of(text)
     # A "No." keeps the older, weaker rule below (its proposition is checked for a negation
     # anywhere in the window); every other claim must agree with its window on what is negated.
-    denied = set() if negative else negated(text) & words
+    denied = set() if negative else negated(text)  # a subset of `words`
     asserted = set() if negative else words - denied
     subjects = question_subjects(question)
     best: tuple | None = None  # (coverage, hinted, -window, passage, evidence)

@@ -142,9 +142,8 @@ def negated(text: str) -> set[str]:
 
     A negation word (`NEGATIONS`) governs the next `NEGATION_SCOPE` content words of its clause:
     "The TV does not support Apple AirPlay." -> {"support"}; "If there is no sound, check the
-    cable." -> {"sound"}. Deliberately
-    shallow (no parse), and applied alike to an answer and to its passage, which is what a
-    comparison of the two needs.
+    cable." -> {"sound"}. Deliberately shallow (no parse), and applied alike to an answer and to
+    its passage, which is what a comparison of the two needs.
 
     Args:
         text: Any text.
