@@ -159,7 +159,8 @@ def adapter_to_gguf_lora(adapter: str | Path, out: str | Path, base_config: dict
         UsageError: The adapter cannot be applied by llama.cpp (see `lora_unsupported_reason`).
     """
     import gguf
-    from safetensors.numpy import load_file
+    # torch, not numpy: numpy has no bfloat16, the dtype the shipped adapter is stored in
+    from safetensors.torch import load_file
 
     adapter = Path(adapter)
     reason = lora_unsupported_reason(adapter)
@@ -181,8 +182,8 @@ def adapter_to_gguf_lora(adapter: str | Path, out: str | Path, base_config: dict
         if ".lora_A." not in key:
             continue
         module = key.split(".lora_A.")[0].removeprefix("base_model.model.")
-        a = weights[key].astype(np.float32)
-        b = weights[key.replace(".lora_A.", ".lora_B.")].astype(np.float32)
+        a = weights[key].float().numpy()
+        b = weights[key.replace(".lora_A.", ".lora_B.")].float().numpy()
         if module.endswith("q_proj"):
             b = _permute(b, hp["n_head"])
         elif module.endswith("k_proj"):

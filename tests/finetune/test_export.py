@@ -129,6 +129,29 @@ def test_gguf_lora_applied_at_run_time_matches_the_peft_adapter(tiny_dir, tiny_a
     assert np.abs(got - expected).max() < 0.02 * np.abs(expected).max()
 
 
+def test_bf16_stored_adapter_converts_to_the_same_gguf_lora(tiny_dir, tiny_adapter, tmp_path):
+    import shutil
+
+    import gguf
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    bf16 = shutil.copytree(tiny_adapter, tmp_path / "bf16")
+    weights = load_file(str(bf16 / "adapter_model.safetensors"))
+    save_file({k: v.to(torch.bfloat16) for k, v in weights.items()},
+              str(bf16 / "adapter_model.safetensors"))
+    config = json.loads((tiny_dir / "config.json").read_text())
+
+    def tensors(adapter, name):
+        reader = gguf.GGUFReader(str(adapter_to_gguf_lora(adapter, tmp_path / name, config)))
+        return {t.name: np.array(t.data, dtype=np.float32) for t in reader.tensors}
+
+    expected, got = tensors(tiny_adapter, "fp32.gguf"), tensors(bf16, "bf16.gguf")
+    assert got.keys() == expected.keys() and len(got) == 2 * 7 * 2  # a and b, 7 modules, 2 layers
+    for name, values in expected.items():  # equal up to bf16 rounding (8 bits of mantissa)
+        np.testing.assert_allclose(got[name], values, rtol=1e-2, atol=1e-2 * np.abs(values).max())
+
+
 def test_rslora_scale_is_carried_into_the_gguf_alpha(tiny_dir, tmp_path):
     import gguf
 
