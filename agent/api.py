@@ -34,6 +34,7 @@ from agent.llm import ChatBackend
 from agent.state import AgentAnswer
 from retrieval.settings import Settings
 from retrieval.types import Searcher
+from retrieval.vocabulary import IndexTerms
 from retrieval.errors import UsageError
 
 if TYPE_CHECKING:  # chromadb is heavy to import; only from_settings opens an index
@@ -160,8 +161,11 @@ class Assistant:
         """
         threshold = DEFAULT_FAQ_THRESHOLD if faq_threshold is None else faq_threshold
         context.setdefault("embedder", searcher.embedder)  # ranks sentences for quotes
-        # IDF weights of the answer relevance bar, from the keyword index search already built.
-        context.setdefault("term_weight", lambda word: searcher.keyword_index().idf(word))
+        # IDF weights of the answer relevance bar, from the keyword index search already built,
+        # and its reading of misspelt words as the indexed words they misspell.
+        terms = IndexTerms(lambda: searcher.keyword_index(), searcher.embedder)
+        context.setdefault("term_weight", terms.weight)
+        context.setdefault("term_reading", terms.read)
         # The guard's classifier reads the vectors of the embedder retrieval already loaded.
         context.setdefault("guard", load_guard(searcher.embedder))
         return cls(

@@ -58,6 +58,9 @@ class Context:
             word overlap alone).
         term_weight: A content word's weight in the answer relevance bar, the index's IDF
             (`retrieval.grounding.relevance`; `None`: every word counts the same).
+        term_reading: The word the relevance bar reads a question's content word as: a
+            misspelling of an indexed word as that word (`retrieval.vocabulary.IndexTerms.read`;
+            `None`: every word as written).
         guard: The harmful-request guard; `None` uses the process-wide default (the shipped
             classifier on the bundled embedder, loaded on first use).
     """
@@ -80,6 +83,7 @@ class Context:
     separate_answer_call: bool = False
     embedder: Embedder | None = None
     term_weight: Callable[[str], float] | None = None
+    term_reading: Callable[[str], str] | None = None
     guard: Guard | None = None
 
     def __post_init__(self) -> None:

@@ -353,7 +353,8 @@ def verify(state: State, runtime: Runtime[Context]) -> dict:
     off_topic = kept and answer_relevance(state["standalone"], contexts,
                                           # a "Yes." is read with the sentence it rests on
                                           [(c.passage, f"{c.text} {c.evidence}") for c in kept],
-                                          runtime.context.term_weight)
+                                          runtime.context.term_weight,
+                                          runtime.context.term_reading)
     if off_topic:
         # Supported by a passage, but not an answer to this question: nothing is kept.
         removed += [replace(c, supported=False, citation=None, passage=None,
@@ -384,7 +385,8 @@ def quote(state: State, runtime: Runtime[Context]) -> dict:
     """Quote the passage sentences that best answer the question, or say why none qualifies."""
     contexts = state["contexts"]
     quotes, why = choose_quote(state["standalone"], contexts, state["selection"],
-                               runtime.context.embedder, runtime.context.term_weight)
+                               runtime.context.embedder, runtime.context.term_weight,
+                               runtime.context.term_reading)
     if not quotes:
         return {"abstain_reason": f"no passage sentence answers the question well enough: {why}"}
     claims = [Claim(text=t, supported=True, citation=contexts[q.passage - 1].citation,

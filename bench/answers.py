@@ -35,6 +35,7 @@ Examples:
     python bench/answers.py --unanswerable eval/data/unanswerable_in_domain.jsonl
     python bench/answers.py --adapter /work/adapters/smollm2-v2 --configs adapter:generate,adapter:extract
     python bench/answers.py --passage-words 0 --configs base:generate   # whole passages
+    python bench/answers.py --max-contexts 4 --configs base:generate    # a fourth passage
 """
 
 from __future__ import annotations
@@ -235,6 +236,8 @@ def run_config(config: str, questions: list[Question], args: argparse.Namespace)
     llm = make_llm(config, args)
     mode = "extract" if config.endswith(":extract") or config == "ranker" else "generate"
     extra = {} if args.passage_words is None else {"passage_words": args.passage_words}
+    if args.max_contexts is not None:
+        extra["max_contexts"] = args.max_contexts
     assistant = Assistant.from_settings(Settings.resolve(home=args.home), llm,
                                         max_new_tokens=args.max_new_tokens, answer_mode=mode,
                                         **extra)
@@ -303,6 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="words of each passage the prompt shows (the agent's "
                         "Context.passage_words; 0 = whole passages); results are stored under "
                         "'<system>@<N>w' (default: the agent's default, stored under '<system>')")
+    parser.add_argument("--max-contexts", type=int, default=None, metavar="N",
+                        help="graded passages the agent keeps (Context.max_contexts); results "
+                        "are stored under '<system>@<N>p' (default: the agent's, 3)")
     parser.add_argument("--fresh", action="store_true", help="ignore cached model replies")
     parser.add_argument("--json", action="store_true", help="print the result JSON only")
     return parser
@@ -318,6 +324,8 @@ def main(argv: list[str] | None = None) -> int:
 def _main(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise UsageError(f"--limit ({args.limit}) must be at least 1")
+    if args.max_contexts is not None and args.max_contexts < 1:
+        raise UsageError(f"--max-contexts ({args.max_contexts}) must be at least 1")
     if args.passage_words is not None and args.passage_words < 0:
         raise UsageError(f"--passage-words ({args.passage_words}) must be 0 (whole passages) "
                          f"or more")
@@ -348,6 +356,7 @@ def _main(args: argparse.Namespace) -> int:
     previous = RESULTS / "answers.json"
     report = json.loads(previous.read_text()) if previous.exists() else {"systems": {}}
     suffix = "" if args.passage_words is None else f"@{args.passage_words}w"
+    suffix += "" if args.max_contexts is None else f"@{args.max_contexts}p"
     for config in configs:
         start = time.perf_counter()
         result = run_config(config, questions, args)
@@ -357,6 +366,7 @@ def _main(args: argparse.Namespace) -> int:
                               "max_new_tokens": args.max_new_tokens, "limit": args.limit,
                               "spread": args.spread, "unanswerable": args.unanswerable,
                               "passage_words": args.passage_words,
+                              "max_contexts": args.max_contexts,
                               "load_average": os.getloadavg()}
         report["systems"][config + suffix] = result
     report["machine"] = {"cpu": platform.processor() or platform.machine(),

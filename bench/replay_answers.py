@@ -11,18 +11,25 @@ before spending model time: the figures are those of the same replies under the 
 Per system and question set (`RUN_DIR/questions.jsonl`: `kind` and `split`): share of each
 mode as recorded and as replayed, false abstention on answerable questions, the answered rate
 on in-domain unanswerable questions per split (`calibration` may be used to choose a
-threshold, `report` is what to quote), and how many answers changed mode. The relevance bar's
-IDF weights come from the index under `--home` (the run's own index, or one of the same
-manual); the quote ranker uses that index's embedder.
+threshold, `report` is what to quote), and how many answers changed mode. Conversations
+(`RUN_DIR/conversations.jsonl`) are replayed turn by turn, each follow-up with the keyword
+rewrite the agent gave it (`agent.prompts.contextualize` of the previous turn's rewrite), and
+scored as `eval` scores them (`turn_correct_rate`, ...). The relevance bar's IDF weights and
+its reading of misspellings (`retrieval.vocabulary.IndexTerms`) come from the index under
+`--home` (the run's own index, or one of the same manual); the quote ranker uses that index's
+embedder. `--no-reading` replays with every word read as written (the bar before
+misspellings were read).
 
 Examples:
     python bench/replay_answers.py /work/release/runs/eval-release --home runs/bench/emanual-pdf
     python bench/replay_answers.py runs/eval --systems finetuned --json
+    python bench/replay_answers.py runs/eval --systems base --no-reading
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -34,6 +41,7 @@ sys.path.insert(0, str(REPO))
 
 from bench import doc_parser  # noqa: E402
 from bench.answers import rouge_l  # noqa: E402
+from eval.conversations import conversation_from_dict, conversation_scores  # noqa: E402
 from eval.metrics import citation_correct  # noqa: E402
 from eval.questions import Question  # noqa: E402
 from retrieval.errors import CasewiseError, UsageError, run_cli  # noqa: E402
@@ -95,6 +103,43 @@ def replay(record: dict, context, standalone: str | None = None) -> dict:
             "citations": [c.to_dict() for c in state["citations"]], "removed": removed}
 
 
+def replay_conversation(record: dict, conv, context) -> dict:
+    """One recorded conversation (`record["turns"]`) replayed turn by turn, and its eval scores
+    as recorded and as replayed."""
+    from agent.prompts import contextualize, is_follow_up
+
+    previous = ""
+    turns = []
+    for turn in record["turns"]:
+        question = (turn.get("question") or "").strip()
+        standalone = (contextualize(question, previous)
+                      if previous and is_follow_up(question) else question)
+        turns.append(replay(turn, context, standalone) | {"question": question,
+                                                          "standalone": standalone})
+        previous = standalone
+    scores = {which: {k: v.value for k, v in conversation_scores(conv, records).items()}
+              for which, records in (("recorded", record["turns"]), ("replayed", turns))}
+    return {"id": conv.id, "system": record["system"], "scores": scores,
+            "turns": [{"question": t["question"], "standalone": t["standalone"],
+                       "recorded": r.get("mode"), "replayed": t["mode"], "why": t.get("why", "")}
+                      for t, r in zip(turns, record["turns"], strict=True)]}
+
+
+def summarize_conversations(rows: list[dict]) -> dict:
+    """Turn-weighted conversation metrics (as `eval` pools them), recorded and replayed."""
+    out: dict = {"n": len(rows), "turns": sum(len(r["turns"]) for r in rows),
+                 "changed": sum(t["recorded"] != t["replayed"] for r in rows for t in r["turns"])}
+    for which in ("recorded", "replayed"):
+        out[f"abstained_turns_{which}"] = sum(t[which] == "abstained"
+                                              for r in rows for t in r["turns"])
+        n = sum(len(r["turns"]) for r in rows)
+        out[f"turn_correct_rate_{which}"] = round(sum(
+            r["scores"][which]["turn_correct_rate"] * len(r["turns"]) for r in rows) / n, 4)
+        out[f"conversation_success_rate_{which}"] = round(sum(
+            r["scores"][which]["conversation_success_rate"] for r in rows) / len(rows), 4)
+    return out
+
+
 def summarize(rows: list[dict]) -> dict:
     """Figures of one system: modes, false abstention, unanswerable answered by split."""
     out: dict = {}
@@ -138,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="systems of the run to replay (default base,finetuned)")
     parser.add_argument("--rows", type=Path, default=None, metavar="PATH",
                         help="also write every replayed row (JSONL) here")
+    parser.add_argument("--no-reading", action="store_true",
+                        help="read every word of the relevance bar as written (no misspellings "
+                        "read as indexed words: the bar before IndexTerms.read)")
     parser.add_argument("--json", action="store_true", help="print the result JSON only")
     args = parser.parse_args(argv)
     return run_cli(lambda: _main(args))
@@ -167,12 +215,24 @@ def _main(args: argparse.Namespace) -> int:
     # replies are the recorded ones.
     assistant = Assistant.from_searcher(open_searcher(Settings.resolve(home=args.home)), None)
     context = assistant.context
+    if args.no_reading:
+        context = dataclasses.replace(context, term_reading=None)
+    conversations = {}
+    c_path = args.run / "conversations.jsonl"
+    if c_path.is_file():
+        for line in c_path.read_text(encoding="utf-8").splitlines():
+            conv = conversation_from_dict(json.loads(line))
+            conversations[conv.id] = conv
     rows = []
+    conv_rows = []
     for n, line in enumerate(answers.read_text(encoding="utf-8").splitlines(), start=1):
         try:
             record = json.loads(line)
         except ValueError as e:
             raise UsageError(f"{answers}:{n}: not JSON ({e})") from e
+        if record.get("system") in systems and record.get("id") in conversations:
+            conv_rows.append(replay_conversation(record, conversations[record["id"]], context))
+            continue
         q = meta.get(record.get("id"))
         if record.get("system") not in systems or q is None:
             continue
@@ -195,15 +255,19 @@ def _main(args: argparse.Namespace) -> int:
                      "replayed": again["mode"], "answer": again["answer"],
                      "recorded_answer": record.get("answer", ""), "why": again.get("why", ""),
                      "removed": again["removed"]})
-    if not rows:
+    if not rows and not conv_rows:
         raise CasewiseError(f"{answers}: no answer of systems {systems} with a known question")
-    result = {"run": str(args.run), "home": str(args.home),
+    result = {"run": str(args.run), "home": str(args.home), "reading": not args.no_reading,
               "systems": {s: summarize([r for r in rows if r["system"] == s]) for s in systems},
               "load_average": os.getloadavg()}
+    for s in systems:
+        mine = [r for r in conv_rows if r["system"] == s]
+        if mine:
+            result["systems"][s]["conversations"] = summarize_conversations(mine)
     if args.rows:
         args.rows.parent.mkdir(parents=True, exist_ok=True)
-        args.rows.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
-                             encoding="utf-8")
+        args.rows.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n"
+                                     for r in rows + conv_rows), encoding="utf-8")
     if args.json:
         print(json.dumps(result, indent=1))
         return 0

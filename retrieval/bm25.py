@@ -77,6 +77,14 @@ class BM25Index:
         t = self._vocab.get(term)
         return self._idf_unseen if t is None else float(self._idf[t])
 
+    def __contains__(self, term: str) -> bool:
+        """Whether some indexed chunk holds the content word `term`."""
+        return term in self._vocab
+
+    def terms(self) -> list[str]:
+        """Every content word some indexed chunk holds."""
+        return list(self._vocab)
+
     def __len__(self) -> int:
         return len(self.chunks)
 

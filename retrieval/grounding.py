@@ -106,6 +106,9 @@ RANK_FEATURES = ("cosine", "overlap", "sentence_cosine", "sentence_overlap", "pa
 RANK_WEIGHTS = (0.0, 0.0, 1.0, 1.0, 0.5, 0.0)
 WINDOW_RANK_WEIGHTS = (5.68, 3.97, 0.0, 0.0, 1.42, 4.68)
 TermWeight = Callable[[str], float]
+# The word the bar reads a question's content word as (`retrieval.vocabulary.IndexTerms.read`:
+# a misspelling as the indexed word it misspells).
+TermReading = Callable[[str], str]
 
 _INJECTION = re.compile(
     r"\b(?:ignore|disregard|forget|override)\b.{0,40}\b(?:instructions?|prompts?|rules?|"
@@ -391,11 +394,13 @@ class Quote:
         return " ".join(self.texts)
 
 
-def relevance(question: str, text: str, weight: TermWeight | None = None) -> float:
+def relevance(question: str, text: str, weight: TermWeight | None = None,
+              read: TermReading | None = None) -> float:
     """Share of the question's distinct content words found in `text`, each weighted by
-    `weight(word)` (the index's IDF; `None`: all words count the same). 0.0 for a question
+    `weight(word)` (the index's IDF; `None`: all words count the same) and read as `read(word)`
+    (a misspelling as the indexed word it misspells; `None`: as written). 0.0 for a question
     without content words."""
-    words = set(content_words(question))
+    words = {read(w) for w in content_words(question)} if read else set(content_words(question))
     found = set(content_words(text))
     weights = {w: weight(w) if weight else 1.0 for w in words}
     total = sum(weights.values())
@@ -422,20 +427,21 @@ def answer_relevance(
     passages: Sequence[PassageLike],
     shown: Sequence[tuple[int, str]],
     weight: TermWeight | None = None,
+    read: TermReading | None = None,
 ) -> str | None:
     """Why the sentences `shown` (`(passage number, text)` pairs) do not answer `question` well
     enough to be shown, or `None` when they do.
 
     The bar: no sentence comes from an instruction-like passage, every question subject
     (`question_subjects`) is named by one of their passages, and the sentences plus their
-    passages' headings reach `RELEVANCE_MIN` (`relevance`).
+    passages' headings reach `RELEVANCE_MIN` (`relevance` with `weight` and `read`).
     """
     numbers = list(dict.fromkeys(p for p, _ in shown))
     why = unusable_passages(question, passages, numbers)
     if why:
         return why
     headings = " ".join(passages[p - 1].citation.section or "" for p in numbers)
-    share = relevance(question, " ".join(t for _, t in shown) + " " + headings, weight)
+    share = relevance(question, " ".join(t for _, t in shown) + " " + headings, weight, read)
     if share < RELEVANCE_MIN:
         return (f"it holds {share:.0%} of the question's (IDF-weighted) content words (needs "
                 f"{RELEVANCE_MIN:.0%})")
@@ -443,11 +449,13 @@ def answer_relevance(
 
 
 def quote_relevance(
-    question: str, passages: Sequence[PassageLike], quote: Quote, weight: TermWeight | None = None
+    question: str, passages: Sequence[PassageLike], quote: Quote, weight: TermWeight | None = None,
+    read: TermReading | None = None,
 ) -> str | None:
     """Why `quote` does not answer `question` well enough to be shown (`answer_relevance`), or
     `None` when it does."""
-    return answer_relevance(question, passages, [(quote.passage, t) for t in quote.texts], weight)
+    return answer_relevance(question, passages, [(quote.passage, t) for t in quote.texts], weight,
+                            read)
 
 
 def selected_quotes(selection: Sequence[tuple[int, int]],
@@ -594,6 +602,7 @@ def choose_quote(
     selection: Sequence[tuple[int, int]] = (),
     embedder: Embedder | None = None,
     weight: TermWeight | None = None,
+    read: TermReading | None = None,
 ) -> tuple[list[Quote], str]:
     """What to quote when no generated claim survives, and why not when nothing qualifies.
 
@@ -605,11 +614,11 @@ def choose_quote(
         empty, why.
     """
     chosen = [q for q in selected_quotes(selection, passages)
-              if quote_relevance(question, passages, q, weight) is None]
+              if quote_relevance(question, passages, q, weight, read) is None]
     if chosen:
         return chosen, ""
     ranked = ranked_quote(question, passages, embedder)
     if ranked is None:
         return [], "no usable passage"
-    why = quote_relevance(question, passages, ranked, weight)
+    why = quote_relevance(question, passages, ranked, weight, read)
     return ([], why) if why else ([ranked], "")

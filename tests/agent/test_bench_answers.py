@@ -19,6 +19,7 @@ def test_help_has_examples(capsys):
     (["--limit", "0"], "--limit (0) must be at least 1"),
     (["--configs", "adapter:extract"], "not a LoRA adapter directory"),
     (["--passage-words", "-1"], "--passage-words (-1) must be 0 (whole passages) or more"),
+    (["--max-contexts", "0"], "--max-contexts (0) must be at least 1"),
 ])
 def test_bad_input_exits_2_with_one_line(argv, message, capsys):
     assert main(argv) == 2

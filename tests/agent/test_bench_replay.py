@@ -5,7 +5,8 @@ import json
 import pytest
 
 from agent.context import Context
-from bench.replay_answers import main, replay, summarize
+from bench.replay_answers import main, replay, replay_conversation, summarize
+from eval.conversations import conversation_from_dict
 from finetune.format import ABSTAIN_ANSWER
 from tests.agent.conftest import RESET, FakeSearcher, make_chunk
 
@@ -74,3 +75,20 @@ def test_the_summary_reports_answered_unanswerable_by_split():
     assert part["answered_replayed_calibration"] == 0.5 and part["answered_replayed_report"] == 0
     assert part["changed"] == 3
     assert json.dumps(part)  # JSON-ready
+
+
+def test_a_conversation_is_replayed_with_each_follow_up_rewritten_and_scored_as_eval_does():
+    first, second = "How do I reset the router to factory settings?", "how long do i hold it?"
+    conv = conversation_from_dict({"id": "c1", "turns": [
+        {"user": first, "page": 4}, {"user": second, "page": 4, "follow_up": True}]})
+    turns = [record(first, RESET, "Reasoning: Passage [1].\nQuote: 1.1\nAnswer: Press and hold "
+                    "the Reset button for 10 seconds.", "abstained"),
+             record(second, RESET, f"Reasoning: Passage [1].\nQuote: 1.1\nAnswer: "
+                    f"{ABSTAIN_ANSWER}", "abstained")]
+    row = replay_conversation({"id": "c1", "system": "base", "turns": turns}, conv, context())
+    assert row["turns"][0]["standalone"] == first
+    # the follow-up is judged on the agent's rewrite: the first turn's topic words appended
+    assert row["turns"][1]["standalone"] == f"{second} (reset router factory settings)"
+    assert [t["replayed"] for t in row["turns"]] == ["generated", "quoted"]
+    assert row["scores"]["recorded"]["turn_correct_rate"] == 0.0
+    assert row["scores"]["replayed"]["turn_correct_rate"] == 1.0
