@@ -40,7 +40,10 @@ ENV_BACKEND = "CASEWISE_LLM_BACKEND"
 # Which weights llama.cpp runs for the embedded model: `bf16` (a dense bfloat16 GGUF with the
 # adapter merged in, built once and cached: prompts are processed about twice as fast), `q4_1`
 # (the shipped file, the adapter applied at run time: a third of the memory), `auto` (bf16 where
-# the CPU has AVX-512 BF16, whose kernels make it fast; q4_1 elsewhere).
+# the CPU has AVX-512 BF16, whose kernels make it fast; q4_1 elsewhere). Measured and not offered
+# (docs/speed.md, eighth pass): q8_0 (decodes faster, first token no sooner) and 4-bit q4_0 /
+# iq4_nl (sooner first token, but a second 4-bit rounding turns the adapter's answers into
+# abstentions).
 ENV_LLAMA_WEIGHTS = "CASEWISE_LLAMA_WEIGHTS"
 LLAMA_WEIGHTS = ("auto", "bf16", "q4_1")
 # Batched decoding (`LlamaCppChatModel.complete_many`): most sequences decoded together, and most
@@ -405,7 +408,10 @@ class LlamaCppChatModel:
         self.max_new_tokens = max_new_tokens
         self.n_ctx = n_ctx
         self.threads = threads or len(os.sched_getaffinity(0))
-        self.name = (f"{model}+{adapter}" if adapter else model) + " (llama.cpp)"
+        # the weights are part of the name: replies cached by name (bench/answers.py) must not
+        # pass from one set of weights to another
+        self.name = (f"{model}+{adapter}" if adapter else model) + (
+            f" (llama.cpp, {self.weights})" if model == "default" else " (llama.cpp)")
         self.batch_seqs = batch_seqs
         self.kv_unified = kv_unified
         self._llama = None

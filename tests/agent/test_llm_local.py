@@ -99,6 +99,14 @@ def test_llama_cpp_weights_follow_the_cpu_and_the_environment(monkeypatch):
         LlamaCppChatModel("default")
 
 
+def test_the_weights_are_part_of_the_model_name():
+    # bench/answers.py caches replies by model name: one set of weights must not replay another's
+    names = {LlamaCppChatModel("default", adapter="runs/a", weights=w).name
+             for w in ("bf16", "q4_1")}
+    assert len(names) == 2 and all(n.startswith("default+runs/a (llama.cpp") for n in names)
+    assert LlamaCppChatModel("out/casewise.gguf").name == "out/casewise.gguf (llama.cpp)"
+
+
 def test_the_merged_gguf_is_cached_per_adapter_content_and_quant(tmp_path, monkeypatch):
     from finetune.export import cached_dense_gguf
 
