@@ -24,9 +24,9 @@ Per system: share of each mode on answerable questions, false abstention, citati
 per answer, unsupported-claim share, and the answered rate on the unanswerable questions (a
 quote counts as answered), plus seconds per answer.
 
-Model replies are cached per model and prompt under `bench/results/answers_cache/` (greedy
-decoding, so a reply is reused by `generate` and `extract` and by re-runs after a change to
-verification; `--fresh` ignores the cache). The table goes to stdout, the JSON (merged with
+Model replies are cached per model (an adapter by its weights' hash) and prompt under
+`bench/results/answers_cache/` (greedy decoding, so a reply is reused by `generate` and
+`extract` and by re-runs after a change to verification; `--fresh` ignores the cache). The table goes to stdout, the JSON (merged with
 earlier systems) to `bench/results/answers.json`. Thresholds were chosen on faq_history and
 the method, not on these dev items; a held-out split re-measures them.
 
@@ -146,6 +146,16 @@ def build_index(home: Path) -> None:
         run([DATA / "smart_tv_manual.pdf"], settings, progress=False)
 
 
+def adapter_tag(adapter: str | Path) -> str:
+    """The reply cache's name for an adapter: a hash of its weights, not of its path, so that an
+    adapter replaced in place (a retrained `adapters/smollm2-gpu`) never replays the replies of
+    the one it replaced, and a copy elsewhere reuses them."""
+    digest = hashlib.sha256()
+    for weights in sorted(Path(adapter).glob("adapter_model.*")):
+        digest.update(weights.read_bytes())
+    return "adapter-" + digest.hexdigest()[:12]
+
+
 def make_llm(config: str, args: argparse.Namespace):
     """The backend of one system (cached, except the `ranker`'s null model)."""
     if config == "ranker":
@@ -158,8 +168,7 @@ def make_llm(config: str, args: argparse.Namespace):
     llm = local_backend("default", adapter=adapter, max_new_tokens=args.max_new_tokens,
                         backend=args.backend)
     llm.load()
-    tag = "adapter-" + hashlib.sha256(str(Path(adapter).resolve()).encode()).hexdigest()[:8] \
-        if adapter else "base"
+    tag = adapter_tag(adapter) if adapter else "base"
     return CachedModel(llm, RESULTS / "answers_cache" / f"{tag}.jsonl", args.max_new_tokens,
                        args.fresh)
 

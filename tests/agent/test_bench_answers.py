@@ -2,7 +2,7 @@
 
 import pytest
 
-from bench.answers import CachedModel, main, summarize
+from bench.answers import CachedModel, adapter_tag, main, summarize
 from tests.conftest import ScriptedChatModel
 
 
@@ -75,3 +75,14 @@ def test_quote_rank_help_and_bad_input(capsys):
     assert quote_rank.main(["--limit", "0"]) == 2
     err = capsys.readouterr().err
     assert "--limit (0) must be at least 1" in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_reply_cache_follows_the_adapter_weights_not_its_path(tmp_path):
+    first, copy = tmp_path / "a", tmp_path / "b"
+    for folder in (first, copy):
+        folder.mkdir()
+        (folder / "adapter_model.safetensors").write_bytes(b"weights one")
+    assert adapter_tag(first) == adapter_tag(copy)  # a copy elsewhere reuses the replies
+    before = adapter_tag(first)
+    (first / "adapter_model.safetensors").write_bytes(b"weights two")  # retrained in place
+    assert adapter_tag(first) != before
