@@ -26,9 +26,10 @@ quote counts as answered), plus seconds per answer.
 
 Model replies are cached per model (an adapter by its weights' hash) and prompt under
 `bench/results/answers_cache/` (greedy decoding, so a reply is reused by `generate` and
-`extract` and by re-runs after a change to verification; `--fresh` ignores the cache). The table goes to stdout, the JSON (merged with
-earlier systems) to `bench/results/answers.json`. Thresholds were chosen on faq_history and
-the method, not on these dev items; a held-out split re-measures them.
+`extract` and by re-runs after a change to verification; `--fresh` ignores the cache). The
+table goes to stdout, the JSON (merged with earlier systems) to `bench/results/answers.json`.
+Thresholds were chosen on faq_history and the method, not on these dev items; a held-out split
+re-measures them.
 
 Examples:
     python bench/answers.py --limit 20 --spread                   # a quick look (ranker + base)

@@ -132,9 +132,9 @@ def summarize_conversations(rows: list[dict]) -> dict:
     for which in ("recorded", "replayed"):
         out[f"abstained_turns_{which}"] = sum(t[which] == "abstained"
                                               for r in rows for t in r["turns"])
-        n = sum(len(r["turns"]) for r in rows)
         out[f"turn_correct_rate_{which}"] = round(sum(
-            r["scores"][which]["turn_correct_rate"] * len(r["turns"]) for r in rows) / n, 4)
+            r["scores"][which]["turn_correct_rate"] * len(r["turns"]) for r in rows)
+            / out["turns"], 4)
         out[f"conversation_success_rate_{which}"] = round(sum(
             r["scores"][which]["conversation_success_rate"] for r in rows) / len(rows), 4)
     return out
