@@ -15,6 +15,7 @@ no memory (what eval wants).
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Generator
@@ -208,7 +209,7 @@ class Assistant:
 
     def stream(
         self, question: str, thread_id: str | None = None, *, top_k: int | None = None,
-        drafts: bool = False,
+        drafts: bool = False, cancel: threading.Event | None = None,
     ) -> Generator[str | tuple[str, str], None, AgentAnswer]:
         """Yield the final answer's text, a sentence at a time, once verified; return the
         `AgentAnswer`.
@@ -217,14 +218,18 @@ class Assistant:
         writes before verification is not, unless `drafts`: then every item is a pair,
         `("draft", token)` as the model writes (unverified: show it only labelled as a draft,
         to be replaced) and `("answer", text)` for the verified answer. Read the returned
-        answer (or `last_answer`) for the mode, claims and citations.
+        answer (or `last_answer`) for the mode, claims and citations. Setting `cancel` (from
+        another thread: the chat CLI on Ctrl-C) stops the run before its next model call or
+        generated token; nothing of the stopped turn is recorded.
 
         Raises:
             UsageError: The question is empty, or `top_k` is below 1.
+            Cancelled: `cancel` was set.
         """
         question = self._check(question)
         # A per-call copy (validated again): the REST service takes top_k per request.
-        context = self.context if top_k is None else replace(self.context, top_k=top_k)
+        overrides = {k: v for k, v in (("top_k", top_k), ("cancel", cancel)) if v is not None}
+        context = replace(self.context, **overrides) if overrides else self.context
         start = time.perf_counter()
         final: dict = {}
         graph = self.graph if thread_id else self._oneoff_graph

@@ -17,13 +17,16 @@ import argparse
 import json
 import logging
 import os
+import queue
 import signal
 import sys
 import textwrap
+import threading
 import uuid
 from pathlib import Path
 
 from agent.api import Assistant, reset_memory
+from agent.context import Cancelled
 from agent.faq import DEFAULT_FAQ_THRESHOLD
 from agent.guards import run_guard_file
 from agent.llm import (
@@ -394,8 +397,6 @@ def interruptible() -> None:
     a non-interactive shell (`make test &`, CI runners, some launchers) starts: the REPL would
     then echo ^C and go on answering. Only the main thread may set a handler.
     """
-    import threading
-
     if threading.current_thread() is threading.main_thread() and \
             signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -447,29 +448,76 @@ def run_chat(args: argparse.Namespace, stdin=None, out=None) -> int:
                     print(f"Unknown command {command}; /help lists the commands.", file=out)
                 out.flush()
                 continue
-            streamed = False
-            stream = None
-            try:  # from here on, Ctrl-C stops this answer, not the REPL
-                # The answer appears once verified (nothing the model writes is shown unchecked).
-                print("(searching the documents and checking the answer ...)", file=out,
-                      flush=True)
-                stream = assistant.stream(line, thread_id=session)
-                while True:
-                    piece = next(stream)
-                    streamed = True
-                    print(piece, end="", file=out, flush=True)
-            except StopIteration as done:
-                last = done.value
-                _print_result(last, streamed, out)
-            except KeyboardInterrupt:
-                if stream is not None:
-                    stream.close()
-                print("\n[stopped]", file=out)
+            try:
+                last = answer_interruptibly(assistant, line, session, out) or last
             except CasewiseError as e:
                 print(f"\nerror: {e}", file=sys.stderr)
             out.flush()
     finally:
         assistant.close()
+
+
+def answer_interruptibly(assistant: Assistant, question: str, session: str,
+                         out) -> AgentAnswer | None:
+    """Stream one answer to `out`; Ctrl-C stops it (prints "[stopped]", returns `None`).
+
+    The answer runs in a worker thread and this (main) thread only waits on its queue, so the
+    `KeyboardInterrupt` of Ctrl-C lands here, never inside LangGraph's thread pool, SQLite or the
+    model: raised there, it once interrupted the pool while starting a thread, left that thread
+    unjoined, and the REPL then hung on exit. Here it sets the run's cancel event, and the
+    worker stops before its next generated token (`Context.cancel`); this waits for it, so the
+    next question never shares the model with a stopped one.
+
+    Raises:
+        CasewiseError: The run's error (another exception is raised as it is).
+    """
+    cancel = threading.Event()
+    pieces: queue.Queue = queue.Queue()
+
+    def work() -> None:
+        try:
+            stream = assistant.stream(question, thread_id=session, cancel=cancel)
+            while True:
+                pieces.put(("piece", next(stream)))
+        except StopIteration as done:
+            pieces.put(("done", done.value))
+        except Cancelled:
+            pieces.put(("stopped", None))
+        except BaseException as e:  # noqa: BLE001 - raised again in the main thread
+            pieces.put(("error", e))
+
+    worker = threading.Thread(target=work, name="casewise-answer", daemon=True)
+    streamed = False
+    try:  # from here on, Ctrl-C stops this answer, not the REPL
+        # The answer appears once verified (nothing the model writes is shown unchecked).
+        print("(searching the documents and checking the answer ...)", file=out, flush=True)
+        worker.start()
+        while True:
+            kind, value = pieces.get()
+            if kind == "piece":
+                streamed = True
+                print(value, end="", file=out, flush=True)
+            elif kind == "done":
+                _print_result(value, streamed, out)
+                return value
+            elif kind == "stopped":
+                break
+            else:
+                raise value
+    except KeyboardInterrupt:
+        cancel.set()
+        while worker.is_alive():
+            try:
+                worker.join()
+            except KeyboardInterrupt:  # pressed again: it is already stopping
+                pass
+        # Drop what the worker left: an exception there holds the run's frames (the model
+        # among them) in a reference cycle through this queue, collected only at interpreter
+        # exit, where freeing llama.cpp's objects in the collector's order crashed (SIGSEGV).
+        while not pieces.empty():
+            pieces.get_nowait()
+    print("\n[stopped]", file=out)
+    return None
 
 
 def quiet_libraries() -> None:

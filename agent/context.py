@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -12,6 +13,12 @@ from agent.llm import ChatBackend
 from finetune.format import PASSAGE_WORDS
 from retrieval.errors import UsageError
 from retrieval.types import Embedder, Searcher
+
+
+
+class Cancelled(Exception):
+    """Raised inside a run once its caller set `Context.cancel` (the user pressed Ctrl-C)."""
+
 
 # Grading thresholds for all-MiniLM-L6-v2 cosine similarities. Checked on the emanual manual: the
 # 354 faq_history questions (all answerable) keep a passage on the first search 99.4% of the time,
@@ -63,6 +70,9 @@ class Context:
             `None`: every word as written).
         guard: The harmful-request guard; `None` uses the process-wide default (the shipped
             classifier on the bundled embedder, loaded on first use).
+        cancel: Set by the caller to stop this run: the graph checks it before every model
+            call and between generated tokens and raises `Cancelled` there, where stopping
+            leaves the model, the thread pool and the checkpoints whole (`None`: never).
     """
 
     searcher: Searcher
@@ -85,6 +95,7 @@ class Context:
     term_weight: Callable[[str], float] | None = None
     term_reading: Callable[[str], str] | None = None
     guard: Guard | None = None
+    cancel: threading.Event | None = None
 
     def __post_init__(self) -> None:
         if self.top_k < 1:

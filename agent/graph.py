@@ -53,7 +53,7 @@ from typing import Literal
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 
-from agent.context import Context
+from agent.context import Cancelled, Context
 from agent.guards import SELF_HARM, SELF_HARM_ANSWER, default_guard
 from agent.prompts import (
     CONTEXTUALIZE_PROMPT,
@@ -124,10 +124,30 @@ def _emit(runtime: Runtime[Context], text: str) -> None:
         runtime.stream_writer(("answer", piece))
 
 
-def _read(llm, messages: list[dict], max_new_tokens: int) -> Iterator[str]:
-    """The backend's reply stream as a generator: closing it closes the backend's stream too
-    (`yield from` passes `close()` on), whatever iterator the backend returns."""
-    yield from llm.stream(messages, max_new_tokens=max_new_tokens)
+def _stop_if_cancelled(ctx: Context) -> None:
+    if ctx.cancel is not None and ctx.cancel.is_set():
+        raise Cancelled("the answer was stopped")
+
+
+def _read(ctx: Context, messages: list[dict], max_new_tokens: int) -> Iterator[str]:
+    """The backend's reply stream as a generator that stops between tokens once `ctx.cancel`
+    is set (raising `Cancelled`); closing it closes the backend's stream too, whatever
+    iterator the backend returns."""
+    _stop_if_cancelled(ctx)
+    stream = ctx.llm.stream(messages, max_new_tokens=max_new_tokens)
+    try:
+        for piece in stream:
+            _stop_if_cancelled(ctx)
+            yield piece
+    finally:
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()  # stops a local generation early
+
+
+def _complete(ctx: Context, messages: list[dict], max_new_tokens: int) -> str:
+    _stop_if_cancelled(ctx)
+    return ctx.llm.complete(messages, max_new_tokens=max_new_tokens)
 
 
 def prompt_windows(state: State, ctx: Context) -> list[Window]:
@@ -184,8 +204,7 @@ def contextualize(state: State, runtime: Runtime[Context]) -> dict:
             f"{m['role']}: {m['content']}" for m in (state.get("messages") or [])[-4:]
         )
         prompt = CONTEXTUALIZE_PROMPT.format(history=history, question=question)
-        reply = runtime.context.llm.complete([{"role": "user", "content": prompt}],
-                                             max_new_tokens=64)
+        reply = _complete(runtime.context, [{"role": "user", "content": prompt}], 64)
         standalone = _first_line(reply) or question
     else:
         standalone = keyword_contextualize(question, previous[-1].get("standalone", ""))
@@ -229,8 +248,7 @@ def rewrite_query(state: State, runtime: Runtime[Context]) -> dict:
     question = state["standalone"]
     if runtime.context.rewrite_with_llm:
         prompt = REWRITE_QUERY_PROMPT.format(question=question)
-        reply = runtime.context.llm.complete([{"role": "user", "content": prompt}],
-                                             max_new_tokens=32)
+        reply = _complete(runtime.context, [{"role": "user", "content": prompt}], 32)
         query = _first_line(reply) or keyword_query(question)
     else:
         query = keyword_query(question)
@@ -257,7 +275,7 @@ def reason(state: State, runtime: Runtime[Context]) -> dict:
         else ctx.max_new_tokens
     pieces: list[str] = []
     first_token = None
-    stream = _read(ctx.llm, messages, budget)
+    stream = _read(ctx, messages, budget)
     if prefix:
         runtime.stream_writer(("draft", prefix))
     try:
@@ -269,7 +287,7 @@ def reason(state: State, runtime: Runtime[Context]) -> dict:
             if stop_at_answer and _ANSWER_LABEL.search("".join(pieces)):
                 break
     finally:
-        stream.close()  # stops a local generation early (through `yield from`, see _read)
+        stream.close()  # stops a local generation early (see _read)
     raw = "".join(pieces)
     if prefix and not _SECTION_START.match(raw):
         raw = prefix + raw
@@ -313,7 +331,7 @@ def answer(state: State, runtime: Runtime[Context]) -> dict:
         messages = _prompt(state, ctx)
         continued = f"{raw.rstrip()}\nAnswer:"
         messages.append({"role": "assistant", "content": continued})
-        reply = ctx.llm.complete(messages, max_new_tokens=ctx.max_new_tokens)
+        reply = _complete(ctx, messages, ctx.max_new_tokens)
         runtime.stream_writer(("draft", "\nAnswer:" + reply))
         raw = continued + reply
         result = {"raw": raw, "timings": _timed(state, "generate", start)}

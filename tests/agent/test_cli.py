@@ -301,3 +301,69 @@ def test_the_repl_restores_ctrl_c_when_started_with_sigint_ignored():
         assert signal.getsignal(signal.SIGINT) is custom
     finally:
         signal.signal(signal.SIGINT, before)
+
+
+# --- Ctrl-C during an answer (a scripted assistant, no model) -----------------------------------
+
+
+class InterruptedAssistant:
+    """Streams one piece, then presses Ctrl-C (a SIGINT to the main thread) and goes on
+    generating until the run's cancel event stops it, as the graph does between tokens."""
+
+    def __init__(self):
+        self.cancelled = False
+        self.thread = None
+
+    def stream(self, question, thread_id=None, cancel=None):
+        import _thread
+        import threading
+
+        from agent.context import Cancelled
+
+        self.thread = threading.current_thread()
+        yield "Press and hold "
+        _thread.interrupt_main()
+        for _ in range(1000):  # up to 10 s of "tokens"
+            if cancel.is_set():
+                self.cancelled = True
+                raise Cancelled("the answer was stopped")
+            time.sleep(0.01)
+        yield "this piece must never be shown."
+
+
+def test_ctrl_c_cancels_the_answer_between_tokens_and_joins_its_thread(capsys):
+    from agent.cli import answer_interruptibly
+
+    assistant = InterruptedAssistant()
+    assert answer_interruptibly(assistant, QUESTION, "s", sys.stdout) is None
+    out = capsys.readouterr().out
+    # the interrupt may land before the first piece is printed; nothing after it ever is
+    assert out.endswith("\n[stopped]\n") and "never" not in out
+    assert assistant.cancelled  # the run saw the cancel event, not a KeyboardInterrupt
+    assert assistant.thread is not None and assistant.thread.name == "casewise-answer"
+    assert not assistant.thread.is_alive()  # nothing left behind to hang the exit
+
+
+def test_an_answer_without_ctrl_c_is_streamed_and_returned(capsys):
+    from agent.cli import answer_interruptibly
+    from retrieval.errors import UsageError
+
+    answer = _answer()
+
+    class Answering:
+        def stream(self, question, thread_id=None, cancel=None):
+            assert thread_id == "s" and not cancel.is_set()
+            yield answer.answer
+            return answer
+
+    assert answer_interruptibly(Answering(), QUESTION, "s", sys.stdout) is answer
+    searching, shown = capsys.readouterr().out.split("\n", 1)
+    assert searching.startswith("(searching the documents") and shown.startswith(answer.answer)
+
+    class Failing:
+        def stream(self, question, thread_id=None, cancel=None):
+            raise UsageError("the question is empty")
+            yield
+
+    with pytest.raises(UsageError, match="the question is empty"):
+        answer_interruptibly(Failing(), QUESTION, "s", sys.stdout)

@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from agent.api import Assistant
 from tests.agent.conftest import FakeSearcher, RESET, LIGHTS
 from tests.conftest import REPO, ScriptedChatModel
@@ -91,4 +93,41 @@ def test_a_stopped_answer_keeps_the_session_usable(tmp_path):
     assert assistant.history("s") == []  # the stopped turn is not recorded
     result = assistant.ask("How do I reset the router to factory settings?", thread_id="s")
     assert result.citations == [RESET.citation]
+    assert [m["role"] for m in assistant.history("s")] == ["user", "assistant"]
+
+
+class CancelledAfterOnePiece(ScriptedChatModel):
+    """Sets the run's cancel event (as the chat CLI does on Ctrl-C) after its first piece."""
+
+    def __init__(self, answers, cancel):
+        super().__init__(answers)
+        self.cancel, self.pieces = cancel, 0
+
+    def stream(self, messages, *, max_new_tokens=256):
+        for piece in super().stream(messages, max_new_tokens=max_new_tokens):
+            self.pieces += 1
+            yield piece
+            if len(self.calls) == 1:
+                self.cancel.set()
+
+
+def test_a_cancelled_answer_stops_between_tokens_and_keeps_the_session(tmp_path):
+    import threading
+
+    from agent.context import Cancelled
+
+    cancel = threading.Event()
+    model = CancelledAfterOnePiece([GOOD, GOOD], cancel)
+    assistant = Assistant(FakeSearcher([RESET]), model, memory_path=tmp_path / "m.sqlite",
+                          **THRESHOLDS)
+    question = "How do I reset the router to factory settings?"
+    with pytest.raises(Cancelled):
+        for _ in assistant.stream(question, thread_id="s", cancel=cancel):
+            pass
+    # the event was set after the first piece: the second is the last one the model made
+    assert model.pieces == 2 < len(GOOD.split())
+    assert assistant.history("s") == []
+    assert assistant.context.cancel is None  # the event belonged to that run only
+    result = assistant.ask(question, thread_id="s")
+    assert result.citations == [RESET.citation] and model.pieces == 2 + len(GOOD.split())
     assert [m["role"] for m in assistant.history("s")] == ["user", "assistant"]
