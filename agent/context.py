@@ -10,7 +10,7 @@ from typing import Literal
 from agent.faq import FaqMatcher
 from agent.guards import Guard
 from agent.llm import ChatBackend
-from finetune.format import PASSAGE_WORDS
+from finetune.format import PASSAGE_TOKENS, PASSAGE_WORDS
 from retrieval.errors import UsageError
 from retrieval.types import Embedder, Searcher
 
@@ -42,6 +42,13 @@ class Context:
             that best matches the question (`finetune.format.passage_window`, default
             `PASSAGE_WORDS`); 0 shows whole passages. Verification and quotes always read the
             whole passages.
+        passage_tokens: Token budget of the passages block the prompt shows (the windows
+            numbered, with their label lines): over it, windows lose their sentences least
+            relevant to the question, never the one each is centred on
+            (`finetune.format.fit_windows`; default `PASSAGE_TOKENS`, 0 = no budget). Counted
+            by the model's tokenizer when the backend has `count_tokens`, else estimated
+            (`finetune.format.estimate_tokens`). Verification and quotes still read the whole
+            passages.
         min_similarity: A passage whose cosine similarity to the query reaches this is relevant.
         min_overlap: Alternatively, a passage holding at least this fraction of the query's
             content words is relevant if its similarity is at least `overlap_floor`.
@@ -80,6 +87,7 @@ class Context:
     top_k: int = 5
     max_contexts: int = 3
     passage_words: int = PASSAGE_WORDS
+    passage_tokens: int = PASSAGE_TOKENS
     min_similarity: float = DEFAULT_MIN_SIMILARITY
     min_overlap: float = DEFAULT_MIN_OVERLAP
     overlap_floor: float = DEFAULT_OVERLAP_FLOOR
@@ -111,6 +119,9 @@ class Context:
             raise UsageError(f"min_overlap ({self.min_overlap}) must be in (0, 1]")
         if self.passage_words < 0:
             raise UsageError(f"passage_words ({self.passage_words}) must be 0 (whole passages) "
+                             f"or more")
+        if self.passage_tokens < 0:
+            raise UsageError(f"passage_tokens ({self.passage_tokens}) must be 0 (no budget) "
                              f"or more")
         if self.max_rewrites < 0:
             raise UsageError(f"max_rewrites ({self.max_rewrites}) must be 0 or more")

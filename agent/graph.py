@@ -68,6 +68,8 @@ from finetune.format import (
     REFUSAL_ANSWER,
     Window,
     build_messages,
+    estimate_tokens,
+    fit_windows,
     parse_answer,
     whole_sentence_numbers,
     window_passages,
@@ -151,8 +153,14 @@ def _complete(ctx: Context, messages: list[dict], max_new_tokens: int) -> str:
 
 
 def prompt_windows(state: State, ctx: Context) -> list[Window]:
-    """What the prompt shows of each graded passage (`Context.passage_words`)."""
-    return window_passages(state["standalone"], state["contexts"], ctx.passage_words)
+    """What the prompt shows of each graded passage (`Context.passage_words`, then trimmed to
+    `Context.passage_tokens`). Only the prompt: verification and quotes read the whole
+    passages (`state["contexts"]`)."""
+    windows = window_passages(state["standalone"], state["contexts"], ctx.passage_words)
+    if not ctx.passage_tokens:
+        return windows
+    count = getattr(ctx.llm, "count_tokens", None) or estimate_tokens
+    return fit_windows(state["standalone"], windows, ctx.passage_tokens, count)
 
 
 def _prompt(state: State, ctx: Context, windows: list[Window] | None = None) -> list[dict]:

@@ -140,6 +140,12 @@ class LocalChatModel:
                     self.model_name, adapter=self.adapter, device=self.device
                 )
 
+    def count_tokens(self, text: str) -> int:
+        """Tokens of `text` in this model's vocabulary (the prompt's passage budget,
+        `Context.passage_tokens`); loads the tokenizer on first use."""
+        self.load()
+        return token_count(self._tokenizer, text)
+
     def _inputs(self, messages: list[dict]):
         self.load()
         return self._tokenizer(self._inputs_text(messages), return_tensors="pt",
@@ -249,6 +255,11 @@ def chat_prompt(tokenizer, messages: list[dict]) -> str:
         messages, tokenize=False, add_generation_prompt=not prefilled,
         continue_final_message=prefilled,
     )
+
+
+def token_count(tokenizer, text: str) -> int:
+    """Tokens of `text` under a Hugging Face tokenizer, special tokens left out."""
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def penalise(logits, seen):
@@ -500,6 +511,12 @@ class LlamaCppChatModel:
             return cached_gguf_lora(adapter, config)
         except UsageError as e:
             raise ModelNotFoundError(f"{e} (use --backend transformers)") from e
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of `text` in this model's vocabulary (the prompt's passage budget,
+        `Context.passage_tokens`); loads the tokenizer on first use."""
+        self.load()
+        return token_count(self._tokenizer, text)
 
     def _prompt_ids(self, messages: list[dict], max_new_tokens: int) -> list[int]:
         ids = self._tokenizer(chat_prompt(self._tokenizer, messages),

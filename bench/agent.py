@@ -185,9 +185,10 @@ def summarize(rows: list[dict]) -> dict:
 
 
 def run_config(home: Path, n: int, adapter: str | None, max_new_tokens: int,
-               backend: str, passage_words: int | None = None) -> dict:
-    """Measure one configuration in this process (`passage_words`: the agent's
-    `Context.passage_words`, `None` its default)."""
+               backend: str, passage_words: int | None = None,
+               passage_tokens: int | None = None) -> dict:
+    """Measure one configuration in this process (`passage_words`, `passage_tokens`: the
+    agent's `Context.passage_words` and `Context.passage_tokens`, `None` its default)."""
     from agent.api import Assistant
     from agent.llm import chat_prompt, local_backend
     from ingest.pipeline import run
@@ -202,6 +203,8 @@ def run_config(home: Path, n: int, adapter: str | None, max_new_tokens: int,
     llm.load()
     load_s = time.perf_counter() - load_start
     extra = {} if passage_words is None else {"passage_words": passage_words}
+    if passage_tokens is not None:
+        extra["passage_tokens"] = passage_tokens
     assistant = Assistant.from_settings(settings, llm, max_new_tokens=max_new_tokens, **extra)
     questions = [json.loads(line) for line in (DATA / "qa_dev.jsonl").open() if line.strip()][:n]
     assistant.ask("warm-up: how do I turn on the TV?")  # first-call costs out of the figures
@@ -232,6 +235,7 @@ def run_config(home: Path, n: int, adapter: str | None, max_new_tokens: int,
         "llama_weights": getattr(llm, "weights", None),  # CASEWISE_LLAMA_WEIGHTS: bf16 / q4_1
         "adapter": adapter,
         "passage_words": assistant.context.passage_words,
+        "passage_tokens": assistant.context.passage_tokens,
         "questions": len(rows),
         "model_load_s": round(load_s, 2),
         **summarize(rows),
@@ -279,19 +283,26 @@ def main(argv: list[str] | None = None) -> int:
                         "Context.passage_words; 0 = whole passages), one or more values each "
                         "measured in its own process; results are stored under "
                         "'<config>@<N>w' (default: the agent's default, stored under '<config>')")
+    parser.add_argument("--passage-tokens", default=None, metavar="N[,N...]",
+                        help="token budget of the prompt's passages (the agent's "
+                        "Context.passage_tokens; 0 = none), one or more values each measured "
+                        "in its own process; results are stored under '<config>@<N>t' "
+                        "(default: the agent's default)")
     parser.add_argument("--one", choices=["base", "adapter"], help=argparse.SUPPRESS)
     parser.add_argument("--backend", default="auto", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    try:
-        word_values = [int(w) for w in args.passage_words.split(",")] \
-            if args.passage_words is not None else [None]
-    except ValueError:
-        print(f"error: --passage-words {args.passage_words!r}: not a list of integers",
-              file=sys.stderr)
-        return 2
-    if any(w is not None and w < 0 for w in word_values):
-        print("error: --passage-words must be 0 (whole passages) or more", file=sys.stderr)
-        return 2
+    values = {}
+    for flag, given, zero in (("--passage-words", args.passage_words, "whole passages"),
+                              ("--passage-tokens", args.passage_tokens, "no budget")):
+        try:
+            values[flag] = [int(w) for w in given.split(",")] if given is not None else [None]
+        except ValueError:
+            print(f"error: {flag} {given!r}: not a list of integers", file=sys.stderr)
+            return 2
+        if any(w is not None and w < 0 for w in values[flag]):
+            print(f"error: {flag} must be 0 ({zero}) or more", file=sys.stderr)
+            return 2
+    word_values, token_values = values["--passage-words"], values["--passage-tokens"]
     if not DATA.exists():
         print(f"error: {DATA} not found: this benchmark needs ../shared/data", file=sys.stderr)
         return 1
@@ -301,7 +312,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     if args.one:
         result = run_config(args.home, args.n, args.adapter if args.one == "adapter" else None,
-                            args.max_new_tokens, args.backend, word_values[0])
+                            args.max_new_tokens, args.backend, word_values[0],
+                            token_values[0])
         print(json.dumps(result))
         return 0
 
@@ -312,14 +324,17 @@ def main(argv: list[str] | None = None) -> int:
     configs = [c for c in ("base", "adapter") if c in wanted and (c == "base" or adapter)]
     previous = RESULTS / "agent.json"
     results = json.loads(previous.read_text())["configs"] if previous.exists() else {}
-    runs = [(config, words) for config in configs for words in word_values]
-    for config, words in runs:
+    runs = [(config, words, budget) for config in configs for words in word_values
+            for budget in token_values]
+    for config, words, budget in runs:
         for i, backend in enumerate(backends):
             cmd = [sys.executable, __file__, "--one", config, "--n", str(args.n), "--home",
                    str(args.home), "--max-new-tokens", str(args.max_new_tokens),
                    "--backend", backend]
             if words is not None:
                 cmd += ["--passage-words", str(words)]
+            if budget is not None:
+                cmd += ["--passage-tokens", str(budget)]
             if adapter:
                 cmd += ["--adapter", adapter]
             if args.threads:
@@ -329,7 +344,8 @@ def main(argv: list[str] | None = None) -> int:
             if out.returncode != 0:
                 print(out.stderr[-3000:], file=sys.stderr)
                 return 1
-            name = config if words is None else f"{config}@{words}w"
+            name = config + ("" if words is None else f"@{words}w") + \
+                ("" if budget is None else f"@{budget}t")
             key = name if i == 0 else f"{name}/{backend}"
             results[key] = json.loads(out.stdout.strip().splitlines()[-1])
             results[key]["load_average_before"] = [round(x, 2) for x in load]

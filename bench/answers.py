@@ -248,6 +248,8 @@ def run_config(config: str, questions: list[Question], args: argparse.Namespace)
     extra = {} if args.passage_words is None else {"passage_words": args.passage_words}
     if args.max_contexts is not None:
         extra["max_contexts"] = args.max_contexts
+    if args.passage_tokens is not None:
+        extra["passage_tokens"] = args.passage_tokens
     assistant = Assistant.from_settings(Settings.resolve(home=args.home), llm,
                                         max_new_tokens=args.max_new_tokens, answer_mode=mode,
                                         **extra)
@@ -316,6 +318,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="words of each passage the prompt shows (the agent's "
                         "Context.passage_words; 0 = whole passages); results are stored under "
                         "'<system>@<N>w' (default: the agent's default, stored under '<system>')")
+    parser.add_argument("--passage-tokens", type=int, default=None, metavar="N",
+                        help="token budget of the prompt's passages (Context.passage_tokens; "
+                        "0 = none); results are stored under '<system>@<N>t' (default: the "
+                        "agent's)")
     parser.add_argument("--max-contexts", type=int, default=None, metavar="N",
                         help="graded passages the agent keeps (Context.max_contexts); results "
                         "are stored under '<system>@<N>p' (default: the agent's, 3)")
@@ -336,6 +342,9 @@ def _main(args: argparse.Namespace) -> int:
         raise UsageError(f"--limit ({args.limit}) must be at least 1")
     if args.max_contexts is not None and args.max_contexts < 1:
         raise UsageError(f"--max-contexts ({args.max_contexts}) must be at least 1")
+    if args.passage_tokens is not None and args.passage_tokens < 0:
+        raise UsageError(f"--passage-tokens ({args.passage_tokens}) must be 0 (no budget) "
+                         f"or more")
     if args.passage_words is not None and args.passage_words < 0:
         raise UsageError(f"--passage-words ({args.passage_words}) must be 0 (whole passages) "
                          f"or more")
@@ -367,6 +376,7 @@ def _main(args: argparse.Namespace) -> int:
     report = json.loads(previous.read_text()) if previous.exists() else {"systems": {}}
     suffix = "" if args.passage_words is None else f"@{args.passage_words}w"
     suffix += "" if args.max_contexts is None else f"@{args.max_contexts}p"
+    suffix += "" if args.passage_tokens is None else f"@{args.passage_tokens}t"
     for config in configs:
         start = time.perf_counter()
         result = run_config(config, questions, args)
@@ -377,6 +387,7 @@ def _main(args: argparse.Namespace) -> int:
                               "spread": args.spread, "unanswerable": args.unanswerable,
                               "passage_words": args.passage_words,
                               "max_contexts": args.max_contexts,
+                              "passage_tokens": args.passage_tokens,
                               "load_average": os.getloadavg()}
         report["systems"][config + suffix] = result
     report["machine"] = {"cpu": platform.processor() or platform.machine(),

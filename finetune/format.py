@@ -42,8 +42,9 @@ Version 1 had no sentence numbers and no `Quote` part.
 from __future__ import annotations
 
 import json
+import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 
@@ -67,6 +68,14 @@ FORMAT_VERSION = 2
 # (`retrieval.grounding`), and the demo answer is the quoted reset steps again.
 # 0 = whole passages (`--passage-words 0`, as the shipped adapter was trained).
 PASSAGE_WORDS = 60
+
+# Token budget of the passages block (`fit_windows`; `Context.passage_tokens`); 0 = none.
+# docs/speed.md, ninth pass, has the measurements.
+PASSAGE_TOKENS = 0
+# Characters per token of the manual's formatted passages under SmolLM2's tokenizer
+# (3.7-3.8 on the 147 questions' prompts; `estimate_tokens`, the count for a backend without
+# a tokenizer of its own).
+TOKEN_CHARS = 3.8
 
 SYSTEM_PROMPT = (
     "You are casewise, an assistant for a customer support team. Answer the question using only "
@@ -120,11 +129,15 @@ class Window:
         first: 1-based number, in the whole passage, of the window's first sentence.
         sentences: The shown sentences, in order (the last one cut at the word budget, with
             "...", when a single sentence exceeds it).
+        numbers: The whole passage's numbers of the shown sentences when they are not
+            consecutive (a window trimmed to a token budget, `fit_windows`); `()`: consecutive
+            from `first`.
     """
 
     passage: PassageLike
     first: int
     sentences: tuple[str, ...]
+    numbers: tuple[int, ...] = ()
 
     @property
     def citation(self) -> Citation:
@@ -138,7 +151,7 @@ class Window:
 
     def whole(self, sentence: int) -> int:
         """The whole passage's number of the window's sentence `sentence` (both 1-based)."""
-        return self.first + sentence - 1
+        return self.numbers[sentence - 1] if self.numbers else self.first + sentence - 1
 
 
 def passage_window(question: str, passage: PassageLike, words: int) -> Window:
@@ -173,6 +186,56 @@ def window_passages(question: str, passages: Sequence[PassageLike],
     """Every passage's window (`passage_window`); `words=None` uses `PASSAGE_WORDS`."""
     words = PASSAGE_WORDS if words is None else words
     return [passage_window(question, p, words) for p in passages]
+
+
+def estimate_tokens(text: str) -> int:
+    """A model-free stand-in for a tokenizer's count: SmolLM2's tokenizer gives about one
+    token per TOKEN_CHARS characters of the manual's formatted passages."""
+    return math.ceil(len(text) / TOKEN_CHARS)
+
+
+def fit_windows(question: str, windows: Sequence[Window], tokens: int,
+                count: Callable[[str], int] = estimate_tokens) -> list[Window]:
+    """`windows` trimmed until their numbered block (`format_passages`) is at most `tokens`
+    tokens by `count` (`tokens <= 0`: unchanged).
+
+    While over the budget, the window whose block is longest (ties: the lower-ranked, later
+    passage) loses its least relevant sentence: the lowest score of the quote ranker
+    (`retrieval.grounding.rank_sentences` on the whole passage, without an embedder, as
+    `passage_window` chooses its start; ties: the sentence farthest from the centre, then the
+    later). The centre, the sentence the ranker scores best (the window's start), is never
+    dropped, nor any passage, so the budget can stay exceeded when only centres are left. The
+    kept sentences stay in passage order; `Window.whole` maps their numbers back.
+    """
+    if tokens <= 0 or count(format_passages(windows)) <= tokens:
+        return list(windows)
+    kept: list[dict[int, str]] = []
+    droppable: list[list[int]] = []  # each window's sentences in drop order, centre left out
+    for w in windows:
+        shown = {w.whole(j): s for j, s in enumerate(w.sentences, start=1)}
+        ranked = rank_sentences(question, [w.passage])
+        score = {s: value for value, _, s in ranked}
+        centre = ranked[0][2] if ranked and ranked[0][2] in shown else min(shown)
+        kept.append(shown)
+        droppable.append(sorted((n for n in shown if n != centre),
+                                key=lambda n, c=centre: (score.get(n, 0.0), -abs(n - c), -n)))
+
+    def trimmed(i: int) -> Window:
+        numbers = tuple(sorted(kept[i]))
+        return Window(windows[i].passage, numbers[0], tuple(kept[i][n] for n in numbers),
+                      numbers)
+
+    out = [trimmed(i) for i in range(len(windows))]
+    sizes = [count(format_passages([w])) for w in out]
+    while count(format_passages(out)) > tokens:
+        shrinkable = [i for i in range(len(out)) if droppable[i]]
+        if not shrinkable:
+            break
+        i = max(shrinkable, key=lambda k: (sizes[k], k))
+        del kept[i][droppable[i].pop(0)]
+        out[i] = trimmed(i)
+        sizes[i] = count(format_passages([out[i]]))
+    return out
 
 
 def whole_sentence_numbers(selection: Sequence[tuple[int, int]],

@@ -144,3 +144,92 @@ def test_selected_numbers_map_back_to_the_whole_passage():
     windows = window_passages("How do I reset the TV?", [_chunk(LONG), _chunk("Short.")], 16)
     assert whole_sentence_numbers([(1, 1), (1, 3), (2, 1), (1, 4), (3, 1)], windows) == [
         (1, 4), (1, 6), (2, 1)]
+
+
+# --- a token budget for the passages (`fit_windows`, `Context.passage_tokens`) -----------------
+
+
+def _words(text):
+    """A fake tokenizer: one token per whitespace-separated word."""
+    return len(text.split())
+
+
+def _whole(question, *passages):
+    from finetune.format import window_passages
+
+    return window_passages(question, list(passages), 0)
+
+
+def test_windows_within_the_budget_are_left_alone():
+    from finetune.format import fit_windows, format_passages
+
+    windows = _whole("How do I reset the TV?", _chunk(LONG))
+    size = _words(format_passages(windows))
+    assert fit_windows("How do I reset the TV?", windows, size, _words) == windows
+    assert fit_windows("How do I reset the TV?", windows, 0, _words) == windows
+
+
+def test_the_least_relevant_sentence_farthest_from_the_centre_goes_first():
+    from finetune.format import fit_windows, format_passages
+
+    question = "How do I reset the TV?"
+    windows = _whole(question, _chunk(LONG))
+    size = _words(format_passages(windows))
+    (one,) = fit_windows(question, windows, size - 1, _words)
+    # "Eco mode saves power." shares no word with the question and is the farthest such
+    # sentence from the reset step (3 after it); the sentences naming the TV stay
+    assert "Eco mode saves power." not in one.sentences
+    assert len(one.sentences) == 7
+    assert _words(format_passages([one])) <= size - 1
+    # the kept sentences keep their order and map back to the whole passage's numbers
+    assert [one.whole(j) for j in range(1, 8)] == [1, 2, 3, 4, 5, 6, 8]
+    assert one.sentences[-1] == "Timers turn the TV off."
+
+
+def test_a_budget_is_respected_and_sentences_about_the_question_outlast_the_others():
+    from finetune.format import fit_windows, format_passages, passage_sentences
+
+    question = "How do I reset the TV?"
+    windows = _whole(question, _chunk(LONG))
+    budget = _words(format_passages(windows)) - 12
+    (one,) = fit_windows(question, windows, budget, _words)
+    assert _words(format_passages([one])) <= budget
+    whole = passage_sentences(LONG)
+    assert list(one.sentences) == [whole[n - 1] for n in sorted(one.numbers)]
+    assert {"The TV has many settings.", "To reset the TV, open Settings > General > Reset.",
+            "The TV restarts.", "Timers turn the TV off."} <= set(one.sentences)
+    assert "Picture mode changes colours." not in one.sentences
+
+
+def test_the_centre_sentence_and_every_passage_stay_however_small_the_budget():
+    from finetune.format import fit_windows, format_passages
+
+    question = "How do I reset the TV?"
+    other = _chunk("Eco mode saves power. Timers turn the TV off at night. Sound mode changes "
+                   "the audio.", page=9, section="Power")
+    windows = _whole(question, _chunk(LONG), other)
+    fitted = fit_windows(question, windows, 1, _words)
+    assert fitted[0].sentences == ("To reset the TV, open Settings > General > Reset.",)
+    assert fitted[0].whole(1) == 4
+    assert fitted[1].sentences == ("Timers turn the TV off at night.",)
+    assert "[2] [manual.pdf p.9] (Power)" in format_passages(fitted)
+
+
+def test_the_longest_window_is_trimmed_first():
+    from finetune.format import fit_windows, format_passages
+
+    question = "How do I reset the TV?"
+    short = _chunk("Reset the TV with the remote. Hold the power key. Wait.", page=5)
+    windows = _whole(question, _chunk(LONG), short)
+    budget = _words(format_passages(windows)) - 8
+    fitted = fit_windows(question, windows, budget, _words)
+    assert fitted[1].sentences == windows[1].sentences
+    assert len(fitted[0].sentences) < len(windows[0].sentences)
+    assert _words(format_passages(fitted)) <= budget
+
+
+def test_estimate_tokens_counts_characters():
+    from finetune.format import TOKEN_CHARS, estimate_tokens
+
+    assert estimate_tokens("") == 0
+    assert estimate_tokens("x" * int(TOKEN_CHARS * 10)) == 10

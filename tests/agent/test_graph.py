@@ -480,14 +480,17 @@ def test_the_prompt_shows_the_window_and_quotes_map_back_to_the_whole_passage():
         'press and hold the Reset button for 10 seconds. All settings are erased."')
 
 
-def test_verification_reads_the_whole_passage_not_only_the_window():
+@pytest.mark.parametrize("shown", [dict(passage_words=10),
+                                   dict(passage_words=0, passage_tokens=20)],
+                         ids=["window", "token-budget"])
+def test_verification_reads_the_whole_passage_not_only_the_window(shown):
     searcher = FakeSearcher([MANUAL])
     # supported by the passage's last sentence, outside a 10-word window around the reset step
+    # and trimmed away by a 20-token budget (the scripted backend's count is the estimate)
     answer = ("Reasoning: Passage [1] answers.\nQuote: none\n"
               "Answer: Press and hold the Reset button for 10 seconds. Parental controls limit "
               "access.\nSources: [router_manual.pdf p.7]")
-    assistant, llm = make(searcher, answer, min_similarity=-1.0, overlap_floor=-1.0,
-                          passage_words=10)
+    assistant, llm = make(searcher, answer, min_similarity=-1.0, overlap_floor=-1.0, **shown)
     result = assistant.ask(QUESTION)
     assert "Parental controls" not in llm.calls[0][-2]["content"]
     assert result.mode == "generated"
@@ -503,3 +506,60 @@ def test_passage_words_zero_shows_whole_passages_and_negative_is_refused():
     assert "(1.8) Parental controls limit access." in llm.calls[0][-2]["content"]
     with pytest.raises(UsageError, match="passage_words"):
         make(searcher, GOOD, passage_words=-1)
+
+
+# --- a token budget for the passages: the prompt shrinks, verify and quote read all of it -----
+
+
+class CountingChatModel(ScriptedChatModel):
+    """A scripted backend with a fake tokenizer: one token per word."""
+
+    def __init__(self, answers):
+        super().__init__(answers)
+        self.counted = 0
+
+    def count_tokens(self, text):
+        self.counted += 1
+        return len(text.split())
+
+
+def _passages_block(user):
+    return user.split("Passages:\n", 1)[1].rsplit("\n\nQuestion:", 1)[0]
+
+
+def test_a_passage_token_budget_trims_the_prompt_and_quotes_map_back():
+    searcher = FakeSearcher([MANUAL])
+    answer = ("Reasoning: Passage [1] (Maintenance) answers the question.\nQuote: 1.1 1.2\n"
+              "Answer: Something invented entirely.\nSources: none")
+    llm = CountingChatModel([answer])
+    assistant = Assistant(searcher, llm, **{**THRESHOLDS, "min_similarity": -1.0,
+                                            "overlap_floor": -1.0}, passage_words=0,
+                          passage_tokens=30)
+    result = assistant.ask(QUESTION)
+    block = _passages_block(llm.calls[0][-2]["content"])
+    assert llm.counted and len(block.split()) <= 30
+    assert "(1.1) To reset the router to factory settings" in block  # the centre stays
+    assert "four ports" not in block
+    second = block.splitlines()[2]
+    assert second.startswith("(1.2) ")
+    shown = second.split(" ", 1)[1]
+    # the quote is the whole passage's reset step and the sentence shown as 1.2, verbatim
+    assert result.mode == "quoted"
+    assert "press and hold the Reset button for 10 seconds." in result.answer
+    assert shown in result.answer
+
+
+def test_a_backend_without_a_tokenizer_is_budgeted_by_the_estimate_and_zero_is_no_budget():
+    from finetune.format import estimate_tokens
+
+    searcher = FakeSearcher([MANUAL])
+    assistant, llm = make(searcher, GOOD, GOOD, min_similarity=-1.0, overlap_floor=-1.0,
+                          passage_words=0, passage_tokens=40)
+    assistant.ask(QUESTION)
+    assert estimate_tokens(_passages_block(llm.calls[0][-2]["content"])) <= 40
+    assistant, llm = make(searcher, GOOD, min_similarity=-1.0, overlap_floor=-1.0,
+                          passage_words=0, passage_tokens=0)
+    assistant.ask(QUESTION)
+    assert "(1.8) Parental controls limit access." in llm.calls[0][-2]["content"]
+    with pytest.raises(UsageError, match="passage_tokens"):
+        make(searcher, GOOD, passage_tokens=-1)

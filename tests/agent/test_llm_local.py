@@ -276,6 +276,30 @@ def test_llama_cpp_backend_streams_and_batches_the_embedded_model():
     assert first and llm.complete(conversations[0]).startswith(first)
 
 
+@pytest.mark.integration
+def test_count_tokens_is_the_models_tokenizer_and_the_estimate_is_near_it():
+    """`Context.passage_tokens` counts with `count_tokens`; `estimate_tokens` stands in for a
+    backend without one, so its characters-per-token must fit this model's tokenizer on prose
+    passages (calibrated on the manual's: 3.7-3.8). Digit- and symbol-dense text runs denser
+    (PASSAGE: about 2.8), where the estimate undercounts."""
+    pytest.importorskip("llama_cpp")
+    from finetune.format import estimate_tokens, format_passages, window_passages
+    from retrieval.types import Chunk
+
+    llm = LlamaCppChatModel("default", max_new_tokens=4)
+    assert llm.count_tokens(PASSAGE) == len(llm._tokenizer(PASSAGE, add_special_tokens=False)
+                                            ["input_ids"])
+    prose = ("You can connect the television to a wireless network to watch online content. "
+             "Make sure that the router is turned on and that the network name and password "
+             "are ready before you begin. The television searches for available networks and "
+             "shows them in a list, where you select your own network and enter the password. "
+             "If the connection fails, move the router closer or restart both devices.")
+    chunk = Chunk(id="x", text=prose, source="manual.pdf", page=12, section="Network settings",
+                  chunk_index=0, doc_hash="h")
+    block = format_passages(window_passages("connect to a wireless network", [chunk], 0))
+    assert 0.8 <= estimate_tokens(block) / llm.count_tokens(block) <= 1.25
+
+
 # Batched decoding (`complete_many`) against one-by-one decoding on the same llama.cpp weights.
 # A step that decodes 16 sequences multiplies 16-row matrices where one sequence multiplies one
 # row, and llama.cpp rounds those differently, so a long greedy reply may part from the
