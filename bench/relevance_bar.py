@@ -9,7 +9,9 @@ question the release evaluation asks about the manual: the 95 dev questions
 agent's retrieval and grading (`agent.graph.is_relevant`, one keyword rewrite when grading keeps
 nothing, the first `max_contexts` passages) and the deterministic ranker's quote
 (`retrieval.grounding.ranked_quote`, what the agent quotes when the model selects nothing); then
-the bar judges that quote under each term weighting of `WEIGHTINGS`. No model is loaded, so a
+the bar judges that quote under each reading of `weightings` (term weights, misspellings,
+and whether the quote is read with the sentence either side of it, as the agent reads the
+ranker's quote: `RANKED_QUOTE_CONTEXT`). No model is loaded, so a
 run takes about a minute.
 
 Per set and weighting: how often the bar says no (answerable: a false abstention of the ranker;
@@ -45,19 +47,25 @@ from retrieval.errors import UsageError, run_cli  # noqa: E402
 RESULTS = REPO / "bench" / "results"
 
 
+SHIPPED = "idf, misspellings read, quote with its neighbours (shipped)"
+
+
 def weightings(searcher) -> dict:
-    """The readings compared: name -> `(weight, read)` of the relevance bar
-    (`retrieval.grounding.relevance`)."""
+    """The readings compared: name -> `(weight, read, context)` of the relevance bar
+    (`retrieval.grounding.quote_relevance`: term weights, word reading, sentences either side of
+    the quote read with it)."""
+    from retrieval.grounding import RANKED_QUOTE_CONTEXT
     from retrieval.vocabulary import IndexTerms
 
     terms = IndexTerms(searcher.keyword_index, searcher.embedder)
     drop = IndexTerms(searcher.keyword_index, searcher.embedder)
     return {
-        "idf": (terms.weight, None),
-        "none": (None, None),
-        "idf, misspellings read (shipped)": (terms.weight, terms.read),
+        "idf": (terms.weight, None, 0),
+        "none": (None, None, 0),
+        "idf, misspellings read, quote alone": (terms.weight, terms.read, 0),
+        SHIPPED: (terms.weight, terms.read, RANKED_QUOTE_CONTEXT),
         "idf, misspellings dropped": (
-            lambda w: 0.0 if drop.read(w) != w else drop.weight(w), None),
+            lambda w: 0.0 if drop.read(w) != w else drop.weight(w), None, 0),
     }
 
 
@@ -129,7 +137,7 @@ def run(args: argparse.Namespace) -> dict:
                                                                args.conversations):
         row = {"set": kind, "split": split, "question": question, "standalone": standalone,
                "conversation": conv.id if conv else None,
-               "unseen": {w: weights["idf, misspellings read (shipped)"][1](w)
+               "unseen": {w: weights[SHIPPED][1](w)
                           for w in dict.fromkeys(content_words(standalone)) if w not in index}}
         hits, kept = graded(searcher, ctx, standalone)
         row["retrieved"] = [h.citation.page for h in hits]
@@ -137,10 +145,10 @@ def run(args: argparse.Namespace) -> dict:
         for m in args.max_contexts:
             contexts = kept[:m]
             quote = ranked_quote(standalone, contexts, searcher.embedder) if contexts else None
-            for name, (weight, read) in weights.items():
+            for name, (weight, read, around) in weights.items():
                 why = ("no relevant passage" if not contexts else "no usable passage"
                        if quote is None else quote_relevance(standalone, contexts, quote, weight,
-                                                             read))
+                                                             read, around))
                 row[f"{name}@{m}"] = record_of(contexts, quote, why) | {"why": why or ""}
         row["gold"] = gold
         rows.append(row)

@@ -35,7 +35,8 @@ number (format v2's `Quote`), else the ranker's best candidate (`rank_sentences`
 the ones that follow it, up to `QUOTE_MAX_SENTENCES` and `QUOTE_MAX_WORDS`, scored by a
 weighted sum of a few similarity features, `RANK_WEIGHTS`). `answer_relevance` is the bar any answer, quoted or generated, must reach to
 be shown rather than abstaining: a sentence can be supported by a passage and still not answer
-the question.
+the question. The ranker's quote is read with the sentence either side of it in its passage
+(`RANKED_QUOTE_CONTEXT`); the model's own sentences and its selection are read alone.
 
 This module is a leaf (it imports only `retrieval`), so fine-tuning can use it to reject
 training answers without importing the agent.
@@ -82,6 +83,14 @@ QUOTE_MAX_SELECTED = 8
 # and the calibration part of eval's in-domain unanswerable set: the lowest value that lets at
 # most 10% of the unanswerable ones through (0.4: 8% of them, 85% of the answerable).
 RELEVANCE_MIN = 0.4
+# The ranker's quote is read by the bar with this many sentences of its passage either side of
+# it (`choose_quote`): the quote is a cut of at most `QUOTE_MAX_SENTENCES` sentences starting at
+# the ranker's best one, and the sentence that names what the question asks about often sits
+# just before or after the cut (PDF extraction splits a heading-like line and its instruction
+# into separate "sentences"). It is the same page the quote cites. The model's own sentences and
+# its selection are read alone: read with their neighbours they pass more often and then
+# displace the ranker's quote, which answered better on dev (docs/eval.md, "turns12").
+RANKED_QUOTE_CONTEXT = 1
 # The ranker's score of a quote candidate (a starting sentence and the sentences `quote_from` adds
 # after it, i.e. the quote as it would be shown): a weighted sum of the features `RANK_FEATURES`:
 # - "cosine" / "overlap": the candidate's embedding cosine with the question (the retrieval
@@ -450,12 +459,34 @@ def answer_relevance(
 
 def quote_relevance(
     question: str, passages: Sequence[PassageLike], quote: Quote, weight: TermWeight | None = None,
-    read: TermReading | None = None,
+    read: TermReading | None = None, context: int = 0,
 ) -> str | None:
     """Why `quote` does not answer `question` well enough to be shown (`answer_relevance`), or
-    `None` when it does."""
-    return answer_relevance(question, passages, [(quote.passage, t) for t in quote.texts], weight,
-                            read)
+    `None` when it does.
+
+    Args:
+        question: The (standalone) question.
+        passages: The graded passages the quote's passage number refers to.
+        quote: The quote to judge.
+        weight: A content word's weight (the index's IDF; `None`: all the same).
+        read: The word a question's content word is read as (`None`: as written).
+        context: Sentences of the quote's passage either side of it that the bar reads with it
+            (0: the quote alone; `choose_quote` gives the ranker's quote
+            `RANKED_QUOTE_CONTEXT`).
+
+    Returns:
+        The reason, or `None`.
+    """
+    shown = [(quote.passage, t) for t in quote.texts]
+    if context and quote.sentences:
+        text = passages[quote.passage - 1].text
+        sents = sentences(text) or [text.strip()]
+        first, last = min(quote.sentences) - 1, max(quote.sentences) - 1
+        # a past ticket's question is never read: its words are the customer's, not an answer
+        start = max(first - context, (_ticket_answer_start(sents) or 1) - 1)
+        around = sents[start:first] + sents[last + 1:last + 1 + context]
+        shown += [(quote.passage, t) for t in around]
+    return answer_relevance(question, passages, shown, weight, read)
 
 
 def selected_quotes(selection: Sequence[tuple[int, int]],
@@ -607,7 +638,8 @@ def choose_quote(
     """What to quote when no generated claim survives, and why not when nothing qualifies.
 
     The model's selection (its quotes that reach `quote_relevance`) comes first; otherwise the
-    ranker's quote if it reaches the bar.
+    ranker's quote if it reaches the bar, read with `RANKED_QUOTE_CONTEXT` sentences of its
+    passage either side of it.
 
     Returns:
         `(quotes, reason)`: the quotes to show (empty when none reaches the bar) and, when
@@ -620,5 +652,5 @@ def choose_quote(
     ranked = ranked_quote(question, passages, embedder)
     if ranked is None:
         return [], "no usable passage"
-    why = quote_relevance(question, passages, ranked, weight, read)
+    why = quote_relevance(question, passages, ranked, weight, read, RANKED_QUOTE_CONTEXT)
     return ([], why) if why else ([ranked], "")

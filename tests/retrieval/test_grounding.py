@@ -6,6 +6,7 @@ import pytest
 
 from retrieval.grounding import (
     MIN_COVERAGE,
+    RANKED_QUOTE_CONTEXT,
     QUOTE_MAX_SENTENCES,
     QUOTE_MAX_WORDS,
     RANK_FEATURES,
@@ -207,6 +208,54 @@ def test_the_relevance_bar_of_a_quote():
     assert "dolby atmos" in quote_relevance("Does the TV support Dolby Atmos?", [sound], q)
     assert "content words" in quote_relevance("What is the weight of the remote?", [sound], q)
     assert quote_relevance("How do I choose a Sound Mode?", [sound], q) is None
+
+
+GAME = passage("Connecting a PlayStation console. Turn on Game Mode in the Expert Settings. The "
+               "picture is then optimised for gaming. Screen shaking may occur in Game Mode.")
+GAME_IDF = {"playstation": 5.0, "console": 4.0, "shak": 3.0, "game": 1.0, "mode": 1.0}
+
+
+def game_weight(word):
+    return GAME_IDF.get(word, 1.0)
+
+
+def test_a_quote_can_be_read_with_the_sentences_around_it():
+    question = "How do I set up Game Mode for my PlayStation?"
+    quote = Quote(1, (2,), ("Turn on Game Mode in the Expert Settings.",))
+    # alone, the quote lacks "playstation", the question's rarest word
+    assert "IDF-weighted" in quote_relevance(question, [GAME], quote, game_weight)
+    # the sentence before it, on the same page, names it
+    assert quote_relevance(question, [GAME], quote, game_weight, context=1) is None
+    # two sentences away is not its neighbour
+    later = Quote(1, (4,), ("Screen shaking may occur in Game Mode.",))
+    assert "IDF-weighted" in quote_relevance(question, [GAME], later, game_weight, context=1)
+    assert quote_relevance(question, [GAME], later, game_weight, context=3) is None
+
+
+def test_a_tickets_question_is_never_read_as_the_context_of_its_answer():
+    ticket = passage("Question: How do I scan the TV for viruses?\nAnswer: Open Smart Security "
+                     "and select Scan.")
+    quote = quote_from([ticket], 1, 1)
+    assert quote.texts == ("Open Smart Security and select Scan.",)
+    weight = {"virus": 5.0, "scan": 1.0, "tv": 0.1}.get
+    assert "IDF-weighted" in quote_relevance("How do I scan the TV for viruses?", [ticket], quote,
+                                             weight, context=1)
+
+
+def test_only_the_rankers_quote_is_read_with_its_neighbours():
+    assert RANKED_QUOTE_CONTEXT == 1
+    question = "How do I set up Game Mode for my PlayStation?"
+    ranked = ranked_quote(question, [GAME])
+    assert ranked.sentences == (2, 3, 4)  # after the sentence that names the PlayStation
+    assert "IDF-weighted" in quote_relevance(question, [GAME], ranked, game_weight)
+    # the model's selection of sentence 2 is judged alone and fails; the ranker's quote, read
+    # with the sentence before it, is shown
+    quotes, why = choose_quote(question, [GAME], selection=[(1, 2)], weight=game_weight)
+    assert why == "" and quotes == [ranked]
+    # a question whose rare words no sentence near the quote holds still gets no quote
+    quotes, why = choose_quote("does game mode work with a wireless keyboard?", [GAME],
+                               weight=lambda w: 5.0 if w in ("wireless", "keyboard") else 1.0)
+    assert quotes == [] and "IDF-weighted" in why
 
 
 def test_choose_quote_prefers_a_relevant_model_selection():
