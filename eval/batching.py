@@ -57,6 +57,9 @@ class BatchingBackend:
 
     Attributes:
         batches: Sizes of the batches sent so far (for the run's speed report).
+        batch_log: Per batch sent: its size, the wall seconds of its `complete_many` call and
+            the characters of its replies (`DIR/generation.jsonl` keeps them, so a slow run
+            shows whether some batches ran long or all decoded slowly).
     """
 
     def __init__(self, backend, *, max_batch: int = 16) -> None:
@@ -66,6 +69,7 @@ class BatchingBackend:
         self.name = backend.name
         self.max_batch = max_batch
         self.batches: list[int] = []
+        self.batch_log: list[dict] = []
         self._cond = threading.Condition()
         self._pending: list[_Request] = []
         self._busy = 0
@@ -148,7 +152,11 @@ class BatchingBackend:
         try:
             kwargs = {} if batch[0].max_new_tokens is None else {
                 "max_new_tokens": batch[0].max_new_tokens}
+            start = time.perf_counter()
             replies = self.backend.complete_many([r.messages for r in batch], **kwargs)
+            self.batch_log.append({"size": len(batch),
+                                   "seconds": round(time.perf_counter() - start, 3),
+                                   "reply_chars": sum(len(r or "") for r in replies)})
             if len(replies) != len(batch):
                 raise RuntimeError(f"complete_many returned {len(replies)} replies for "
                                    f"{len(batch)} prompts")

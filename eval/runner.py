@@ -294,7 +294,8 @@ def _log_generation(out: Path, name: str, llm, done: int, seconds: float, batche
     line = {"system": name, "answered": done, "seconds": round(seconds, 2),
             "backend": getattr(llm, "name", str(llm)), "batched": batcher is not None,
             "batches": len(batches), "mean_batch": round(sum(batches) / len(batches), 2)
-            if batches else None, "finished": datetime.now(UTC).isoformat(timespec="seconds")}
+            if batches else None, "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+            "batch_log": batcher.batch_log if batcher is not None else []}
     with (out / "generation.jsonl").open("a", encoding="utf-8") as f:
         f.write(json.dumps(line) + "\n")
 

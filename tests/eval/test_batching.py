@@ -46,6 +46,9 @@ def test_concurrent_calls_meet_in_one_batch_and_get_their_own_reply():
     assert results == {i: f"reply to q{i}" for i in range(6)}
     assert [sorted(b) for b in backend.batches] == [sorted(f"q{i}" for i in range(6))]
     assert len(seen_threads) == 6 and batcher.batches == [6]
+    [logged] = batcher.batch_log
+    assert logged["size"] == 6 and logged["seconds"] >= 0
+    assert logged["reply_chars"] == sum(len(f"reply to q{i}") for i in range(6))
 
 
 def test_batches_never_exceed_max_batch():
@@ -113,6 +116,9 @@ def test_batched_run_gives_the_answers_of_a_one_by_one_run(tmp_path, tiny_index)
     log = [json.loads(line) for line in (out / "generation.jsonl").read_text().splitlines()]
     assert {g["system"] for g in log} == {"no-rag", "base"}
     assert all(g["mean_batch"] > 1 for g in log)
+    # every batch is logged with its size, seconds and reply length
+    assert sum(b["size"] for g in log for b in g["batch_log"]) == sum(many_llm.batches)
+    assert all(b["seconds"] >= 0 and b["reply_chars"] > 0 for g in log for b in g["batch_log"])
 
 
 def test_a_failing_question_keeps_what_finished_and_the_rerun_completes(tmp_path, tiny_index):
