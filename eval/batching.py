@@ -57,9 +57,10 @@ class BatchingBackend:
 
     Attributes:
         batches: Sizes of the batches sent so far (for the run's speed report).
-        batch_log: Per batch sent: its size, the wall seconds of its `complete_many` call and
-            the characters of its replies (`DIR/generation.jsonl` keeps them, so a slow run
-            shows whether some batches ran long or all decoded slowly).
+        batch_log: Per batch sent: its size, the wall seconds of its `complete_many` call, the
+            characters of its replies and, when the backend counts tokens (`count_tokens`),
+            prompt tokens, new tokens and new tokens per second (`DIR/generation.jsonl` keeps
+            them, so a slow run shows whether some batches ran long or all decoded slowly).
     """
 
     def __init__(self, backend, *, max_batch: int = 16) -> None:
@@ -138,6 +139,20 @@ class BatchingBackend:
                     self._pending = [r for r in self._pending if not r.done]
                     self._cond.notify_all()
 
+    def _logged(self, batch: list[_Request], replies: list[str], seconds: float) -> dict:
+        # Tokens only where the backend counts them in its own vocabulary (the local backends'
+        # `count_tokens`); counted after the batch's clock stopped, so they cost no decode time.
+        # Prompt tokens are those of the messages' texts (the chat template's few are left out);
+        # new tokens those of the decoded replies.
+        entry = {"size": len(batch), "seconds": round(seconds, 3),
+                 "reply_chars": sum(len(r or "") for r in replies)}
+        count = getattr(self.backend, "count_tokens", None)
+        if count is not None:
+            entry["prompt_tokens"] = sum(count(m["content"]) for r in batch for m in r.messages)
+            entry["new_tokens"] = sum(count(r or "") for r in replies)
+            entry["new_tokens_per_s"] = round(entry["new_tokens"] / seconds, 1) if seconds else None
+        return entry
+
     def _take(self, waiting: list[_Request]) -> list[_Request]:
         # One call per kind of request: the oldest request's generation budget and whether it
         # continues a prefilled assistant turn, and whoever shares both.
@@ -154,9 +169,7 @@ class BatchingBackend:
                 "max_new_tokens": batch[0].max_new_tokens}
             start = time.perf_counter()
             replies = self.backend.complete_many([r.messages for r in batch], **kwargs)
-            self.batch_log.append({"size": len(batch),
-                                   "seconds": round(time.perf_counter() - start, 3),
-                                   "reply_chars": sum(len(r or "") for r in replies)})
+            self.batch_log.append(self._logged(batch, replies, time.perf_counter() - start))
             if len(replies) != len(batch):
                 raise RuntimeError(f"complete_many returned {len(replies)} replies for "
                                    f"{len(batch)} prompts")

@@ -49,6 +49,22 @@ def test_concurrent_calls_meet_in_one_batch_and_get_their_own_reply():
     [logged] = batcher.batch_log
     assert logged["size"] == 6 and logged["seconds"] >= 0
     assert logged["reply_chars"] == sum(len(f"reply to q{i}") for i in range(6))
+    assert "new_tokens" not in logged  # this backend does not count tokens
+
+
+def test_a_batch_logs_tokens_when_the_backend_counts_them():
+    class Counting(SlowBatcher):
+        def count_tokens(self, text):
+            return len(text.split())
+
+    batcher = BatchingBackend(Counting(), max_batch=8)
+    dict(run_parallel(list(range(3)), lambda i: batcher.complete(
+        [{"role": "system", "content": "be brief"}, {"role": "user", "content": f"q{i} now"}]),
+        workers=3, batcher=batcher))
+    [logged] = batcher.batch_log
+    assert logged["prompt_tokens"] == 3 * (2 + 2)
+    assert logged["new_tokens"] == 3 * 4  # "reply to qN now"
+    assert logged["new_tokens_per_s"] is None or logged["new_tokens_per_s"] > 0
 
 
 def test_batches_never_exceed_max_batch():
