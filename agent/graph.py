@@ -247,7 +247,7 @@ def shown_contexts(kept: list[Hit], question: str, ctx: Context) -> list[Hit]:
 
 
 def grade(state: State, runtime: Runtime[Context]) -> dict:
-    """Keep the retrieved passages that are relevant to the question, best first."""
+    """Keep the retrieved passages that are relevant to the question (`shown_contexts`)."""
     ctx = runtime.context
     kept = [h for h in state["hits"] if is_relevant(h, state["standalone"], ctx)]
     reason = "" if kept else "no retrieved passage is relevant to the question"
