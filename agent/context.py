@@ -27,6 +27,7 @@ class Cancelled(Exception):
 DEFAULT_MIN_SIMILARITY = 0.40
 DEFAULT_MIN_OVERLAP = 0.5
 DEFAULT_OVERLAP_FLOOR = 0.20
+RERANK_MODES = ("off", "best_first", "select")
 
 
 @dataclass
@@ -38,6 +39,10 @@ class Context:
         llm: The reasoning model.
         top_k: Passages retrieved per search.
         max_contexts: Passages kept after grading and shown to the model.
+        rerank: Which graded passages the model sees (docs/agent.md, "Re-ranking the graded
+            passages"): `"off"`, the first `max_contexts` in retrieval order; `"best_first"`,
+            the `max_contexts` with the best quote candidates (`retrieval.grounding.
+            rank_passages`), best first; `"select"`, the same passages in retrieval order.
         passage_words: Words of each graded passage the prompt shows: the window of sentences
             that best matches the question (`finetune.format.passage_window`, default
             `PASSAGE_WORDS`); 0 shows whole passages. Verification and quotes always read the
@@ -86,6 +91,7 @@ class Context:
     llm: ChatBackend
     top_k: int = 5
     max_contexts: int = 3
+    rerank: Literal["off", "best_first", "select"] = "off"
     passage_words: int = PASSAGE_WORDS
     passage_tokens: int = PASSAGE_TOKENS
     min_similarity: float = DEFAULT_MIN_SIMILARITY
@@ -125,5 +131,7 @@ class Context:
                              f"or more")
         if self.max_rewrites < 0:
             raise UsageError(f"max_rewrites ({self.max_rewrites}) must be 0 or more")
+        if self.rerank not in RERANK_MODES:
+            raise UsageError(f"rerank ({self.rerank!r}) must be one of {', '.join(RERANK_MODES)}")
         if self.answer_mode not in ("generate", "extract"):
             raise UsageError(f"answer_mode ({self.answer_mode!r}) must be generate or extract")

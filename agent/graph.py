@@ -79,6 +79,7 @@ from retrieval.grounding import (
     Quote,
     answer_relevance,
     choose_quote,
+    rank_passages,
     verify as verify_claims,
 )
 from retrieval.text import overlap
@@ -243,12 +244,22 @@ def is_relevant(hit: Hit, question: str, ctx: Context) -> bool:
     return similarity >= ctx.overlap_floor and overlap(question, hit.text) >= ctx.min_overlap
 
 
+def shown_contexts(kept: list[Hit], question: str, ctx: Context) -> list[Hit]:
+    """The graded passages the model sees (`Context.rerank`): the first `ctx.max_contexts` in
+    retrieval order, or the `ctx.max_contexts` with the best quote candidates (`rank_passages`),
+    best first (`"best_first"`) or in retrieval order (`"select"`)."""
+    if ctx.rerank == "off" or len(kept) <= 1:
+        return kept[: ctx.max_contexts]
+    best = rank_passages(question, kept, ctx.embedder)[: ctx.max_contexts]
+    return [kept[i] for i in (best if ctx.rerank == "best_first" else sorted(best))]
+
+
 def grade(state: State, runtime: Runtime[Context]) -> dict:
-    """Keep the retrieved passages that are relevant to the question."""
+    """Keep the retrieved passages that are relevant to the question (`shown_contexts`)."""
     ctx = runtime.context
     kept = [h for h in state["hits"] if is_relevant(h, state["standalone"], ctx)]
     reason = "" if kept else "no retrieved passage is relevant to the question"
-    return {"contexts": kept[: ctx.max_contexts], "abstain_reason": reason}
+    return {"contexts": shown_contexts(kept, state["standalone"], ctx), "abstain_reason": reason}
 
 
 def rewrite_query(state: State, runtime: Runtime[Context]) -> dict:

@@ -250,6 +250,8 @@ def run_config(config: str, questions: list[Question], args: argparse.Namespace)
         extra["max_contexts"] = args.max_contexts
     if args.passage_tokens is not None:
         extra["passage_tokens"] = args.passage_tokens
+    if args.rerank is not None:
+        extra["rerank"] = args.rerank
     assistant = Assistant.from_settings(Settings.resolve(home=args.home), llm,
                                         max_new_tokens=args.max_new_tokens, answer_mode=mode,
                                         **extra)
@@ -325,6 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-contexts", type=int, default=None, metavar="N",
                         help="graded passages the agent keeps (Context.max_contexts); results "
                         "are stored under '<system>@<N>p' (default: the agent's, 3)")
+    parser.add_argument("--rerank", default=None, choices=("off", "best_first", "select"),
+                        help="which graded passages the prompt shows (Context.rerank); results "
+                        "are stored under '<system>@rerank-<MODE>' (default: the agent's)")
     parser.add_argument("--fresh", action="store_true", help="ignore cached model replies")
     parser.add_argument("--json", action="store_true", help="print the result JSON only")
     return parser
@@ -377,6 +382,7 @@ def _main(args: argparse.Namespace) -> int:
     suffix = "" if args.passage_words is None else f"@{args.passage_words}w"
     suffix += "" if args.max_contexts is None else f"@{args.max_contexts}p"
     suffix += "" if args.passage_tokens is None else f"@{args.passage_tokens}t"
+    suffix += "" if args.rerank is None else f"@rerank-{args.rerank}"
     for config in configs:
         start = time.perf_counter()
         result = run_config(config, questions, args)
@@ -387,7 +393,7 @@ def _main(args: argparse.Namespace) -> int:
                               "spread": args.spread, "unanswerable": args.unanswerable,
                               "passage_words": args.passage_words,
                               "max_contexts": args.max_contexts,
-                              "passage_tokens": args.passage_tokens,
+                              "passage_tokens": args.passage_tokens, "rerank": args.rerank,
                               "load_average": os.getloadavg()}
         report["systems"][config + suffix] = result
     report["machine"] = {"cpu": platform.processor() or platform.machine(),

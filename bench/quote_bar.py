@@ -39,17 +39,18 @@ THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 
 def graded(question: str, searcher, context) -> list:
     """The passages the agent would keep for `question`: retrieve and grade, and once more with
-    the keyword rewrite when nothing survives (as the graph does)."""
-    from agent.graph import is_relevant
+    the keyword rewrite when nothing survives (as the graph does), in the order the prompt shows
+    them (`agent.graph.shown_contexts`: re-ranked when `context.rerank`)."""
+    from agent.graph import is_relevant, shown_contexts
     from agent.prompts import keyword_query
 
     kept = []
     for query in (question, keyword_query(question)):
         kept = [h for h in searcher.search(query, k=context.top_k)
-                if is_relevant(h, question, context)][: context.max_contexts]
+                if is_relevant(h, question, context)]
         if kept:
             break
-    return kept
+    return shown_contexts(kept, question, context)
 
 
 def features(question: str, searcher, context) -> dict:
@@ -115,7 +116,7 @@ def _main(args: argparse.Namespace) -> int:
 
     build_index(args.home)
     searcher = open_searcher(Settings.resolve(home=args.home))
-    context = Context(searcher=searcher, llm=None)
+    context = Context(searcher=searcher, llm=None, embedder=searcher.embedder)
     pos = [features(q, searcher, context) for q in answerable]
     neg = [features(q, searcher, context) for q in unanswerable]
     table = {key: {t: {"answerable": round(passes(pos, key, t), 3),

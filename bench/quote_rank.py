@@ -24,6 +24,7 @@ Examples:
     python bench/quote_rank.py --fit --unanswerable eval/data/unanswerable_in_domain.jsonl
     python bench/quote_rank.py --limit 50 --json
     python bench/quote_rank.py --max-contexts 5        # candidates from more graded passages
+    python bench/quote_rank.py --rerank best_first     # the graded passages re-ranked
 """
 
 from __future__ import annotations
@@ -252,6 +253,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-contexts", type=int, default=None, metavar="N",
                         help="passages kept after grading (default: the agent's, "
                         "Context.max_contexts)")
+    parser.add_argument("--rerank", default="off", choices=("off", "best_first", "select"),
+                        help="which graded passages are the candidates' (Context.rerank; "
+                        "default off, the agent's); other than off, results go to "
+                        "quote_rank[_N]_rerank-<MODE>.json")
     parser.add_argument("--json", action="store_true", help="print the result JSON only")
     args = parser.parse_args(argv)
     return run_cli(lambda: _main(args))
@@ -276,10 +281,12 @@ def _main(args: argparse.Namespace) -> int:
 
     build_index(args.home)
     searcher = open_searcher(Settings.resolve(home=args.home))
-    context = Context(searcher=searcher, llm=None)
+    rerank = args.rerank
+    context = Context(searcher=searcher, llm=None, embedder=searcher.embedder, rerank=rerank)
     if args.max_contexts:
         context = Context(searcher=searcher, llm=None, max_contexts=args.max_contexts,
-                          top_k=max(context.top_k, args.max_contexts))
+                          top_k=max(context.top_k, args.max_contexts),
+                          embedder=searcher.embedder, rerank=rerank)
     unanswerable = []
     if args.unanswerable:
         from eval.questions import load_questions
@@ -296,6 +303,8 @@ def _main(args: argparse.Namespace) -> int:
     result["load_average"] = os.getloadavg()
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = f"quote_rank_{args.max_contexts}.json" if args.max_contexts else "quote_rank.json"
+    out = out if args.rerank == "off" else out.replace(".json", f"_rerank-{args.rerank}.json")
+    result["rerank"] = context.rerank
     (RESULTS / out).write_text(json.dumps(result, indent=1) + "\n")
     if args.json:
         print(json.dumps(result, indent=1))

@@ -1,4 +1,5 @@
-"""python bench/relevance_bar.py [--home DIR] [--max-contexts 3,4,5] [--rows PATH] [--json]
+"""python bench/relevance_bar.py [--home DIR] [--max-contexts 3,4,5] [--orders LIST] [--rows PATH]
+    [--json]
 
 The answer relevance bar (`retrieval.grounding.answer_relevance`) without a model, on every
 question the release evaluation asks about the manual: the 95 dev questions
@@ -18,11 +19,16 @@ Per set and weighting: how often the bar says no (answerable: a false abstention
 unanswerable: the rest is answered), the ranker quote's citation accuracy (answered, citing the
 gold page within 1), and the ceiling retrieval and grading leave (`gold_page_in_contexts`); for
 conversations also `turn_correct_rate` (`eval.conversations`). `--max-contexts` measures the
-ceiling and the ranker for more graded passages (issue 10).
+ceiling and the ranker for more graded passages (issue 10). `--orders` compares which graded
+passages are shown (`agent.graph.shown_contexts`, `Context.rerank`): `retrieval` (the first
+`max_contexts` as retrieved, the agent's default), `best_first` (the `max_contexts` with the best
+quote candidates, best first) and `select` (those, in retrieval order); results of an order other
+than retrieval are keyed `<weighting>@<m> <order>`.
 
 Examples:
     python bench/relevance_bar.py
     python bench/relevance_bar.py --max-contexts 3,4,5 --rows runs/bench/relevance_rows.jsonl
+    python bench/relevance_bar.py --orders retrieval,best_first,select
 """
 
 from __future__ import annotations
@@ -45,6 +51,13 @@ from eval.questions import load_questions  # noqa: E402
 from retrieval.errors import UsageError, run_cli  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
+# Order name -> `Context.rerank`.
+ORDERS = {"retrieval": "off", "best_first": "best_first", "select": "select"}
+
+
+def order_key(name: str, m: int, order: str) -> str:
+    """A result's key: weighting, `max_contexts` and (when not retrieval's) the order."""
+    return f"{name}@{m}" + ("" if order == "retrieval" else f" {order}")
 
 
 SHIPPED = "idf, misspellings read, quote with its neighbours (shipped)"
@@ -120,7 +133,10 @@ def record_of(contexts, quote, why) -> dict:
 
 def run(args: argparse.Namespace) -> dict:
     """Every question through retrieval, grading, the ranker and the bar."""
+    from dataclasses import replace
+
     from agent.context import Context
+    from agent.graph import shown_contexts
     from retrieval.grounding import quote_relevance, ranked_quote
     from retrieval.search import open_searcher
     from retrieval.settings import Settings
@@ -128,7 +144,7 @@ def run(args: argparse.Namespace) -> dict:
 
     build_index(args.home)
     searcher = open_searcher(Settings.resolve(home=args.home))
-    ctx = Context(searcher=searcher, llm=None)
+    ctx = Context(searcher=searcher, llm=None, embedder=searcher.embedder)
     weights = weightings(searcher)
     index = searcher.keyword_index()
     rows = []
@@ -143,18 +159,23 @@ def run(args: argparse.Namespace) -> dict:
         row["retrieved"] = [h.citation.page for h in hits]
         row["graded"] = [h.citation.page for h in kept]
         for m in args.max_contexts:
-            contexts = kept[:m]
-            quote = ranked_quote(standalone, contexts, searcher.embedder) if contexts else None
-            for name, (weight, read, around) in weights.items():
-                why = ("no relevant passage" if not contexts else "no usable passage"
-                       if quote is None else quote_relevance(standalone, contexts, quote, weight,
-                                                             read, around))
-                row[f"{name}@{m}"] = record_of(contexts, quote, why) | {"why": why or ""}
+            for order in args.orders:
+                contexts = shown_contexts(kept, standalone, replace(
+                    ctx, max_contexts=m, rerank=ORDERS[order]))
+                quote = (ranked_quote(standalone, contexts, searcher.embedder) if contexts
+                         else None)
+                for name, (weight, read, around) in weights.items():
+                    why = ("no relevant passage" if not contexts else "no usable passage"
+                           if quote is None else quote_relevance(standalone, contexts, quote,
+                                                                 weight, read, around))
+                    row[order_key(name, m, order)] = (record_of(contexts, quote, why)
+                                                      | {"why": why or ""})
         row["gold"] = gold
         rows.append(row)
     seconds = time.perf_counter() - start
     return {"rows": rows, "seconds": round(seconds, 1), "weightings": list(weights),
-            "max_contexts": args.max_contexts, "load_average": os.getloadavg()}
+            "max_contexts": args.max_contexts, "orders": args.orders,
+            "load_average": os.getloadavg()}
 
 
 def _near(pages, gold_pages) -> bool:
@@ -165,42 +186,42 @@ def summarize(result: dict) -> dict:
     """Per set, weighting and `max_contexts`: the figures of the module docstring."""
     out: dict = {}
     rows = result["rows"]
-    for m in result["max_contexts"]:
-        for name in result["weightings"]:
-            key = f"{name}@{m}"
-            entry: dict = {}
-            dev = [r for r in rows if r["set"] == "dev"]
-            entry["dev abstained"] = _mean(r[key]["mode"] == "abstained" for r in dev)
-            entry["dev citation"] = _mean(citation_correct(r["gold"], r[key]).value for r in dev)
-            entry["dev gold_page_in_contexts"] = _mean(
-                _near([c["page"] for c in r[key]["contexts"]], [r["gold"].page]) for r in dev)
-            entry["dev gold page retrieved (top_k)"] = _mean(
-                _near(r["retrieved"], [r["gold"].page]) for r in dev)
-            entry["dev gold page graded (all kept)"] = _mean(
-                _near(r["graded"], [r["gold"].page]) for r in dev)
-            held = [r for r in rows if r["set"] == "unanswerable"]
-            for split in sorted({r["split"] for r in held if r["split"]}):
-                entry[f"unanswerable answered ({split})"] = _mean(
-                    r[key]["mode"] != "abstained" for r in held if r["split"] == split)
-            turns = [r for r in rows if r["set"] == "conversations"]
-            if turns:
-                by_conv: dict = {}
-                for r in turns:
-                    by_conv.setdefault(r["conversation"], []).append(r)
-                correct, n = 0.0, 0
-                for conv_rows in by_conv.values():
-                    conv = next(c for c in _conversations(result) if c.id == conv_rows[0]
-                                ["conversation"])
-                    score = conversation_scores(conv, [r[key] for r in conv_rows])
-                    k = len(conv_rows)
-                    correct += score["turn_correct_rate"].value * k
-                    n += k
-                entry["turns correct"] = round(correct / n, 4)
-                entry["answerable turns abstained"] = _mean(
-                    r[key]["mode"] == "abstained" for r in turns if r["gold"].answerable)
-                entry["uncovered turns answered"] = _mean(
-                    r[key]["mode"] != "abstained" for r in turns if not r["gold"].answerable)
-            out[key] = entry
+    keys = [order_key(name, m, order) for m in result["max_contexts"]
+            for order in result["orders"] for name in result["weightings"]]
+    for key in keys:
+        entry: dict = {}
+        dev = [r for r in rows if r["set"] == "dev"]
+        entry["dev abstained"] = _mean(r[key]["mode"] == "abstained" for r in dev)
+        entry["dev citation"] = _mean(citation_correct(r["gold"], r[key]).value for r in dev)
+        entry["dev gold_page_in_contexts"] = _mean(
+            _near([c["page"] for c in r[key]["contexts"]], [r["gold"].page]) for r in dev)
+        entry["dev gold page retrieved (top_k)"] = _mean(
+            _near(r["retrieved"], [r["gold"].page]) for r in dev)
+        entry["dev gold page graded (all kept)"] = _mean(
+            _near(r["graded"], [r["gold"].page]) for r in dev)
+        held = [r for r in rows if r["set"] == "unanswerable"]
+        for split in sorted({r["split"] for r in held if r["split"]}):
+            entry[f"unanswerable answered ({split})"] = _mean(
+                r[key]["mode"] != "abstained" for r in held if r["split"] == split)
+        turns = [r for r in rows if r["set"] == "conversations"]
+        if turns:
+            by_conv: dict = {}
+            for r in turns:
+                by_conv.setdefault(r["conversation"], []).append(r)
+            correct, n = 0.0, 0
+            for conv_rows in by_conv.values():
+                conv = next(c for c in _conversations(result) if c.id == conv_rows[0]
+                            ["conversation"])
+                score = conversation_scores(conv, [r[key] for r in conv_rows])
+                k = len(conv_rows)
+                correct += score["turn_correct_rate"].value * k
+                n += k
+            entry["turns correct"] = round(correct / n, 4)
+            entry["answerable turns abstained"] = _mean(
+                r[key]["mode"] == "abstained" for r in turns if r["gold"].answerable)
+            entry["uncovered turns answered"] = _mean(
+                r[key]["mode"] != "abstained" for r in turns if not r["gold"].answerable)
+        out[key] = entry
     return out
 
 
@@ -228,6 +249,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="conversation JSONL (repeatable; default eval/data/conversations*)")
     parser.add_argument("--max-contexts", default="3",
                         help="comma-separated max_contexts values to measure (default 3)")
+    parser.add_argument("--orders", default="retrieval",
+                        help=f"comma-separated orders of the graded passages to measure, of "
+                        f"{', '.join(ORDERS)} (default retrieval)")
     parser.add_argument("--rows", type=Path, default=None, metavar="PATH",
                         help="also write every question's row (JSONL) here")
     parser.add_argument("--json", action="store_true", help="print the result JSON only")
@@ -243,6 +267,10 @@ def _main(args: argparse.Namespace) -> int:
         args.max_contexts = [int(v) for v in args.max_contexts.split(",")]
     except ValueError as e:
         raise UsageError(f"--max-contexts {args.max_contexts!r}: comma-separated integers") from e
+    args.orders = args.orders.split(",")
+    unknown = [o for o in args.orders if o not in ORDERS]
+    if unknown:
+        raise UsageError(f"--orders: unknown order {unknown[0]!r}; choose from {', '.join(ORDERS)}")
     args.conversations = args.conversations or sorted(
         (REPO / "eval" / "data").glob("conversations*.jsonl"))
     result = run(args)

@@ -576,6 +576,19 @@ def rank_sentences(
     return sorted(scored, key=lambda t: (-t[0], t[1], t[2]))
 
 
+def rank_passages(
+    question: str, passages: Sequence[PassageLike], embedder: Embedder | None = None,
+    weights: Sequence[float] | None = None,
+) -> list[int]:
+    """The passages' order by their best quote candidate (`rank_sentences`, whose score counts
+    the passage's retrieval rank): indices into `passages`, 0-based, best first; passages with no
+    candidate (instruction-like) last, in retrieval order. Deterministic: ties keep retrieval
+    order."""
+    order = list(dict.fromkeys(p - 1 for _, p, _ in rank_sentences(question, passages,
+                                                                    embedder, weights)))
+    return order + [i for i in range(len(passages)) if i not in order]
+
+
 def ranked_quote(
     question: str, passages: Sequence[PassageLike], embedder: Embedder | None = None,
     weights: Sequence[float] | None = None,

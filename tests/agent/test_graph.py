@@ -563,3 +563,48 @@ def test_a_backend_without_a_tokenizer_is_budgeted_by_the_estimate_and_zero_is_n
     assert "(1.8) Parental controls limit access." in llm.calls[0][-2]["content"]
     with pytest.raises(UsageError, match="passage_tokens"):
         make(searcher, GOOD, passage_tokens=-1)
+
+
+# --- re-ranking the graded passages: the prompt shows the best ones first ---------------------
+
+FIRMWARE = make_chunk("Firmware updates install at night when the router is idle.", page=6,
+                      section="Firmware")
+GUEST = make_chunk("The guest network can be turned on in the web interface.", page=8,
+                   section="Guest network")
+
+
+class OrderedSearcher:
+    """Returns its chunks in the given order, all similar enough to be graded relevant."""
+
+    def __init__(self, chunks) -> None:
+        self.chunks, self.embedder = list(chunks), None
+
+    def search(self, query: str, k: int = 5, where: dict | None = None) -> list[Hit]:
+        return [Hit(chunk=c, score=1 / (60 + i), dense_rank=i, similarity=0.9)
+                for i, c in enumerate(self.chunks[:k], start=1)]
+
+
+def test_the_best_passage_retrieved_fourth_is_shown_first():
+    from tests.conftest import HashEmbedder
+
+    searcher = OrderedSearcher([LIGHTS, WIFI, FIRMWARE, RESET, GUEST])
+    assistant, llm = make(searcher, GOOD, embedder=HashEmbedder(), rerank="best_first")
+    result = assistant.ask(QUESTION)
+    shown = [h.chunk for h in result.contexts]
+    assert shown[0] == RESET and len(shown) == 3
+    user = llm.calls[0][-2]["content"]
+    assert "(1.1) To reset the router to factory settings" in user  # passage [1]
+    assert result.mode == "generated" and result.citations == [RESET.citation]
+    # deterministic: the same order on every run
+    again, _ = make(searcher, GOOD, embedder=HashEmbedder(), rerank="best_first")
+    assert [h.chunk for h in again.ask(QUESTION).contexts] == shown
+    # "select": the same three passages, in retrieval order
+    chosen, _ = make(searcher, GOOD, embedder=HashEmbedder(), rerank="select")
+    order = [LIGHTS, WIFI, FIRMWARE, RESET, GUEST]
+    assert [h.chunk for h in chosen.ask(QUESTION).contexts] == sorted(shown, key=order.index)
+    # off (the default): retrieval's order, the cap drops the reset passage
+    plain, llm = make(searcher, GOOD, embedder=HashEmbedder())
+    assert [h.chunk for h in plain.ask(QUESTION).contexts] == [LIGHTS, WIFI, FIRMWARE]
+    assert "To reset the router" not in llm.calls[0][-2]["content"]
+    with pytest.raises(UsageError, match="rerank"):
+        make(searcher, GOOD, rerank="sideways")
