@@ -40,9 +40,9 @@ class Context:
         top_k: Passages retrieved per search.
         max_contexts: Passages kept after grading and shown to the model.
         rerank: Which graded passages the model sees (docs/agent.md, "Re-ranking the graded
-            passages"): `"off"`, the first `max_contexts` in retrieval order; `"best_first"`,
-            the `max_contexts` with the best quote candidates (`retrieval.grounding.
-            rank_passages`), best first; `"select"`, the same passages in retrieval order.
+            passages"): `"select"` (default), the `max_contexts` with the best quote candidates
+            (`retrieval.grounding.rank_passages`), in retrieval order; `"best_first"`, the same
+            passages best first; `"off"`, the first `max_contexts` in retrieval order.
         passage_words: Words of each graded passage the prompt shows: the window of sentences
             that best matches the question (`finetune.format.passage_window`, default
             `PASSAGE_WORDS`); 0 shows whole passages. Verification and quotes always read the
@@ -91,7 +91,7 @@ class Context:
     llm: ChatBackend
     top_k: int = 5
     max_contexts: int = 3
-    rerank: Literal["off", "best_first", "select"] = "off"
+    rerank: Literal["off", "best_first", "select"] = "select"
     passage_words: int = PASSAGE_WORDS
     passage_tokens: int = PASSAGE_TOKENS
     min_similarity: float = DEFAULT_MIN_SIMILARITY

@@ -602,8 +602,11 @@ def test_the_best_passage_retrieved_fourth_is_shown_first():
     chosen, _ = make(searcher, GOOD, embedder=HashEmbedder(), rerank="select")
     order = [LIGHTS, WIFI, FIRMWARE, RESET, GUEST]
     assert [h.chunk for h in chosen.ask(QUESTION).contexts] == sorted(shown, key=order.index)
-    # off (the default): retrieval's order, the cap drops the reset passage
-    plain, llm = make(searcher, GOOD, embedder=HashEmbedder())
+    # "select" is the default
+    default, _ = make(searcher, GOOD, embedder=HashEmbedder())
+    assert [h.chunk for h in default.ask(QUESTION).contexts] == sorted(shown, key=order.index)
+    # "off": retrieval's order, the cap drops the reset passage
+    plain, llm = make(searcher, GOOD, embedder=HashEmbedder(), rerank="off")
     assert [h.chunk for h in plain.ask(QUESTION).contexts] == [LIGHTS, WIFI, FIRMWARE]
     assert "To reset the router" not in llm.calls[0][-2]["content"]
     with pytest.raises(UsageError, match="rerank"):
