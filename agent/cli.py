@@ -457,6 +457,25 @@ def run_chat(args: argparse.Namespace, stdin=None, out=None) -> int:
         assistant.close()
 
 
+def _start_with_sigint_held(thread: threading.Thread) -> None:
+    """Start `thread` with SIGINT blocked, so that Ctrl-C arrives once it is running.
+
+    An interrupt inside `Thread.start()` (it waits for the thread to run) would leave a running
+    thread that `is_alive()` does not report, never cancelled nor joined: the REPL then exited
+    under it and crashed (SIGSEGV) in SQLite during interpreter shutdown. The thread inherits
+    the mask, so SIGINT also always reaches the main thread, never a worker.
+    """
+    block = getattr(signal, "pthread_sigmask", None)  # POSIX
+    if block is None:
+        thread.start()
+        return
+    held = block(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        thread.start()
+    finally:
+        block(signal.SIG_SETMASK, held)  # a Ctrl-C pressed meanwhile is raised now
+
+
 def answer_interruptibly(assistant: Assistant, question: str, session: str,
                          out) -> AgentAnswer | None:
     """Stream one answer to `out`; Ctrl-C stops it (prints "[stopped]", returns `None`).
@@ -491,7 +510,7 @@ def answer_interruptibly(assistant: Assistant, question: str, session: str,
     try:  # from here on, Ctrl-C stops this answer, not the REPL
         # The answer appears once verified (nothing the model writes is shown unchecked).
         print("(searching the documents and checking the answer ...)", file=out, flush=True)
-        worker.start()
+        _start_with_sigint_held(worker)
         while True:
             kind, value = pieces.get()
             if kind == "piece":

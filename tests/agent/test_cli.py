@@ -334,8 +334,14 @@ class InterruptedAssistant:
 def test_ctrl_c_cancels_the_answer_between_tokens_and_joins_its_thread(capsys):
     from agent.cli import answer_interruptibly
 
-    assistant = InterruptedAssistant()
-    assert answer_interruptibly(assistant, QUESTION, "s", sys.stdout) is None
+    # as the REPL does (`interruptible`): a background job starts with SIGINT ignored, and
+    # then the simulated Ctrl-C would do nothing
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        assistant = InterruptedAssistant()
+        assert answer_interruptibly(assistant, QUESTION, "s", sys.stdout) is None
+    finally:
+        signal.signal(signal.SIGINT, before)
     out = capsys.readouterr().out
     # the interrupt may land before the first piece is printed; nothing after it ever is
     assert out.endswith("\n[stopped]\n") and "never" not in out
@@ -367,3 +373,28 @@ def test_an_answer_without_ctrl_c_is_streamed_and_returned(capsys):
 
     with pytest.raises(UsageError, match="the question is empty"):
         answer_interruptibly(Failing(), QUESTION, "s", sys.stdout)
+
+
+def test_a_ctrl_c_while_the_answer_thread_starts_arrives_once_it_runs():
+    import threading
+
+    from agent.cli import _start_with_sigint_held
+
+    thread = threading.Thread(target=time.sleep, args=(0.2,))
+    start, alive_after_start = thread.start, []
+
+    def pressed_during_start():
+        signal.raise_signal(signal.SIGINT)  # Ctrl-C while Thread.start() waits
+        start()
+        alive_after_start.append(thread.is_alive())
+
+    thread.start = pressed_during_start
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            _start_with_sigint_held(thread)
+    finally:
+        signal.signal(signal.SIGINT, before)
+    # the interrupt came after start() returned, with the thread running (so it is joined)
+    assert alive_after_start == [True]
+    thread.join()
