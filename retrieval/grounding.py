@@ -20,10 +20,11 @@ heading):
    word the claim negates is only ever asserted there. Coverage alone cannot see this: "not" is
    a stop word, so a claim and its negation hold the same content words.
 
-Two kinds of sentence are rejected before any passage is read: one that narrates the
-conversation ("You mentioned that...", "The user asks...") and one whose content words are all
-the question's (to a question that is not yes/no: "Reset the router." to "How do I reset the
-router?"). Both would pass on coverage, and neither tells the user anything.
+Three kinds of sentence are rejected before any passage is read: one that narrates the
+conversation ("You mentioned that...", "The user asks..."), one that is itself a question ("Q:
+What can I do to reset the router?", echoing a ticket's question), and one whose content words
+are all the question's (to a question that is not yes/no: "Reset the router." to "How do I reset
+the router?"). Each would pass on coverage, and none tells the user anything.
 
 A yes/no answer is a claim about the question: "Yes." to "Does the TV support Dolby Atmos?" is
 checked as "the TV supports Dolby Atmos" (and a "No" needs a window that negates). A claim that
@@ -298,6 +299,9 @@ def check_claim(
         return ClaimCheck(claim, False, reason="states nothing that a passage could support")
     if _NARRATION.match(text):
         return ClaimCheck(claim, False, reason="narrates the conversation, not the documents")
+    if text.rstrip().rstrip(")\"'’”").endswith("?"):
+        # Small models echo a past ticket's "Q: ...?" line, whose words a passage then covers.
+        return ClaimCheck(claim, False, reason="asks a question, it does not answer one")
     if not _AUXILIARY.match(question) and words <= set(content_words(question)):
         # "Reset the router." to "How do I reset the router?" adds nothing to the question. A
         # yes/no question is left out: there the restated proposition is the answer ("You can

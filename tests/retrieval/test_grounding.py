@@ -123,6 +123,9 @@ def test_yes_no_answers_are_claims_about_the_question():
     ("As you said, the router restarts in about two minutes.",
      "narrates the conversation, not the documents"),
     ("Reset the router.", "only restates the question"),
+    ("Q: What can I do to reset the router to factory settings?",
+     "asks a question, it does not answer one"),
+    ('Did you press "Reset"?', "asks a question, it does not answer one"),
 ])
 def test_claims_about_the_conversation_or_restating_the_question_are_removed(claim, reason):
     # every word of these is in the question or the passage, so coverage alone would keep them
