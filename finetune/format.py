@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 
 from retrieval.grounding import rank_sentences
-from retrieval.text import normalise, sentences
+from retrieval.text import normalise, passage_sentences
 from retrieval.types import Citation, PassageLike
 
 FORMAT_VERSION = 2
@@ -108,11 +108,6 @@ MAX_RANGE = 12
 def citation_label(citation: Citation) -> str:
     """Bracketed label used in passages and answers, e.g. `[manual.pdf p.14]`."""
     return f"[{citation.label()}]"
-
-
-def passage_sentences(text: str) -> list[str]:
-    """The numbered sentences of a passage, as the prompt shows them (`(n.1)`, `(n.2)`, ...)."""
-    return sentences(text) or [text.strip()]
 
 
 def sentence_label(passage: int, sentence: int) -> str:

@@ -56,6 +56,7 @@ from retrieval.text import (
     negated,
     normalise,
     overlap,
+    passage_sentences,
     quantities,
     quoted,
     sentences,
@@ -241,7 +242,7 @@ class _Sentence:
 
 
 def _prepare(passage: PassageLike) -> tuple[list[_Sentence], str, set[str]]:
-    sents = sentences(passage.text) or [passage.text.strip()]
+    sents = passage_sentences(passage.text)
     heading = passage.citation.section or ""
     return ([_Sentence(s, normalise(s), set(content_words(s)), set(quantities(s)), negated(s))
              for s in sents], normalise(heading), set(content_words(heading)))
@@ -484,7 +485,7 @@ def quote_relevance(
     shown = [(quote.passage, t) for t in quote.texts]
     if context and quote.sentences:
         text = passages[quote.passage - 1].text
-        sents = sentences(text) or [text.strip()]
+        sents = passage_sentences(text)
         first, last = min(quote.sentences) - 1, max(quote.sentences) - 1
         # a past ticket's question is never read: its words are the customer's, not an answer
         start = max(first - context, (_ticket_answer_start(sents) or 1) - 1)
@@ -499,12 +500,12 @@ def selected_quotes(selection: Sequence[tuple[int, int]],
     by_passage: dict[int, list[int]] = {}
     for p, s in list(selection)[:QUOTE_MAX_SELECTED]:
         if 1 <= p <= len(passages):
-            n_sentences = len(sentences(passages[p - 1].text) or [passages[p - 1].text])
+            n_sentences = len(passage_sentences(passages[p - 1].text))
             if 1 <= s <= n_sentences:
                 by_passage.setdefault(p, []).append(s)
     out = []
     for p, numbers in by_passage.items():
-        sents = sentences(passages[p - 1].text) or [passages[p - 1].text.strip()]
+        sents = passage_sentences(passages[p - 1].text)
         numbers = sorted(set(numbers))
         out.append(Quote(p, tuple(numbers), tuple(sents[s - 1] for s in numbers), "model"))
     return out
@@ -533,7 +534,7 @@ def quote_candidates(
             continue
         whole = f"{passage.text} {passage.citation.section or ''}"
         passage_overlap = overlap(question, whole)
-        sents = sentences(passage.text) or [passage.text.strip()]
+        sents = passage_sentences(passage.text)
         for s, sentence in enumerate(sents, start=1):
             quote = quote_from(passages, p, s)
             starts.append(sentence)
@@ -614,7 +615,7 @@ def quote_from(
     """The ranker's quote starting at sentence `sentence` of passage `passage` (1-based): that
     sentence and the ones that follow it, up to `max_sentences` sentences and (beyond the first)
     `max_words` words. In a past ticket's passage the quote is its answer, from the start."""
-    sents = sentences(passages[passage - 1].text) or [passages[passage - 1].text.strip()]
+    sents = passage_sentences(passages[passage - 1].text)
     answer = _ticket_answer_start(sents)
     if answer:
         # A past ticket ("Question: ... Answer: ..."): its answer is one unit written for that

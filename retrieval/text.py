@@ -209,6 +209,12 @@ def sentences(text: str) -> list[str]:
     return [s for s in out if len(s) > 1]
 
 
+def passage_sentences(text: str) -> list[str]:
+    """The numbered sentences of a passage (the prompt's `(n.1)`, `(n.2)`, ..., a quote's
+    sentence numbers): `sentences`, or the whole stripped text when it has none."""
+    return sentences(text) or [text.strip()]
+
+
 def _ends_sentence(piece: str, next_char: str) -> bool:
     if next_char and next_char.islower():
         return False
