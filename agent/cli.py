@@ -530,9 +530,8 @@ def answer_interruptibly(assistant: Assistant, question: str, session: str,
                 worker.join()
             except KeyboardInterrupt:  # pressed again: it is already stopping
                 pass
-        # Drop what the worker left: an exception there holds the run's frames (the model
-        # among them) in a reference cycle through this queue, collected only at interpreter
-        # exit, where freeing llama.cpp's objects in the collector's order crashed (SIGSEGV).
+        # Drop what the worker left: an exception there would keep the run's frames (the
+        # model among them) alive in a reference cycle through this queue until exit.
         while not pieces.empty():
             pieces.get_nowait()
     print("\n[stopped]", file=out)

@@ -15,7 +15,6 @@ from retrieval.errors import UsageError
 from retrieval.types import Embedder, Searcher
 
 
-
 class Cancelled(Exception):
     """Raised inside a run once its caller set `Context.cancel` (the user pressed Ctrl-C)."""
 

@@ -248,8 +248,9 @@ def shown_contexts(kept: list[Hit], question: str, ctx: Context) -> list[Hit]:
     """The graded passages the model sees (`Context.rerank`): the first `ctx.max_contexts` in
     retrieval order, or the `ctx.max_contexts` with the best quote candidates (`rank_passages`),
     best first (`"best_first"`) or in retrieval order (`"select"`)."""
-    if ctx.rerank == "off" or len(kept) <= 1:
-        return kept[: ctx.max_contexts]
+    if ctx.rerank == "off" or len(kept) <= 1 or (
+            ctx.rerank == "select" and len(kept) <= ctx.max_contexts):
+        return kept[: ctx.max_contexts]  # nothing to choose: no sentence is embedded
     best = rank_passages(question, kept, ctx.embedder)[: ctx.max_contexts]
     return [kept[i] for i in (best if ctx.rerank == "best_first" else sorted(best))]
 
