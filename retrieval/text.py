@@ -189,6 +189,23 @@ def char_ngrams(text: str, sizes: tuple[int, ...] = (2, 3, 4, 5)) -> list[str]:
     return grams
 
 
+def word_ngrams(text: str) -> list[str]:
+    """The words of `text` and each pair of neighbouring words ("my", "passwords", "my passwords").
+
+    The pairs keep who a request is about ("my passwords" against "her password"), which the
+    sentence vector blurs and letter n-grams inside words cannot see; `bench/guard_folds.py`
+    tries them as a third guard scorer. Words are `words(text)`.
+
+    Args:
+        text: Any text.
+
+    Returns:
+        The words in order, then the pairs in order, repeats kept.
+    """
+    w = words(text)
+    return w + [f"{a} {b}" for a, b in zip(w, w[1:])]
+
+
 def sentences(text: str) -> list[str]:
     """Split `text` into sentences, in order, stripped; fragments of one character dropped.
 

@@ -13,6 +13,7 @@ from retrieval.text import (
     quantities,
     quoted,
     sentences,
+    word_ngrams,
     stem,
     urls,
 )
@@ -99,6 +100,12 @@ def test_char_ngrams_pad_each_word_and_keep_short_words_whole():
         " b", "b0", "0m", "mb", "b ", " b0", "b0m", "0mb", "mb "]
     # " a " is no longer than 3: its padded whole, once, for 3 and 4 together.
     assert char_ngrams("A", (2, 3, 4)) == [" a", "a ", " a "]
+
+
+def test_word_ngrams_are_the_words_then_neighbouring_pairs():
+    assert word_ngrams("Reset MY password!") == ["reset", "my", "password", "reset my",
+                                                 "my password"]
+    assert word_ngrams("one") == ["one"] and word_ngrams("") == []
 
 
 def test_char_ngrams_of_a_misspelling_mostly_match_the_word():
