@@ -307,9 +307,11 @@ def format_mode(answer: AgentAnswer) -> str | None:
     removed = len(answer.removed_claims)
     dropped = f"; {removed} unsupported sentence{'s' * (removed != 1)} removed" if removed else ""
     if answer.mode == "generated":
-        n = len(answer.claims)
+        n = sum(not c.quoted for c in answer.claims)
+        quote = (", then the documentation's own words quoted"
+                 if any(c.quoted for c in answer.claims) else "")
         return (f"[generated: {n} sentence{'s' * (n != 1)}, each checked against its "
-                f"passage{dropped}]")
+                f"passage{quote}{dropped}]")
     if answer.mode == "quoted":
         why = "no generated sentence could be verified" if removed else \
             "the documentation's own words"

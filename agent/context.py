@@ -72,6 +72,11 @@ class Context:
             generation stops after the `Quote` part. `bench/answers.py` measures both.
         separate_answer_call: Run `answer` as its own model call after `reason` (a capable or
             remote model); off, one generation serves both (cheaper with a small local model).
+        support_quote: After a generated answer that verification kept, also quote the passage
+            sentences that best answer the question (the quote the `quote` node would give,
+            when it reaches the relevance bar), marked as a quote with its page: the support
+            agent sees the manual's own words beside the model's. Off: the verified sentences
+            alone.
         embedder: The retrieval embedder, reused to rank passage sentences for a quote (`None`:
             word overlap alone).
         term_weight: A content word's weight in the answer relevance bar, the index's IDF
@@ -104,6 +109,7 @@ class Context:
     answer_prefix: str = "Reasoning:"
     answer_mode: Literal["generate", "extract"] = "generate"
     separate_answer_call: bool = False
+    support_quote: bool = True
     embedder: Embedder | None = None
     term_weight: Callable[[str], float] | None = None
     term_reading: Callable[[str], str] | None = None

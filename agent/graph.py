@@ -78,11 +78,12 @@ from retrieval.grounding import (
     ClaimCheck,
     Quote,
     answer_relevance,
+    check_claim,
     choose_quote,
     rank_passages,
     verify as verify_claims,
 )
-from retrieval.text import overlap
+from retrieval.text import normalise, overlap
 from retrieval.types import Citation, Hit
 
 # A reply that already starts with a section label is complete, not a continuation.
@@ -373,11 +374,21 @@ def _claim(check: ClaimCheck, contexts: list[Hit]) -> Claim:
         citation=contexts[check.passage - 1].citation if supported else None,
         passage=check.passage if supported else None,
         evidence=" ".join(check.evidence), reason=check.reason,
+        also=_other_citations(check.also, check.passage, contexts) if supported else (),
     )
 
 
+def _other_citations(numbers, passage: int | None, contexts: list[Hit]) -> tuple[Citation, ...]:
+    """The citations of passages `numbers` other than `passage`'s own page."""
+    own = contexts[passage - 1].citation if passage else None
+    return tuple(dict.fromkeys(contexts[n - 1].citation for n in numbers
+                               if n != passage and contexts[n - 1].citation != own))
+
+
 def _citations(claims: list[Claim]) -> list[Citation]:
-    return list(dict.fromkeys(c.citation for c in claims if c.citation is not None))
+    """The kept claims' citations: each claim's first passage, then the others that support it."""
+    return list(dict.fromkeys([c.citation for c in claims if c.citation is not None]
+                              + [a for c in claims for a in c.also]))
 
 
 def verify(state: State, runtime: Runtime[Context]) -> dict:
@@ -399,38 +410,83 @@ def verify(state: State, runtime: Runtime[Context]) -> dict:
                             reason=f"supported, but does not answer the question: {off_topic}")
                     for c in kept]
         kept = []
-    timings = _timed(state, "verify", start)
     if not kept:
-        return {"claims": [], "removed_claims": removed, "timings": timings}
+        return {"claims": [], "removed_claims": removed, "timings": _timed(state, "verify", start)}
     text = " ".join(c.text for c in kept)
+    if runtime.context.support_quote:
+        quotes = _new_sentences(_best_quote(state, runtime)[0], kept)
+        if quotes:
+            quoted = _quote_claims(quotes, state["standalone"], contexts)
+            end = "" if text.rstrip().endswith((".", "!", "?", ":", '"')) else "."  # "Yes."
+            text = f"{text}{end} {render_quote(quotes, contexts, quoted)}"
+            kept = kept + quoted
+    timings = _timed(state, "verify", start)
     citations = _citations(kept)
     _emit(runtime, text)
     return {"claims": kept, "removed_claims": removed, "answer": text, "citations": citations,
             "mode": "generated", "timings": timings, "messages": _turn(state, text, citations)}
 
 
-def render_quote(quotes: list[Quote], contexts: list[Hit]) -> str:
-    """The quoted answer: 'The manual says (file p.N): "..."', one clause per passage."""
+def render_quote(quotes: list[Quote], contexts: list[Hit], claims: list[Claim] = ()) -> str:
+    """The quoted answer: 'The manual says (file p.N): "..."', one clause per passage; the
+    other pages that support every quoted sentence of a clause (`claims`, as `_quote_claims`
+    gives them) are named after its own ('also p.M')."""
     parts = []
     for q in quotes:
         hit = contexts[q.passage - 1]
         who = "A past ticket says" if hit.chunk.type == "faq" else "The manual says"
-        parts.append(f'{who} ({hit.citation.label()}): "{q.text}"')
+        mine = [c for c in claims if c.passage == q.passage]
+        also = [c for c in mine[0].also if c.page is not None and c.source == hit.citation.source
+                and all(c in m.also for m in mine)] if mine else []
+        where = hit.citation.label() + (
+            f", also p.{', p.'.join(str(c.page) for c in also)}" if also else "")
+        parts.append(f'{who} ({where}): "{q.text}"')
     return " ".join(parts)
+
+
+def _best_quote(state: State, runtime: Runtime[Context]) -> tuple[list[Quote], str]:
+    """The passage sentences that best answer the question (`choose_quote`), or why none."""
+    return choose_quote(state["standalone"], state["contexts"], state["selection"],
+                        runtime.context.embedder, runtime.context.term_weight,
+                        runtime.context.term_reading)
+
+
+def _quote_claims(quotes: list[Quote], question: str, contexts: list[Hit]) -> list[Claim]:
+    """Each quoted sentence as a supported claim of its own passage (its own evidence), with
+    the other passages that support it as verification would (`check_claim`)."""
+    claims = []
+    for q in quotes:
+        for t in q.texts:
+            check = check_claim(t, question, contexts)
+            others = {check.passage, *check.also} if check.supported else set()
+            claims.append(Claim(text=t, supported=True, citation=contexts[q.passage - 1].citation,
+                                passage=q.passage, evidence=t, quoted=True,
+                                also=_other_citations(sorted(others - {None}), q.passage,
+                                                      contexts)))
+    return claims
+
+
+def _new_sentences(quotes: list[Quote], kept: list[Claim]) -> list[Quote]:
+    """`quotes` without the sentences that repeat a kept claim (the model copied them)."""
+    said = [f" {normalise(c.text)} " for c in kept if normalise(c.text)]
+    out = []
+    for q in quotes:
+        pairs = [(n, t) for n, t in zip(q.sentences, q.texts)
+                 if not any(s in f" {normalise(t)} " for s in said)]
+        if pairs:
+            out.append(replace(q, sentences=tuple(n for n, _ in pairs),
+                               texts=tuple(t for _, t in pairs)))
+    return out
 
 
 def quote(state: State, runtime: Runtime[Context]) -> dict:
     """Quote the passage sentences that best answer the question, or say why none qualifies."""
     contexts = state["contexts"]
-    quotes, why = choose_quote(state["standalone"], contexts, state["selection"],
-                               runtime.context.embedder, runtime.context.term_weight,
-                               runtime.context.term_reading)
+    quotes, why = _best_quote(state, runtime)
     if not quotes:
         return {"abstain_reason": f"no passage sentence answers the question well enough: {why}"}
-    claims = [Claim(text=t, supported=True, citation=contexts[q.passage - 1].citation,
-                    passage=q.passage, evidence=t)
-              for q in quotes for t in q.texts]
-    text = render_quote(quotes, contexts)
+    claims = _quote_claims(quotes, state["standalone"], contexts)
+    text = render_quote(quotes, contexts, claims)
     citations = _citations(claims)
     _emit(runtime, text)
     return {"claims": claims, "answer": text, "citations": citations, "mode": "quoted",

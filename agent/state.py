@@ -117,6 +117,9 @@ class Claim:
         passage: 1-based number of the supporting passage in `AgentAnswer.contexts`, or `None`.
         evidence: The sentence of that passage that supports the claim (for highlighting).
         reason: Why the claim was removed ("" when supported).
+        quoted: A sentence of the passage shown verbatim as a quote, not the model's words.
+        also: The citations of the other passages that support it by the same rules (the
+            manual says it on more than one page); cited after the first ones.
     """
 
     text: str
@@ -125,6 +128,8 @@ class Claim:
     passage: int | None = None
     evidence: str = ""
     reason: str = ""
+    quoted: bool = False
+    also: tuple[Citation, ...] = ()
 
     def to_dict(self) -> dict:
         """JSON-ready view."""
@@ -132,6 +137,7 @@ class Claim:
             "text": self.text, "supported": self.supported,
             "citation": self.citation.to_dict() if self.citation else None,
             "passage": self.passage, "evidence": self.evidence, "reason": self.reason,
+            "quoted": self.quoted, "also": [c.to_dict() for c in self.also],
         }
 
 

@@ -181,7 +181,7 @@ def answer_row(q: Question, result) -> dict:
         "id": q.id, "answerable": q.answerable, "split": q.extra.get("split"), "mode": result.mode,
         "answer": result.answer, "raw": result.raw,
         "citations": record["citations"],
-        "claims": len(result.claims), "removed": len(result.removed_claims),
+        "claims": sum(not c.quoted for c in result.claims), "removed": len(result.removed_claims),
         "removed_reasons": [c.reason for c in result.removed_claims],
         "seconds": result.timings.get("total"),
         "top1": result.contexts[0].text if result.contexts else "",

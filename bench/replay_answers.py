@@ -103,6 +103,29 @@ def replay(record: dict, context, standalone: str | None = None) -> dict:
             "citations": [c.to_dict() for c in state["citations"]], "removed": removed}
 
 
+def with_settings(context, settings: list[str]):
+    """`context` with each `FIELD=VALUE` of `settings` applied (the value read as the field's
+    current type: a bool from true/false/1/0, a number, or a string)."""
+    changes = {}
+    for item in settings:
+        field, sep, value = item.partition("=")
+        if not sep or not hasattr(context, field):
+            raise UsageError(f"--context {item!r}: expected FIELD=VALUE with a Context field")
+        current = getattr(context, field)
+        if isinstance(current, bool):
+            if value.lower() not in ("true", "false", "1", "0"):
+                raise UsageError(f"--context {item!r}: {field} takes true or false")
+            changes[field] = value.lower() in ("true", "1")
+        elif isinstance(current, (int, float)):
+            try:
+                changes[field] = type(current)(value)
+            except ValueError:
+                raise UsageError(f"--context {item!r}: {field} takes a number") from None
+        else:
+            changes[field] = value
+    return dataclasses.replace(context, **changes)
+
+
 def replay_conversation(record: dict, conv, context) -> dict:
     """One recorded conversation (`record["turns"]`) replayed turn by turn, and its eval scores
     as recorded and as replayed."""
@@ -164,7 +187,8 @@ def summarize(rows: list[dict]) -> dict:
         for which in ("recorded", "replayed"):
             entry[f"abstained_{which}"] = round(
                 sum(r[which] == "abstained" for r in answerable) / len(answerable), 4)
-            for metric in ("citation", "rouge_l"):
+            for metric in ("citation", "rouge_l", "pages"):
+                # pages: citations per answered question (more pages, more chances to cite gold)
                 values = [r[f"{metric}_{which}"] for r in answerable if f"{metric}_{which}" in r]
                 if values:
                     entry[f"{metric}_{which}"] = round(sum(values) / len(values), 4)
@@ -186,6 +210,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-reading", action="store_true",
                         help="read every word of the relevance bar as written (no misspellings "
                         "read as indexed words: the bar before IndexTerms.read)")
+    parser.add_argument("--context", action="append", default=[], metavar="FIELD=VALUE",
+                        help="replay with this `agent.context.Context` setting changed, e.g. "
+                        "support_quote=true or rerank=off (repeatable; the recorded passages "
+                        "stay the recorded ones)")
     parser.add_argument("--json", action="store_true", help="print the result JSON only")
     args = parser.parse_args(argv)
     return run_cli(lambda: _main(args))
@@ -217,6 +245,7 @@ def _main(args: argparse.Namespace) -> int:
     context = assistant.context
     if args.no_reading:
         context = dataclasses.replace(context, term_reading=None)
+    context = with_settings(context, args.context)
     conversations = {}
     c_path = args.run / "conversations.jsonl"
     if c_path.is_file():
@@ -248,6 +277,9 @@ def _main(args: argparse.Namespace) -> int:
                 scores[f"citation_{which}"] = citation_correct(
                     gold, {"mode": mode, "citations": citations}).value
                 scores[f"rouge_l_{which}"] = rouge_l(gold.reference, answer)
+                if mode in ANSWERED:
+                    scores[f"pages_{which}"] = len({(c.get("source"), c.get("page"))
+                                                    for c in citations or []})
         rows.append({**scores, "id": q["id"], "system": record["system"], "kind": q.get("kind") or "",
                      "split": q.get("split") or (q.get("extra") or {}).get("split"),
                      "answerable": q.get("answerable", True),
@@ -258,6 +290,7 @@ def _main(args: argparse.Namespace) -> int:
     if not rows and not conv_rows:
         raise CasewiseError(f"{answers}: no answer of systems {systems} with a known question")
     result = {"run": str(args.run), "home": str(args.home), "reading": not args.no_reading,
+              "context": args.context,
               "systems": {s: summarize([r for r in rows if r["system"] == s]) for s in systems},
               "load_average": os.getloadavg()}
     for s in systems:

@@ -149,10 +149,12 @@ def faq_match_correct(q: Question, record: dict) -> Score:
 def unsupported_claims(record: dict) -> Score | None:
     """Share of the answer's claims that its verify step removed (`None`: nothing verified).
 
-    Weighted by the number of claims, so that the mean over answers is removed / (kept +
-    removed) over all claims.
+    The model's own sentences only: the passage sentences a quote shows verbatim (`quoted`)
+    are not the model's claims. Weighted by the number of claims, so that the mean over
+    answers is removed / (kept + removed) over all claims.
     """
-    kept, removed = len(record.get("claims") or []), len(record.get("removed_claims") or [])
+    kept = sum(not c.get("quoted") for c in record.get("claims") or [])
+    removed = len(record.get("removed_claims") or [])
     if kept + removed == 0:
         return None
     return Score(removed / (kept + removed), f"{removed} of {kept + removed} claim(s) removed",

@@ -166,6 +166,9 @@ class ClaimCheck:
         evidence: The supporting sentences of that passage, verbatim (empty when unsupported).
         coverage: Share of the claim's content words found in the best window.
         reason: Why it is unsupported ("" when supported).
+        also: 1-based numbers of the other passages that support the claim by the same rules
+            (a manual says the same thing in its quick guide and in its chapter), in passage
+            order; empty when unsupported.
     """
 
     text: str
@@ -174,6 +177,7 @@ class ClaimCheck:
     evidence: tuple[str, ...] = ()
     coverage: float = 0.0
     reason: str = ""
+    also: tuple[int, ...] = ()
 
 
 def question_subjects(question: str) -> list[str]:
@@ -317,6 +321,7 @@ def check_claim(
     best: tuple | None = None  # (coverage, hinted, -window, passage, evidence)
     closest: tuple[float, int, str] | None = None  # (coverage, passage, why not)
     planted: int | None = None
+    supporters: set[int] = set()
     for number, passage in enumerate(passages, start=1):
         if looks_like_injection(passage.text):
             if overlap(text, passage.text) >= MIN_COVERAGE or any(
@@ -347,13 +352,15 @@ def check_claim(
                 elif (clash := _polarity_clash(asserted, denied, window, heading_words)):
                     why = clash
                 if why is None:
+                    supporters.add(number)
                     key = (coverage, number in hints, -size, -number)
                     if best is None or key > best[:4]:
                         best = (*key, tuple(s.text for s in window))
                 elif closest is None or coverage > closest[0]:
                     closest = (coverage, number, why)
     if best is not None:
-        return ClaimCheck(claim, True, passage=-best[3], evidence=best[4], coverage=best[0])
+        return ClaimCheck(claim, True, passage=-best[3], evidence=best[4], coverage=best[0],
+                          also=tuple(sorted(supporters - {-best[3]})))
     if planted is not None:
         return ClaimCheck(claim, False, passage=planted,
                           reason=f"repeats an instruction planted in passage [{planted}]")

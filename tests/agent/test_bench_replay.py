@@ -92,3 +92,18 @@ def test_a_conversation_is_replayed_with_each_follow_up_rewritten_and_scored_as_
     assert [t["replayed"] for t in row["turns"]] == ["generated", "quoted"]
     assert row["scores"]["recorded"]["turn_correct_rate"] == 0.0
     assert row["scores"]["replayed"]["turn_correct_rate"] == 1.0
+
+
+def test_context_settings_are_read_as_the_fields_types():
+    from bench.replay_answers import with_settings
+    from retrieval.errors import UsageError
+
+    base = context()
+    changed = with_settings(base, ["support_quote=true", "max_new_tokens=64"])
+    assert changed.support_quote is True and changed.max_new_tokens == 64
+    assert with_settings(base, []) == base
+    for bad, why in (("support_quote=maybe", "takes true or false"),
+                     ("max_new_tokens=many", "takes a number"),
+                     ("no_such_field=1", "FIELD=VALUE"), ("support_quote", "FIELD=VALUE")):
+        with pytest.raises(UsageError, match=why):
+            with_settings(base, [bad])

@@ -273,7 +273,10 @@ def test_sources_highlight_the_supporting_sentence():
 
 
 def test_the_mode_is_shown_and_a_quote_is_marked(capsys):
+    from dataclasses import replace
+
     from agent.cli import _print_result, format_mode
+    from agent.state import Claim
 
     _print_result(_answer(), streamed=False, out=sys.stdout)
     out = capsys.readouterr().out.splitlines()
@@ -284,6 +287,12 @@ def test_the_mode_is_shown_and_a_quote_is_marked(capsys):
     generated = _answer(mode="generated", answer="All settings are erased.")
     assert format_mode(generated) == ("[generated: 1 sentence, each checked against its passage; "
                                       "1 unsupported sentence removed]")
+    # with the support quote after it, the quoted sentence is not counted as the model's
+    own = Claim("Hold Reset for 10 seconds.", True, RESET.citation, 1, "All settings are erased.")
+    supported = _answer(mode="generated", removed_claims=[],
+                        claims=[own, replace(generated.claims[0], quoted=True)])
+    assert format_mode(supported) == ("[generated: 1 sentence, each checked against its passage, "
+                                      "then the documentation's own words quoted]")
     assert format_mode(_answer(mode="refused", refused=True)) is None
 
 

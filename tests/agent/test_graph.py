@@ -21,8 +21,11 @@ RESET_QUOTE = ('The manual says (router_manual.pdf p.4): "To reset the router to
 
 
 def make(searcher, *answers, **kw):
+    """The assistant over `searcher` with a scripted model. Without the shipped support quote
+    unless asked (`support_quote=True`): most tests here are about the model's own sentences,
+    and the quote appended after them has tests of its own below."""
     llm = ScriptedChatModel(list(answers))
-    return Assistant(searcher, llm, **{**THRESHOLDS, **kw}), llm
+    return Assistant(searcher, llm, **{**THRESHOLDS, "support_quote": False, **kw}), llm
 
 
 def streamed(assistant, question):
@@ -43,7 +46,10 @@ def test_a_supported_answer_is_generated_with_its_citation(searcher):
     result = assistant.ask(QUESTION)
     assert result.mode == "generated" and not result.abstained and not result.refused
     assert result.answer == "Press and hold the Reset button for 10 seconds."
-    assert result.citations == [RESET.citation]
+    # the manual page first; the past ticket that says the same ("Hold the Reset button for 10
+    # seconds") supports it by the same rules and is cited after it
+    assert result.citations == [RESET.citation, FAQ.citation]
+    assert result.claims[0].citation == RESET.citation and result.claims[0].also == (FAQ.citation,)
     [claim] = result.claims
     assert claim.supported and claim.citation == RESET.citation and claim.passage == 1
     assert "press and hold the Reset button on the back for 10 seconds" in claim.evidence
@@ -104,7 +110,7 @@ def test_citations_are_recomputed_from_support_not_from_labels(searcher):
               "Sources: [router_manual.pdf p.5] [secret.pdf p.9]")
     assistant, _ = make(searcher, answer)
     result = assistant.ask(QUESTION)
-    assert result.citations == [RESET.citation]
+    assert result.citations == [RESET.citation, FAQ.citation]
 
 
 def test_free_text_after_the_label_is_the_answer_when_supported(searcher):
@@ -113,6 +119,73 @@ def test_free_text_after_the_label_is_the_answer_when_supported(searcher):
     result = assistant.ask(QUESTION)
     assert result.mode == "generated" and result.answer.startswith("To reset the router")
     assert result.citations == [RESET.citation]
+
+
+def test_support_quote_shows_the_manuals_sentences_after_the_verified_answer(searcher):
+    assistant = Assistant(searcher, ScriptedChatModel([GOOD]), **THRESHOLDS)  # as shipped
+    result = assistant.ask(QUESTION)
+    assert result.mode == "generated"
+    # the sentence the model selected ("Quote: 1.1"), verbatim after its own words
+    assert result.answer == (
+        'Press and hold the Reset button for 10 seconds. The manual says (router_manual.pdf '
+        'p.4): "To reset the router to factory settings, press and hold the Reset button on '
+        'the back for 10 seconds until the power light blinks orange."')
+    assert [c.text for c in result.claims] == [
+        "Press and hold the Reset button for 10 seconds.",
+        "To reset the router to factory settings, press and hold the Reset button on the back "
+        "for 10 seconds until the power light blinks orange."]
+    assert all(c.supported and c.passage == 1 for c in result.claims)
+    assert result.citations == [RESET.citation, FAQ.citation]  # the ticket backs the first only
+    # without a selection of its own, the ranker's quote
+    no_selection = GOOD.replace("Quote: 1.1", "Quote: none")
+    result = make(searcher, no_selection, support_quote=True)[0].ask(QUESTION)
+    assert result.answer == "Press and hold the Reset button for 10 seconds. " + RESET_QUOTE
+
+
+def test_support_quote_leaves_out_a_sentence_the_model_already_copied(searcher):
+    copied = ("Answer: To reset the router to factory settings, press and hold the Reset button "
+              "on the back for 10 seconds until the power light blinks orange.")
+    assistant, _ = make(searcher, copied, support_quote=True)
+    result = assistant.ask(QUESTION)
+    assert result.answer == (
+        "To reset the router to factory settings, press and hold the Reset button on the back "
+        "for 10 seconds until the power light blinks orange. The manual says "
+        '(router_manual.pdf p.4): "All settings are erased."')
+
+
+def test_support_quote_adds_nothing_to_an_answer_verification_emptied(searcher):
+    assistant, _ = make(searcher, "Answer: Call the fire brigade and buy a new modem.",
+                        support_quote=True)
+    result = assistant.ask(QUESTION)
+    assert result.mode == "quoted" and result.answer == RESET_QUOTE  # the quote, once
+
+
+def test_a_quote_supported_on_another_page_cites_that_page_too():
+    again = make_chunk(RESET.text, page=17, section="Quick guide")
+    searcher = FakeSearcher([RESET, again, LIGHTS])
+    assistant, _ = make(searcher, "Answer: Call the fire brigade and buy a new modem.")
+    result = assistant.ask(QUESTION)
+    assert result.mode == "quoted"
+    assert {c.page for c in result.citations} == {4, 17}
+    first = result.citations[0].page
+    assert result.answer.startswith(
+        f"The manual says (router_manual.pdf p.{first}, also p.{21 - first}): \"To reset")
+    # a page that supports only part of the quote is not named after it
+    part = make_chunk("To reset the router to factory settings, press and hold the Reset button "
+                      "on the back for 10 seconds until the power light blinks orange.", page=30)
+    result = make(FakeSearcher([RESET, part, LIGHTS]),
+                  "Answer: Call the fire brigade.")[0].ask(QUESTION)
+    assert result.mode == "quoted" and result.citations[0].page == 4, result.answer
+    assert "also" not in result.answer
+    # nor is a page that gives another duration
+    other = make_chunk("To reset the router to factory settings, press and hold the Reset button "
+                       "on the back for 30 seconds until the power light blinks orange. All "
+                       "settings are erased.", page=40)
+    result = make(FakeSearcher([RESET, other, LIGHTS]),
+                  "Answer: Call the fire brigade.")[0].ask(QUESTION)
+    first, rest = result.claims
+    assert "10 seconds" in first.text and first.also == () and "also" not in result.answer
+    assert [c.page for c in rest.also] == [40]  # "All settings are erased." it does say
 
 
 # --- quoted answers and abstention --------------------------------------------------------------
@@ -611,3 +684,10 @@ def test_the_best_passage_retrieved_fourth_is_shown_first():
     assert "To reset the router" not in llm.calls[0][-2]["content"]
     with pytest.raises(UsageError, match="rerank"):
         make(searcher, GOOD, rerank="sideways")
+
+
+def test_support_quote_ends_a_bare_yes_before_the_quote(searcher):
+    assistant, _ = make(searcher, "Answer: Yes", support_quote=True)
+    result = assistant.ask("Can I reset the router to factory settings?")
+    assert result.mode == "generated"
+    assert result.answer.startswith('Yes. The manual says (router_manual.pdf p.4): "To reset')

@@ -67,3 +67,17 @@ def test_aggregate_never_counts_not_scored_as_zero():
     assert a.mean == pytest.approx(0.75) and a.n_scored == 2 and a.n_not_scored == 2
     none = aggregate([Score(None, "unparseable")])
     assert none.mean is None and none.n_scored == 0 and none.n_not_scored == 1
+
+
+def test_unsupported_claim_rate_counts_the_models_sentences_not_the_quoted_ones():
+    from eval.metrics import unsupported_claims
+
+    claims = [{"text": "a", "supported": True}, {"text": "b", "supported": True, "quoted": True},
+              {"text": "c", "supported": True, "quoted": True}]
+    removed = [{"text": "d", "supported": False}]
+    s = unsupported_claims({"claims": claims, "removed_claims": removed})
+    assert s.value == 0.5 and s.weight == 2.0  # 1 removed of the model's 2 sentences
+    # a quote after every model sentence was removed: all of the model's words were unsupported
+    s = unsupported_claims({"claims": claims[1:], "removed_claims": removed})
+    assert s.value == 1.0
+    assert unsupported_claims({"claims": claims[1:], "removed_claims": []}) is None

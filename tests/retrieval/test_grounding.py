@@ -58,6 +58,17 @@ def test_supported_claims(claim):
     assert check.evidence and all(e in RESET.text for e in check.evidence)
 
 
+
+def test_every_other_passage_that_supports_a_claim_is_named():
+    quick = passage("Quick guide: to reset the router, hold the Reset button for 10 seconds.",
+                    page=12)
+    other = passage("Hold the Reset button for 30 seconds to restart the router.", page=20)
+    check = check_claim("Press and hold the Reset button for 10 seconds.", Q,
+                        [FIRMWARE, RESET, other, quick])
+    assert check.supported and check.passage in (2, 4)
+    assert check.also == tuple(sorted({2, 4} - {check.passage}))  # not the 30-second page
+    assert check_claim("Wait 4 minutes between resets.", Q, [RESET, quick]).also == ()
+
 @pytest.mark.parametrize("claim, why", [
     ("Press and hold the Reset button for 45 seconds.", '"45 second"'),
     ("Press and hold the Reset button for 10 minutes.", '"10 minute"'),
