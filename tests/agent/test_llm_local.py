@@ -306,7 +306,11 @@ def test_count_tokens_is_the_models_tokenizer_and_the_estimate_is_near_it():
 # one-by-one reply at a near-tie. The stated tolerance: equal, or parted where the one-by-one
 # choice leads the batched one by less than BATCH_TIE_NATS under the one-sequence logits
 # (bench/eval_speed.py --backend llama.cpp measured the gaps at its partings: docs/speed.md).
-BATCH_TIE_NATS = 0.1
+# Q4_1 rounds activations to 8 bits inside its matrix products, so its near-ties are wider
+# (measured on an AMD EPYC: every reply parted, gaps -0.16 to +0.16; bf16: two partings, 0.03).
+# A batch that dropped the adapter parts at tokens 0-6 with gaps up to 1.1-1.2 in both weights,
+# so both tolerances still catch it.
+BATCH_TIE_NATS = {"bf16": 0.1, "q4_1": 0.25}
 
 
 @pytest.mark.integration
@@ -329,7 +333,7 @@ def test_llama_cpp_batched_replies_equal_one_by_one(random_adapter, weights):
         for m, got, ref in zip(conversations, many, one, strict=True):
             if got != ref:
                 where = parting(llm, m, got, ref, 32)
-                assert where["gap_nats"] < BATCH_TIE_NATS, (m[-1]["content"], where)
+                assert where["gap_nats"] < BATCH_TIE_NATS[weights], (m[-1]["content"], where)
     # The context made for the first batch (one sequence per conversation) served the groups.
     assert llm._batch_shape[0] == len(conversations)
 
