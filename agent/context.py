@@ -77,6 +77,11 @@ class Context:
             when it reaches the relevance bar), marked as a quote with its page: the support
             agent sees the manual's own words beside the model's. Off: the verified sentences
             alone.
+        quote_first: Which quote candidate is tried first, each shown only if it reaches the
+            relevance bar: `"ranker"` (the model-free sentence ranker's quote, the model's
+            selection as the fallback) or `"model"` (the sentences the model selected by
+            number first). Whether a quote is shown is the same either way. The ranker goes
+            first because the adapter's selections score below it on dev (docs/agent.md).
         embedder: The retrieval embedder, reused to rank passage sentences for a quote (`None`:
             word overlap alone).
         term_weight: A content word's weight in the answer relevance bar, the index's IDF
@@ -110,6 +115,7 @@ class Context:
     answer_mode: Literal["generate", "extract"] = "generate"
     separate_answer_call: bool = False
     support_quote: bool = True
+    quote_first: Literal["ranker", "model"] = "ranker"
     embedder: Embedder | None = None
     term_weight: Callable[[str], float] | None = None
     term_reading: Callable[[str], str] | None = None

@@ -31,8 +31,9 @@
   named, enough of the question's IDF-weighted words) are removed too.
 - **quote**: when no sentence survives (or the model abstained, or `Context.answer_mode` is
   `"extract"`), the answer is the passage sentences that best answer the question, verbatim and
-  marked as a quote with their page: those the model selected by number when they reach the
-  relevance bar, else the ranker's (`retrieval.grounding.choose_quote`). Below the bar: abstain.
+  marked as a quote with their page: the ranker's when it reaches the relevance bar, else those
+  the model selected by number (`retrieval.grounding.choose_quote`, `Context.quote_first`).
+  Below the bar: abstain.
 
 Streaming (`stream_mode="custom"`): the model's tokens go out as `("draft", token)` and the
 final nodes write the verified answer (or the quote, the abstain or the refusal text) as
@@ -446,9 +447,9 @@ def render_quote(quotes: list[Quote], contexts: list[Hit], claims: list[Claim] =
 
 def _best_quote(state: State, runtime: Runtime[Context]) -> tuple[list[Quote], str]:
     """The passage sentences that best answer the question (`choose_quote`), or why none."""
+    ctx = runtime.context
     return choose_quote(state["standalone"], state["contexts"], state["selection"],
-                        runtime.context.embedder, runtime.context.term_weight,
-                        runtime.context.term_reading)
+                        ctx.embedder, ctx.term_weight, ctx.term_reading, ctx.quote_first)
 
 
 def _quote_claims(quotes: list[Quote], question: str, contexts: list[Hit]) -> list[Claim]:

@@ -12,8 +12,9 @@ Systems (`--configs`, comma-separated):
 - `ranker`: no model call at all; every answer is the quote the deterministic ranker picks
   (`retrieval.grounding.ranked_quote`), or the abstain answer below the relevance bar;
 - `base:generate` / `base:extract`: the embedded SmolLM2-135M-Instruct; `generate` = the model's
-  answer, verified, quoted when no sentence survives; `extract` = always the quote, from the
-  sentences the model selects by number (format v2 `Quote`), else the ranker's;
+  answer, verified, quoted when no sentence survives (the ranker's quote first, as shipped);
+  `extract` = always the quote, from the sentences the model selects by number (format v2
+  `Quote`, `quote_first="model"`), else the ranker's;
 - `adapter:generate` / `adapter:extract`: the same with `--adapter DIR` (skipped without it);
 - `copy-top1` is always reported: the top graded passage copied verbatim (the reference point
   the issue quotes, ROUGE-L ~0.29 on dev).
@@ -252,6 +253,8 @@ def run_config(config: str, questions: list[Question], args: argparse.Namespace)
         extra["passage_tokens"] = args.passage_tokens
     if args.rerank is not None:
         extra["rerank"] = args.rerank
+    if config.endswith(":extract"):
+        extra["quote_first"] = "model"  # what these configs measure: the model's selection
     assistant = Assistant.from_settings(Settings.resolve(home=args.home), llm,
                                         max_new_tokens=args.max_new_tokens, answer_mode=mode,
                                         **extra)

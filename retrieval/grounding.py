@@ -31,10 +31,11 @@ checked as "the TV supports Dolby Atmos" (and a "No" needs a window that negates
 repeats an instruction-like passage (its URL, or its words) or is itself an instruction ("ignore
 previous instructions") is rejected with that reason.
 
-`choose_quote` picks what to show when no claim survives: the sentences the model selected by
-number (format v2's `Quote`), else the ranker's best candidate (`rank_sentences`: a sentence and
-the ones that follow it, up to `QUOTE_MAX_SENTENCES` and `QUOTE_MAX_WORDS`, scored by a
-weighted sum of a few similarity features, `RANK_WEIGHTS`). `answer_relevance` is the bar any answer, quoted or generated, must reach to
+`choose_quote` picks what to show when no claim survives (and the support quote after kept
+ones): the ranker's best candidate (`rank_sentences`: a sentence and the ones that follow it, up
+to `QUOTE_MAX_SENTENCES` and `QUOTE_MAX_WORDS`, scored by a weighted sum of a few similarity
+features, `RANK_WEIGHTS`), else the sentences the model selected by number (format v2's
+`Quote`); `first="model"` tries the model's selection first. `answer_relevance` is the bar any answer, quoted or generated, must reach to
 be shown rather than abstaining: a sentence can be supported by a passage and still not answer
 the question. The ranker's quote is read with the sentence either side of it in its passage
 (`RANKED_QUOTE_CONTEXT`); the model's own sentences and its selection are read alone.
@@ -48,6 +49,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from retrieval.text import (
     content_words,
@@ -659,23 +661,32 @@ def choose_quote(
     embedder: Embedder | None = None,
     weight: TermWeight | None = None,
     read: TermReading | None = None,
+    first: Literal["ranker", "model"] = "ranker",
 ) -> tuple[list[Quote], str]:
-    """What to quote when no generated claim survives, and why not when nothing qualifies.
+    """What to quote, and why nothing when nothing qualifies.
 
-    The model's selection (its quotes that reach `quote_relevance`) comes first; otherwise the
-    ranker's quote if it reaches the bar, read with `RANKED_QUOTE_CONTEXT` sentences of its
-    passage either side of it.
+    Two candidates, each shown only if it reaches `quote_relevance`: the ranker's quote (read
+    with `RANKED_QUOTE_CONTEXT` sentences of its passage either side of it) and the sentences
+    the model selected by number (read alone). `first` says which is tried first; the other is
+    the fallback. Either order answers exactly when one of them reaches the bar, so the order
+    changes what is quoted, never whether: the ranker goes first by default because the
+    adapter's selections score below it (docs/agent.md, "The quote: the ranker first").
 
     Returns:
         `(quotes, reason)`: the quotes to show (empty when none reaches the bar) and, when
-        empty, why.
+        empty, why (the ranker's reason).
     """
-    chosen = [q for q in selected_quotes(selection, passages)
-              if quote_relevance(question, passages, q, weight, read) is None]
-    if chosen:
+    def model() -> list[Quote]:
+        return [q for q in selected_quotes(selection, passages)
+                if quote_relevance(question, passages, q, weight, read) is None]
+
+    if first == "model" and (chosen := model()):
         return chosen, ""
     ranked = ranked_quote(question, passages, embedder)
-    if ranked is None:
-        return [], "no usable passage"
-    why = quote_relevance(question, passages, ranked, weight, read, RANKED_QUOTE_CONTEXT)
-    return ([], why) if why else ([ranked], "")
+    why = "no usable passage" if ranked is None else quote_relevance(
+        question, passages, ranked, weight, read, RANKED_QUOTE_CONTEXT)
+    if not why:
+        return [ranked], ""
+    if first == "ranker" and (chosen := model()):
+        return chosen, ""
+    return [], why

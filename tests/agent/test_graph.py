@@ -125,7 +125,14 @@ def test_support_quote_shows_the_manuals_sentences_after_the_verified_answer(sea
     assistant = Assistant(searcher, ScriptedChatModel([GOOD]), **THRESHOLDS)  # as shipped
     result = assistant.ask(QUESTION)
     assert result.mode == "generated"
-    # the sentence the model selected ("Quote: 1.1"), verbatim after its own words
+    # the ranker's quote (it goes first and reaches the bar), verbatim after the model's words
+    assert result.answer == "Press and hold the Reset button for 10 seconds. " + RESET_QUOTE
+    assert result.claims[0].text == "Press and hold the Reset button for 10 seconds."
+    assert not result.claims[0].quoted and all(c.quoted for c in result.claims[1:])
+    assert all(c.supported and c.passage == 1 for c in result.claims)
+    assert result.citations == [RESET.citation, FAQ.citation]  # the ticket backs the first only
+    # the model's selection first ("Quote: 1.1"): that sentence instead
+    result = make(searcher, GOOD, support_quote=True, quote_first="model")[0].ask(QUESTION)
     assert result.answer == (
         'Press and hold the Reset button for 10 seconds. The manual says (router_manual.pdf '
         'p.4): "To reset the router to factory settings, press and hold the Reset button on '
@@ -134,12 +141,6 @@ def test_support_quote_shows_the_manuals_sentences_after_the_verified_answer(sea
         "Press and hold the Reset button for 10 seconds.",
         "To reset the router to factory settings, press and hold the Reset button on the back "
         "for 10 seconds until the power light blinks orange."]
-    assert all(c.supported and c.passage == 1 for c in result.claims)
-    assert result.citations == [RESET.citation, FAQ.citation]  # the ticket backs the first only
-    # without a selection of its own, the ranker's quote
-    no_selection = GOOD.replace("Quote: 1.1", "Quote: none")
-    result = make(searcher, no_selection, support_quote=True)[0].ask(QUESTION)
-    assert result.answer == "Press and hold the Reset button for 10 seconds. " + RESET_QUOTE
 
 
 def test_support_quote_leaves_out_a_sentence_the_model_already_copied(searcher):
@@ -216,10 +217,12 @@ def test_the_models_sentence_selection_is_quoted_verbatim():
     searcher = FakeSearcher([RESET])
     answer = ("Reasoning: Passage [1] (Factory reset) answers the question.\nQuote: 1.2\n"
               "Answer: It erases everything forever and ever.\nSources: none")
-    assistant, _ = make(searcher, answer)
+    assistant, _ = make(searcher, answer, quote_first="model")
     result = assistant.ask(QUESTION)
     assert result.answer == 'The manual says (router_manual.pdf p.4): "All settings are erased."'
     assert result.citations == [RESET.citation]
+    # as shipped the ranker's quote goes first; the selection is its fallback
+    assert make(searcher, answer)[0].ask(QUESTION).answer == RESET_QUOTE
 
 
 def test_an_invalid_selection_falls_back_to_the_ranker(searcher):
@@ -231,7 +234,8 @@ def test_an_invalid_selection_falls_back_to_the_ranker(searcher):
 def test_extract_mode_quotes_and_stops_generating_at_the_answer_label(searcher):
     answer = ("Reasoning: Passage [1] (Factory reset) answers the question.\nQuote: 1.1\n"
               "Answer: never read\nSources: [router_manual.pdf p.4]")
-    assistant, llm = make(searcher, answer, answer_mode="extract")
+    # extract mode quotes the model's selection: the point of the mode (`quote_first="model"`)
+    assistant, llm = make(searcher, answer, answer_mode="extract", quote_first="model")
     result = assistant.ask(QUESTION)
     assert result.mode == "quoted" and result.citations == [RESET.citation]
     assert result.answer == ('The manual says (router_manual.pdf p.4): "To reset the router to '
@@ -541,7 +545,7 @@ def test_the_prompt_shows_the_window_and_quotes_map_back_to_the_whole_passage():
     answer = ("Reasoning: Passage [1] (Maintenance) answers the question.\nQuote: 1.1 1.2\n"
               "Answer: Something invented entirely.\nSources: none")
     assistant, llm = make(searcher, answer, min_similarity=-1.0, overlap_floor=-1.0,
-                          passage_words=30)
+                          passage_words=30, quote_first="model")
     result = assistant.ask(QUESTION)
     user = llm.calls[0][-2]["content"]
     assert "(1.1) To reset the router to factory settings" in user

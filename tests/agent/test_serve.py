@@ -23,6 +23,8 @@ from tests.conftest import ScriptedChatModel
 QUESTION = "How do I reset the router to factory settings?"
 RESET_SENTENCE = ("To reset the router to factory settings, press and hold the Reset button on "
                   "the back for 10 seconds until the power light blinks orange.")
+# The verified answer: the test backend's copied sentence, then the rest of the ranker's quote.
+ANSWER = f'{RESET_SENTENCE} The manual says (router_manual.pdf p.4): "All settings are erased."'
 ENV_KEY = "key-from-the-environment"
 RATE_KEY = "key-for-the-rate-limit-test"
 RATE_LIMIT = 200
@@ -86,7 +88,7 @@ def test_ask_returns_the_ask_json_object(server):
     result = ask(server)
     assert {"answer", "mode", "reasoning", "claims", "citations", "faq_match", "timings",
             "answer_id", "contexts", "session_id"} <= set(result)
-    assert result["answer"] == RESET_SENTENCE and result["mode"] in MODES
+    assert result["answer"] == ANSWER and result["mode"] in MODES
     assert result["citations"][0] == {"source": "router_manual.pdf", "page": 4,
                                       "section": "Factory reset"}
     assert result["faq_match"]["question"] == "How can I restore my router to factory defaults?"
@@ -131,7 +133,7 @@ def test_stream_sends_tokens_then_the_verified_answer(server):
         assert kinds[-1] == "answer" and set(kinds[:-1]) == {"token"} and len(kinds) > 10
         draft = "".join(json.loads(d)["text"] for e, d in events if e == "token")
         final = json.loads(events[-1][1])
-        assert final["answer"] == RESET_SENTENCE and RESET_SENTENCE in draft
+        assert final["answer"] == ANSWER and RESET_SENTENCE in draft
         assert draft.startswith("Reasoning:") and "Sources: [router_manual.pdf p.4]" in draft
         # The streamed turn is saved, and its answer can be rated.
         assert len(c.get("/v1/sessions/stream-1").json()["messages"]) == 2
@@ -177,7 +179,7 @@ def test_feedback_is_stored_and_exported_as_faq_history(server, tmp_path, capsys
     assert row["question"] == "How do I change the Wi-Fi password?"
     assert row["rating"] == "down" and "page" not in row  # the latest rating counts
     row = rows[f"feedback-{approved['answer_id']}"]
-    assert (row["answer"], row["page"], row["kind"]) == (RESET_SENTENCE, 4, "approved")
+    assert (row["answer"], row["page"], row["kind"]) == (ANSWER, 4, "approved")
     assert row["session_id"] == "fb-1" and row["comment"] == "exactly right"
 
 
@@ -191,7 +193,7 @@ def test_openai_client_chat_completions(server):
                 {"role": "user", "content": QUESTION}]
     reply = oa.chat.completions.create(model="casewise", messages=messages)
     text = reply.choices[0].message.content
-    assert text == f"{RESET_SENTENCE}\n\nSources: [router_manual.pdf p.4]"
+    assert text == f"{ANSWER}\n\nSources: [router_manual.pdf p.4]"
     assert reply.choices[0].finish_reason == "stop"
     extra = reply.model_extra["casewise"]
     assert extra["citations"][0]["page"] == 4 and extra["answer_id"]

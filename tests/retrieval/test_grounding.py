@@ -273,11 +273,11 @@ def test_only_the_rankers_quote_is_read_with_its_neighbours():
     assert quotes == [] and "IDF-weighted" in why
 
 
-def test_choose_quote_prefers_a_relevant_model_selection():
-    quotes, why = choose_quote(Q, [FIRMWARE, RESET], selection=[(2, 2)])
+def test_choose_quote_model_first_prefers_a_relevant_model_selection():
+    quotes, why = choose_quote(Q, [FIRMWARE, RESET], selection=[(2, 2)], first="model")
     assert why == "" and [q.selected_by for q in quotes] == ["model"]
     # an irrelevant selection gives way to the ranker
-    quotes, _ = choose_quote(Q, [FIRMWARE, RESET], selection=[(1, 1)])
+    quotes, _ = choose_quote(Q, [FIRMWARE, RESET], selection=[(1, 1)], first="model")
     assert [(q.passage, q.selected_by) for q in quotes] == [(2, "ranker")]
     quotes, why = choose_quote("Does the router support Dolby Atmos?", [RESET])
     assert quotes == [] and "dolby atmos" in why
@@ -391,3 +391,21 @@ def test_passages_are_ordered_by_their_best_quote_and_planted_ones_go_last():
     assert order == [2, 1, 0]  # the reset passage first, the planted one (no candidate) last
     assert rank_passages(Q, passages[1:], HashEmbedder()) == [1, 0]
     assert rank_passages(Q, []) == []
+
+
+def test_choose_quote_tries_the_ranker_first_and_falls_back_to_the_selection(monkeypatch):
+    import retrieval.grounding as grounding
+
+    # a relevant selection and a relevant ranker's quote: the ranker's is shown by default
+    ranked = ranked_quote(Q, [FIRMWARE, RESET])
+    assert ranked.passage == 2
+    quotes, why = choose_quote(Q, [FIRMWARE, RESET], selection=[(2, 2)])
+    assert why == "" and quotes == [ranked]
+    # the ranker's quote below the bar (it quotes the firmware passage): the model's relevant
+    # selection is the fallback, and an irrelevant one gives the ranker's reason
+    monkeypatch.setattr(grounding, "ranked_quote", lambda q, p, e=None, w=None:
+                        grounding.quote_from(p, 1, 1))
+    quotes, why = choose_quote(Q, [FIRMWARE, RESET], selection=[(2, 2)])
+    assert why == "" and [(q.passage, q.selected_by) for q in quotes] == [(2, "model")]
+    quotes, why = choose_quote(Q, [FIRMWARE, RESET], selection=[(1, 1)])
+    assert quotes == [] and why
