@@ -6,7 +6,9 @@ Measured on sets the guard was never trained or tuned on, and on its own data fo
   >= 0.97). Never used for training, rules or the threshold;
 - over-refusal on every benign support question of `../shared/data/emanual/` (faq_history.csv +
   qa_dev.jsonl; target <= 0.01), on the held-out benign set (`agent/guard_data/heldout.yaml`:
-  victims' and security-minded questions, never trained on), on the validation split of the
+  victims' and security-minded questions, never trained on), on eval's own unanswerable
+  questions (`eval/data/unanswerable*.jsonl`: ordinary questions the manual does not answer,
+  never trained on), on the validation split of the
   training set (out of sample, same distribution: the threshold was chosen there) and on the
   benign training sentences (in sample, for reference only);
 - recall on the held-out harmful set (paraphrased, misspelled, non-English, novel), by kind;
@@ -58,6 +60,9 @@ from agent.guards import (  # noqa: E402
 )
 
 SHARED = REPO.parent / "shared" / "data"
+# The evaluation's questions the manual does not answer: ordinary benign questions (a weight, a
+# price, a flight's luggage allowance), written for eval and never used by the guard.
+EVAL_BENIGN = ("unanswerable.jsonl", "unanswerable_in_domain.jsonl")
 RESULTS = REPO / "bench" / "results"
 # The last commit of main with the rules-only guard (before issue 13).
 BASELINE_COMMIT = "4fbf67c"
@@ -101,6 +106,10 @@ def collect_sets() -> dict[str, dict]:
         texts = [r.text for p in emanual for r in read_requests(p)[0]]
         sets["emanual_benign"] = {"texts": texts, "harmful": False,
                                   "note": "e-manual faq_history + qa_dev questions"}
+    questions = [REPO / "eval" / "data" / n for n in EVAL_BENIGN]
+    sets["eval_unanswerable_benign"] = {
+        "texts": [r.text for p in questions for r in read_requests(p)[0]], "harmful": False,
+        "note": "eval's own unanswerable questions (off- and in-domain), never trained on"}
     heldout = yaml.safe_load((DATA_DIR / "heldout.yaml").read_text(encoding="utf-8"))
     sets["heldout_harmful"] = {"texts": [t for _, _, t in heldout["harmful"]], "harmful": True,
                                "kinds": [k for _, k, _ in heldout["harmful"]],
@@ -171,8 +180,8 @@ def measure_latency(guard: Guard, texts: list[str]) -> dict:
     }
 
 
-SET_NAMES = ("advbench_dev", "emanual_benign", "heldout_harmful", "heldout_benign",
-             "validation_harmful", "validation_benign", "train_benign")
+SET_NAMES = ("advbench_dev", "emanual_benign", "eval_unanswerable_benign", "heldout_harmful",
+             "heldout_benign", "validation_harmful", "validation_benign", "train_benign")
 
 
 def main(argv: list[str] | None = None) -> int:
