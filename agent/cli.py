@@ -41,6 +41,7 @@ from agent.llm import (
 from agent.state import AgentAnswer
 from finetune.format import adapter_format_warning
 from retrieval.errors import CasewiseError, ModelNotFoundError, UsageError, run_cli
+from retrieval.grounding import REPEATED
 from retrieval.settings import Settings
 from retrieval.text import sentences
 
@@ -305,7 +306,12 @@ def format_sources(answer: AgentAnswer) -> str:
 def format_mode(answer: AgentAnswer) -> str | None:
     """One line saying how the answer was produced and checked, or `None` for a refusal."""
     removed = len(answer.removed_claims)
-    dropped = f"; {removed} unsupported sentence{'s' * (removed != 1)} removed" if removed else ""
+    repeated = sum(c.reason == REPEATED for c in answer.removed_claims)
+    unsupported = removed - repeated
+    parts = [f"{unsupported} unsupported"] * bool(unsupported) + [f"{repeated} repeated"] * bool(
+        repeated)
+    dropped = (f"; {' and '.join(parts)} sentence{'s' * (removed != 1)} removed"
+               if removed else "")
     if answer.mode == "generated":
         n = sum(not c.quoted for c in answer.claims)
         quote = (", then the documentation's own words quoted"

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import PurePath
 
 from eval.questions import Question
+from retrieval.grounding import REPEATED
 from retrieval.text import normalise
 
 PROJECT_METRICS = (
@@ -150,11 +151,12 @@ def unsupported_claims(record: dict) -> Score | None:
     """Share of the answer's claims that its verify step removed (`None`: nothing verified).
 
     The model's own sentences only: the passage sentences a quote shows verbatim (`quoted`)
-    are not the model's claims. Weighted by the number of claims, so that the mean over
+    are not the model's claims, and a sentence removed only for repeating an earlier one
+    (`retrieval.grounding.REPEATED`) was supported, so it counts neither way. Weighted by the number of claims, so that the mean over
     answers is removed / (kept + removed) over all claims.
     """
     kept = sum(not c.get("quoted") for c in record.get("claims") or [])
-    removed = len(record.get("removed_claims") or [])
+    removed = sum(c.get("reason") != REPEATED for c in record.get("removed_claims") or [])
     if kept + removed == 0:
         return None
     return Score(removed / (kept + removed), f"{removed} of {kept + removed} claim(s) removed",

@@ -25,6 +25,8 @@ conversation ("You mentioned that...", "The user asks..."), one that is itself a
 What can I do to reset the router?", echoing a ticket's question), and one whose content words
 are all the question's (to a question that is not yes/no: "Reset the router." to "How do I reset
 the router?"). Each would pass on coverage, and none tells the user anything.
+`verify` also rejects a sentence whose content words all occur in an earlier kept sentence of
+the same answer (`REPEATED`): a looping small model's copies would each pass.
 
 A yes/no answer is a claim about the question: "Yes." to "Does the TV support Dolby Atmos?" is
 checked as "the TV supports Dolby Atmos" (and a "No" needs a window that negates). A claim that
@@ -386,10 +388,30 @@ def verify(
 ) -> list[ClaimCheck]:
     """Check every sentence of `answer` against `passages` (see `check_claim`).
 
+    A supported sentence whose content words all occur in one earlier supported sentence adds
+    nothing to it and is rejected as `REPEATED`: a small model loops ("Press the reset button
+    again to reset the router." twelve times, then "Press the reset button" cut off by the
+    token budget), and each copy would pass on its own.
+
     Returns:
         One verdict per claim, in answer order.
     """
-    return [check_claim(c, question, passages, hints) for c in split_claims(answer)]
+    checks, kept = [], []
+    for claim in split_claims(answer):
+        check = check_claim(claim, question, passages, hints)
+        if check.supported:
+            words = set(content_words(_claim_text(claim, question)[0]))
+            if words and any(words <= earlier for earlier in kept):
+                check = ClaimCheck(claim, False, check.passage, coverage=check.coverage,
+                                   reason=REPEATED)
+            else:
+                kept.append(words)
+        checks.append(check)
+    return checks
+
+
+# Why `verify` removes a supported sentence that says again what an earlier one said.
+REPEATED = "repeats an earlier sentence of the answer"
 
 
 # --------------------------------------------------------------------------- quoted answers

@@ -293,6 +293,12 @@ def test_the_mode_is_shown_and_a_quote_is_marked(capsys):
                         claims=[own, replace(generated.claims[0], quoted=True)])
     assert format_mode(supported) == ("[generated: 1 sentence, each checked against its passage, "
                                       "then the documentation's own words quoted]")
+    # a sentence removed for repeating an earlier one is named as such, not as unsupported
+    from retrieval.grounding import REPEATED
+
+    looped = replace(supported, removed_claims=[replace(own, supported=False, reason=REPEATED)]
+                     * 2 + list(generated.removed_claims))
+    assert format_mode(looped).endswith("; 1 unsupported and 2 repeated sentences removed]")
     assert format_mode(_answer(mode="refused", refused=True)) is None
 
 

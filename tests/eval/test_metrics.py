@@ -81,3 +81,9 @@ def test_unsupported_claim_rate_counts_the_models_sentences_not_the_quoted_ones(
     s = unsupported_claims({"claims": claims[1:], "removed_claims": removed})
     assert s.value == 1.0
     assert unsupported_claims({"claims": claims[1:], "removed_claims": []}) is None
+    # a sentence removed for repeating an earlier one was supported: it counts neither way
+    from retrieval.grounding import REPEATED
+
+    repeat = {"text": "a", "supported": False, "reason": REPEATED}
+    s = unsupported_claims({"claims": claims, "removed_claims": removed + [repeat]})
+    assert s.value == 0.5 and s.weight == 2.0

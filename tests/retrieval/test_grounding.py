@@ -10,6 +10,7 @@ from retrieval.grounding import (
     QUOTE_MAX_SENTENCES,
     QUOTE_MAX_WORDS,
     RANK_FEATURES,
+    REPEATED,
     WINDOW_RANK_WEIGHTS,
     Quote,
     answer_relevance,
@@ -409,3 +410,19 @@ def test_choose_quote_tries_the_ranker_first_and_falls_back_to_the_selection(mon
     assert why == "" and [(q.passage, q.selected_by) for q in quotes] == [(2, "model")]
     quotes, why = choose_quote(Q, [FIRMWARE, RESET], selection=[(1, 1)])
     assert quotes == [] and why
+
+
+def test_a_sentence_that_repeats_an_earlier_kept_one_is_removed():
+    # a looping small model: each copy is supported on its own, the answer needs it once
+    answer = ("Press and hold the Reset button for 10 seconds. Press the Reset button for 10 "
+              "seconds. Press and hold the Reset button for 10 seconds. The router restarts in "
+              "about two minutes. Press the Reset button")
+    checks = verify(answer, Q, [RESET])
+    assert [c.supported for c in checks] == [True, False, False, True, False]
+    assert {checks[i].reason for i in (1, 2, 4)} == {REPEATED}
+    # a sentence only repeats a *kept* one: after an unsupported sentence, the first supported
+    # copy stays
+    checks = verify("Press the Reset button for 45 seconds. Press the Reset button for 10 "
+                    "seconds.", Q, [RESET])
+    assert [c.supported for c in checks] == [False, True]
+    assert "45 second" in checks[0].reason
