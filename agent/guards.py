@@ -527,8 +527,14 @@ class Classifier:
         except (KeyError, TypeError, ValueError) as e:
             raise GuardFileError(f"{path}: not a guard classifier file ({e})") from e
 
-    def difference(self, other: Classifier, atol: float = 1e-3) -> str:
-        """What differs from another classifier beyond float noise ("" when they match)."""
+    def difference(self, other: Classifier, atol: float = 1e-3,
+                   sentence_model: bool = True) -> str:
+        """What differs from another classifier beyond float noise ("" when they match).
+
+        `sentence_model=False` leaves out what depends on the sentence vectors' last bits (the
+        MLP's weights, its calibration and the threshold; see `agent.guard_train.check`) and
+        compares the rest: classes, shapes, the character model and its calibration.
+        """
         if self.classes != other.classes:
             return f"classes {self.classes} != {other.classes}"
         if (self.char_model is None) != (other.char_model is None):
@@ -536,29 +542,33 @@ class Classifier:
         if self.char_model is not None and \
                 self.char_model.vocabulary != other.char_model.vocabulary:
             return "the character models' n-gram vocabularies differ"
-        mine = [self.coef, self.intercept, *(a for layer in self.hidden for a in layer),
-                *_char_arrays(self)]
-        theirs = [other.coef, other.intercept, *(a for layer in other.hidden for a in layer),
-                  *_char_arrays(other)]
-        if [a.shape for a in mine] != [a.shape for a in theirs]:
-            return (f"layer shapes {[a.shape for a in mine]} != "
-                    f"{[a.shape for a in theirs]}")
-        gap = max(float(np.abs(a - b).max()) for a, b in zip(mine, theirs))
+        vector = [self.coef, self.intercept, *(a for layer in self.hidden for a in layer)]
+        theirs_vector = [other.coef, other.intercept,
+                         *(a for layer in other.hidden for a in layer)]
+        if [a.shape for a in vector] != [a.shape for a in theirs_vector]:
+            return (f"layer shapes {[a.shape for a in vector]} != "
+                    f"{[a.shape for a in theirs_vector]}")
+        pairs = list(zip(_char_arrays(self, sentence_model),
+                         _char_arrays(other, sentence_model)))
+        if sentence_model:
+            pairs += list(zip(vector, theirs_vector))
+        gap = max((float(np.abs(a - b).max()) for a, b in pairs), default=0.0)
         if gap > atol:
             return f"weights differ by up to {gap:.4g}"
-        if abs(self.threshold - other.threshold) > atol:
+        if sentence_model and abs(self.threshold - other.threshold) > atol:
             return f"threshold {self.threshold:.4f} != {other.threshold:.4f}"
         return ""
 
 
-def _char_arrays(classifier: Classifier) -> list[np.ndarray]:
-    """The character model's and the calibration's numbers, for `Classifier.difference`."""
+def _char_arrays(classifier: Classifier, with_vector: bool = True) -> list[np.ndarray]:
+    """The character model's and the calibration's numbers, for `Classifier.difference`
+    (`with_vector=False`: without the sentence model's calibration)."""
     if classifier.char_model is None:
         return []
     c = classifier.char_model
     return [c.idf, c.coef, np.array([c.intercept]),
             np.array([v for k in sorted(classifier.calibration)
-                      for v in classifier.calibration[k]])]
+                      if with_vector or k != "vector" for v in classifier.calibration[k]])]
 
 
 def _platt(p: np.ndarray, ab: tuple[float, float]) -> np.ndarray:

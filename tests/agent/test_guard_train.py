@@ -155,3 +155,39 @@ def test_check_reports_a_stale_file(tiny_set, tiny_classifier, small_grid, tmp_p
     monkeypatch.setattr(gt, "train", lambda: tiny_classifier)
     assert main(["--check", "--out", str(out)]) == 1
     assert "does not match a fresh training run" in capsys.readouterr().err
+
+
+def test_check_allows_another_cpus_rounding_of_the_sentence_model_and_nothing_more(
+        tiny_set, tiny_classifier, monkeypatch):
+    """--check on another machine: the MLP's weights drift with the embedder's last bits, so
+    it must match in everything else and in its verdicts on the validation split."""
+    import copy
+
+    from agent.guard_train import CHECK_THRESHOLD_TOL, check, validation_data
+
+    data = lambda: validation_data(tiny_set, HashEmbedder())  # noqa: E731
+    texts, vectors = data()
+    assert len(texts) > 0 and vectors.shape == (len(texts), tiny_classifier.dim)
+    assert check(tiny_classifier, tiny_classifier, data) == ("", "matches a fresh training run")
+
+    def variant(change):
+        other = copy.deepcopy(tiny_classifier)
+        change(other)
+        return other
+
+    rng = np.random.default_rng(0)
+    # drift of the size another CPU gives: the verdicts agree, and the note says why it passed
+    drifted = variant(lambda c: setattr(c, "coef", c.coef + rng.normal(0, 3e-3, c.coef.shape)))
+    failure, note = check(tiny_classifier, drifted, data)
+    assert failure == "" and "float rounding" in note and "verdicts differ on 0 of" in note
+    # a different sentence model gives different verdicts: stale
+    flipped = variant(lambda c: setattr(c, "coef", -c.coef))
+    failure, _ = check(tiny_classifier, flipped, data)
+    assert "verdicts differ on" in failure
+    # the threshold may move only by the drift's size
+    moved = variant(lambda c: setattr(c, "threshold", c.threshold + 2 * CHECK_THRESHOLD_TOL))
+    moved.coef = drifted.coef
+    assert "more than" in check(tiny_classifier, moved, data)[0]
+    # the character model must match exactly, whatever the sentence model does
+    chars = variant(lambda c: setattr(c.char_model, "coef", c.char_model.coef + 0.5))
+    assert check(tiny_classifier, chars, data)[0].startswith("weights differ")
