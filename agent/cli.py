@@ -308,8 +308,8 @@ def format_mode(answer: AgentAnswer) -> str | None:
     removed = len(answer.removed_claims)
     repeated = sum(c.reason == REPEATED for c in answer.removed_claims)
     unsupported = removed - repeated
-    parts = [f"{unsupported} unsupported"] * bool(unsupported) + [f"{repeated} repeated"] * bool(
-        repeated)
+    parts = [f"{n} {kind}" for n, kind in ((unsupported, "unsupported"), (repeated, "repeated"))
+             if n]
     dropped = (f"; {' and '.join(parts)} sentence{'s' * (removed != 1)} removed"
                if removed else "")
     if answer.mode == "generated":

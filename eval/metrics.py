@@ -152,8 +152,9 @@ def unsupported_claims(record: dict) -> Score | None:
 
     The model's own sentences only: the passage sentences a quote shows verbatim (`quoted`)
     are not the model's claims, and a sentence removed only for repeating an earlier one
-    (`retrieval.grounding.REPEATED`) was supported, so it counts neither way. Weighted by the number of claims, so that the mean over
-    answers is removed / (kept + removed) over all claims.
+    (`retrieval.grounding.REPEATED`) was supported, so it counts neither way. Weighted by the
+    number of claims, so that the mean over answers is removed / (kept + removed) over all
+    claims.
     """
     kept = sum(not c.get("quoted") for c in record.get("claims") or [])
     removed = sum(c.get("reason") != REPEATED for c in record.get("removed_claims") or [])

@@ -37,10 +37,11 @@ previous instructions") is rejected with that reason.
 ones): the ranker's best candidate (`rank_sentences`: a sentence and the ones that follow it, up
 to `QUOTE_MAX_SENTENCES` and `QUOTE_MAX_WORDS`, scored by a weighted sum of a few similarity
 features, `RANK_WEIGHTS`), else the sentences the model selected by number (format v2's
-`Quote`); `first="model"` tries the model's selection first. `answer_relevance` is the bar any answer, quoted or generated, must reach to
-be shown rather than abstaining: a sentence can be supported by a passage and still not answer
-the question. The ranker's quote is read with the sentence either side of it in its passage
-(`RANKED_QUOTE_CONTEXT`); the model's own sentences and its selection are read alone.
+`Quote`); `first="model"` tries the model's selection first. `answer_relevance` is the bar any
+answer, quoted or generated, must reach to be shown rather than abstaining: a sentence can be
+supported by a passage and still not answer the question. The ranker's quote is read with the
+sentence either side of it in its passage (`RANKED_QUOTE_CONTEXT`); the model's own sentences
+and its selection are read alone.
 
 This module is a leaf (it imports only `retrieval`), so fine-tuning can use it to reject
 training answers without importing the agent.

@@ -158,7 +158,7 @@ def test_check_reports_a_stale_file(tiny_set, tiny_classifier, small_grid, tmp_p
 
 
 def test_check_allows_another_cpus_rounding_of_the_sentence_model_and_nothing_more(
-        tiny_set, tiny_classifier, monkeypatch):
+        tiny_set, tiny_classifier):
     """--check on another machine: the MLP's weights drift with the embedder's last bits, so
     it must match in everything else and in its verdicts on the validation split."""
     import copy
