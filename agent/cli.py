@@ -97,6 +97,10 @@ def _add_common(parser: argparse.ArgumentParser, suppress: bool) -> None:
     g.add_argument("--faq-threshold", type=float, default=d(None), metavar="SCORE",
                    help="minimum match score to show a similar past ticket (default "
                    f"{DEFAULT_FAQ_THRESHOLD}; lower shows more matches)")
+    g.add_argument("--model-check", action="store_true", default=d(False),
+                   help="after the word-level checks, ask the model whether each kept sentence's "
+                   "passage states it, and remove what it does not confirm (one short call per "
+                   "sentence; for a capable or remote model, not the embedded 135M one)")
     g.add_argument("--reset-memory", action="store_true", default=d(False),
                    help="move the conversation memory (<home>/memory.sqlite) aside, kept as "
                    "memory.sqlite.<time>.bak, and start a fresh one (e.g. when it is damaged)")
@@ -285,7 +289,8 @@ def build_assistant(args: argparse.Namespace, llm: ChatBackend | None = None) ->
     apply_reset_memory(args, settings)
     assistant = Assistant.from_settings(settings, llm, top_k=args.top_k,
                                         faq_threshold=args.faq_threshold,
-                                        max_new_tokens=args.max_new_tokens)
+                                        max_new_tokens=args.max_new_tokens,
+                                        model_check=args.model_check)
     if isinstance(llm, (LocalChatModel, LlamaCppChatModel)):
         # Load now so that a wrong model or adapter path fails before the first question.
         llm.load()

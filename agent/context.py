@@ -82,6 +82,13 @@ class Context:
             selection as the fallback) or `"model"` (the sentences the model selected by
             number first). Whether a quote is shown is the same either way. The ranker goes
             first because the adapter's selections score below it on dev (docs/agent.md).
+        model_check: After the word-level checks, ask the model of `llm`, one short call per
+            kept sentence, whether the passage sentences that support it state it
+            (`agent.prompts.MODEL_CHECK_PROMPT`); a sentence it does not answer "yes" for is
+            removed (`agent.prompts.NOT_CONFIRMED`). It catches what word checks cannot: the
+            passage's words in a relation the passage does not state. Worth it with a capable
+            or remote model; the embedded 135M model cannot judge it (docs/agent.md, "The
+            model check"). Off by default: the default needs no extra model call.
         embedder: The retrieval embedder, reused to rank passage sentences for a quote (`None`:
             word overlap alone).
         term_weight: A content word's weight in the answer relevance bar, the index's IDF
@@ -116,6 +123,7 @@ class Context:
     separate_answer_call: bool = False
     support_quote: bool = True
     quote_first: Literal["ranker", "model"] = "ranker"
+    model_check: bool = False
     embedder: Embedder | None = None
     term_weight: Callable[[str], float] | None = None
     term_reading: Callable[[str], str] | None = None

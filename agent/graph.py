@@ -27,6 +27,8 @@
 - **verify** checks every sentence of the draft against every passage
   (`retrieval.grounding.verify`): unsupported sentences are removed and reported, citations are
   recomputed from the passages that support the kept ones (the model's labels only break ties).
+  With `Context.model_check` the model is then asked, per kept sentence, whether its supporting
+  passage sentences state it; what it does not confirm is removed.
   Kept sentences that together do not answer the question (`answer_relevance`: the subject
   named, enough of the question's IDF-weighted words) are removed too.
 - **quote**: when no sentence survives (or the model abstained, or `Context.answer_mode` is
@@ -58,10 +60,14 @@ from agent.context import Cancelled, Context
 from agent.guards import SELF_HARM, SELF_HARM_ANSWER, default_guard
 from agent.prompts import (
     CONTEXTUALIZE_PROMPT,
+    MODEL_CHECK_MAX_NEW_TOKENS,
+    MODEL_CHECK_PROMPT,
+    NOT_CONFIRMED,
     REWRITE_QUERY_PROMPT,
     contextualize as keyword_contextualize,
     is_follow_up,
     keyword_query,
+    model_confirms,
 )
 from agent.state import Claim, InputState, State
 from finetune.format import (
@@ -368,7 +374,8 @@ def answer(state: State, runtime: Runtime[Context]) -> dict:
     return {**result, "draft": "" if parsed.abstained else text, "hints": hints}
 
 
-def _claim(check: ClaimCheck, contexts: list[Hit]) -> Claim:
+def as_claim(check: ClaimCheck, contexts: list[Hit]) -> Claim:
+    """One verification verdict as the answer's `Claim`, its passage number read in `contexts`."""
     supported = check.supported and check.passage is not None
     return Claim(
         text=check.text, supported=check.supported,
@@ -392,14 +399,39 @@ def _citations(claims: list[Claim]) -> list[Citation]:
                               + [a for c in claims for a in c.also]))
 
 
+def model_check(state: State, ctx: Context, kept: list[Claim]) -> tuple[list[Claim], list[Claim]]:
+    """`Context.model_check`: ask the model whether each kept claim's evidence states it.
+
+    Returns:
+        `(confirmed, rejected)`: the claims the model answered "yes" for, and the others as
+        removed claims whose reason quotes the reply.
+    """
+    confirmed, rejected = [], []
+    for claim in kept:
+        passage = claim.evidence or state["contexts"][claim.passage - 1].text
+        prompt = MODEL_CHECK_PROMPT.format(question=state["standalone"], passage=passage,
+                                           claim=claim.text)
+        reply = _complete(ctx, [{"role": "user", "content": prompt}], MODEL_CHECK_MAX_NEW_TOKENS)
+        if model_confirms(reply):
+            confirmed.append(claim)
+        else:
+            said = _first_line(reply)[:40]
+            rejected.append(replace(claim, supported=False, citation=None, passage=None, also=(),
+                                    reason=f"{NOT_CONFIRMED} (it replied {said!r})"))
+    return confirmed, rejected
+
+
 def verify(state: State, runtime: Runtime[Context]) -> dict:
     """Check every sentence of the draft against every passage; keep the supported ones."""
     start = time.perf_counter()
     contexts = state["contexts"]
     checks = verify_claims(state["draft"], state["standalone"], contexts, state["hints"])
-    claims = [_claim(c, contexts) for c in checks]
+    claims = [as_claim(c, contexts) for c in checks]
     kept = [c for c in claims if c.supported]
     removed = [c for c in claims if not c.supported]
+    if kept and runtime.context.model_check:
+        kept, rejected = model_check(state, runtime.context, kept)
+        removed += rejected
     off_topic = kept and answer_relevance(state["standalone"], contexts,
                                           # a "Yes." is read with the sentence it rests on
                                           [(c.passage, f"{c.text} {c.evidence}") for c in kept],

@@ -2,7 +2,8 @@
 
 The answer prompt is `finetune.format.build_messages` (shared with the training data, so the
 fine-tuned adapter sees exactly what it was trained on). Here: follow-up and query rewriting
-(deterministic by default, an LLM prompt for capable models). Words, stop words and overlap come
+(deterministic by default, an LLM prompt for capable models), and the optional model check of
+verified claims (`MODEL_CHECK_PROMPT`, `Context.model_check`). Words, stop words and overlap come
 from `retrieval.text`; the detector for instruction-like passages is
 `retrieval.grounding.looks_like_injection`.
 """
@@ -26,12 +27,34 @@ REWRITE_QUERY_PROMPT = (
     "query only.\n\nQuestion: {question}\n\nSearch query:"
 )
 
+MODEL_CHECK_PROMPT = (
+    "You check an answer against a product manual. Reply yes only if the passage states "
+    "everything the answer sentence says, with the same steps, names, numbers and relations; "
+    "otherwise reply no. Reply with one word.\n\nQuestion: {question}\n\nPassage: {passage}\n\n"
+    "Answer sentence: {claim}\n\nDoes the passage state it?"
+)
+# Tokens the check's reply may take: "yes" or "no" and a little slack.
+MODEL_CHECK_MAX_NEW_TOKENS = 4
+# Why `verify` removes a claim under `Context.model_check` (the reply follows in brackets).
+NOT_CONFIRMED = "the model check did not confirm it from its passage"
+_CONFIRMS = re.compile(r"^\W*yes\b", re.IGNORECASE)
+
 # Openings that carry the previous question over to a new object ("what about the TV?").
 _FOLLOW_UP_START = re.compile(
     r"^\s*(?:and |but )?(?:what about|how about|what if|same for|and for|and on)\b",
     re.IGNORECASE,
 )
 _PRONOUN = re.compile(r"\b(?:it|its|that|this|those|these|them|they|one|there)\b", re.IGNORECASE)
+
+
+def model_confirms(reply: str) -> bool:
+    """Whether a reply to `MODEL_CHECK_PROMPT` confirms the claim: it starts with "yes".
+
+    Anything else (no, an empty or cut-off reply, a sentence) is not a confirmation: the check
+    is a gate the operator turned on, so only an explicit yes lets a claim through.
+    """
+    return bool(_CONFIRMS.match(reply))
+
 
 def is_follow_up(question: str) -> bool:
     """Whether a question probably depends on the previous turn.

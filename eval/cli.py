@@ -99,6 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-new-tokens", type=int, default=EVAL_MAX_NEW_TOKENS,
                      help=f"answer length budget, every system (default {EVAL_MAX_NEW_TOKENS}; "
                           "the agent CLI's is 256)")
+    run.add_argument("--model-check", action="store_true",
+                     help="agent systems ask their model whether each kept sentence's passage "
+                          "states it (agent --model-check; use a new --out: cached answers are "
+                          "reused as they are)")
     run.add_argument("--limit", type=int, help="at most N questions (conversations) per file")
     run.add_argument("--score-only", action="store_true",
                      help="answer nothing: score the cached answers (missing ones are reported)")
@@ -176,7 +180,7 @@ def _run(args) -> int:
     options = SystemOptions(
         settings=settings, model=args.model, adapter=args.adapter, llm_url=args.llm_url,
         llm_model=args.llm_model, top_k=args.top_k, max_new_tokens=args.max_new_tokens,
-        backend=args.backend,
+        backend=args.backend, model_check=args.model_check,
     )
     config = RunConfig(
         questions=args.questions, systems=[s.strip() for s in args.systems.split(",") if s.strip()],

@@ -68,6 +68,7 @@ class SystemOptions:
         max_new_tokens: Generation budget per answer.
         backend: Local inference engine (`agent.llm.local_backend`: `auto`, `llama.cpp`,
             `transformers`; `None`: `CASEWISE_LLM_BACKEND`, else auto).
+        model_check: The agent systems' `Context.model_check`.
     """
 
     settings: Settings
@@ -78,6 +79,7 @@ class SystemOptions:
     top_k: int = 5
     max_new_tokens: int = EVAL_MAX_NEW_TOKENS
     backend: str | None = None
+    model_check: bool = False
 
     def to_dict(self) -> dict:
         """JSON-ready view."""
@@ -85,6 +87,7 @@ class SystemOptions:
             "settings": self.settings.to_dict(), "model": self.model, "adapter": self.adapter,
             "llm_url": self.llm_url, "llm_model": self.llm_model, "top_k": self.top_k,
             "max_new_tokens": self.max_new_tokens, "backend": self.backend,
+            "model_check": self.model_check,
         }
 
 
@@ -224,5 +227,6 @@ def build_system(name: str, options: SystemOptions, llm=None, searcher=None) -> 
     # weights, the guard), so that eval measures the agent that ships.
     searcher = searcher if searcher is not None else open_searcher(options.settings)
     assistant = Assistant.from_searcher(searcher, llm, memory_path=None, top_k=options.top_k,
-                                        max_new_tokens=options.max_new_tokens)
+                                        max_new_tokens=options.max_new_tokens,
+                                        model_check=options.model_check)
     return AgentSystem(assistant, name)

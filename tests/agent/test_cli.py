@@ -7,11 +7,14 @@ import select
 import signal
 import socket
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from agent.cli import main
+from agent.prompts import NOT_CONFIRMED
 from retrieval.settings import Settings
 from tests.agent.conftest import FAQ, LIGHTS, RESET, WIFI, build_index
 from tests.conftest import REPO
@@ -134,6 +137,71 @@ def test_ask_json_with_the_real_model(real_home, embedded_model_path, capsys):
         assert result["citations"]
     for c in result["citations"]:
         assert set(c) == {"source", "page", "section"}
+
+
+class CheckingModel(BaseHTTPRequestHandler):
+    """An OpenAI-compatible server playing a capable model: it answers with one faithful and
+    one misread sentence, and, asked the model check's question, confirms only the faithful
+    one."""
+
+    checks: list[str] = []
+
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        prompt = body["messages"][-1]["content"]
+        if "Does the passage state it?" in prompt:
+            type(self).checks.append(prompt)
+            reply = "yes" if "Answer sentence: Press and hold" in prompt else "no"
+        else:
+            reply = ("Answer: Press and hold the Reset button for 10 seconds. The power light "
+                     "blinks orange for 10 seconds before you press the Reset button.")
+        if body.get("stream"):
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.end_headers()
+            chunk = {"id": "c1", "object": "chat.completion.chunk", "created": 0,
+                     "model": body["model"], "choices": [
+                         {"index": 0, "delta": {"content": reply}, "finish_reason": None}]}
+            self.wfile.write(f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n".encode())
+            return
+        data = json.dumps({"id": "c1", "object": "chat.completion", "created": 0,
+                           "model": body["model"], "choices": [{
+                               "index": 0, "finish_reason": "stop",
+                               "message": {"role": "assistant", "content": reply}}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+@pytest.mark.integration
+def test_model_check_flag_removes_what_the_model_does_not_confirm(real_home, capsys):
+    CheckingModel.checks = []
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), CheckingModel)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    base = ["ask", QUESTION, "--json", "--home", str(real_home), "--llm-url", url,
+            "--llm-model", "m"]
+    try:
+        assert main(base) == 0  # without the flag, the words of both sentences hold
+        plain = json.loads(capsys.readouterr().out)
+        assert CheckingModel.checks == []  # off by default: no check call
+        assert main(base + ["--model-check"]) == 0
+        checked = json.loads(capsys.readouterr().out)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert "before you press" in plain["answer"]
+    assert len(CheckingModel.checks) == 2  # one check per kept sentence
+    assert "before you press" not in checked["answer"] and checked["mode"] == "generated"
+    assert checked["answer"].startswith("Press and hold the Reset button for 10 seconds.")
+    [removed] = checked["removed_claims"]
+    assert removed["text"].startswith("The power light blinks orange")
+    assert removed["reason"] == f"{NOT_CONFIRMED} (it replied 'no')"
 
 
 class Terminal:

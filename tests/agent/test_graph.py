@@ -4,6 +4,7 @@ import pytest
 
 from agent.api import Assistant
 from agent.faq import FaqMatcher
+from agent.prompts import NOT_CONFIRMED, model_confirms
 from finetune.format import ABSTAIN_ANSWER, REFUSAL_ANSWER, SYSTEM_PROMPT
 from retrieval.errors import UsageError
 from retrieval.types import Hit
@@ -695,3 +696,52 @@ def test_support_quote_ends_a_bare_yes_before_the_quote(searcher):
     result = assistant.ask("Can I reset the router to factory settings?")
     assert result.mode == "generated"
     assert result.answer.startswith('Yes. The manual says (router_manual.pdf p.4): "To reset')
+
+
+# --- the optional model check (Context.model_check) --------------------------------------------
+
+MISREAD = "The power light blinks orange for 10 seconds before you press the Reset button."
+TWO_CLAIMS = f"Answer: Press and hold the Reset button for 10 seconds. {MISREAD}"
+
+
+def test_word_checks_alone_keep_a_misread_relation(searcher):
+    # The limit the model check is for: every word and number of MISREAD is in the passage.
+    assistant, llm = make(searcher, TWO_CLAIMS)
+    result = assistant.ask(QUESTION)
+    assert result.mode == "generated" and MISREAD in result.answer
+    assert len(llm.calls) == 1  # off by default: no call beyond the answer
+
+
+def test_the_model_check_removes_a_claim_the_model_does_not_confirm(searcher):
+    assistant, llm = make(searcher, TWO_CLAIMS, "Yes", "No, the passage says the light "
+                          "blinks after the button is held.", model_check=True)
+    result = assistant.ask(QUESTION)
+    assert result.mode == "generated"
+    assert result.answer == "Press and hold the Reset button for 10 seconds."
+    [removed] = result.removed_claims
+    assert removed.text == MISREAD and not removed.supported and removed.citation is None
+    assert removed.reason.startswith(NOT_CONFIRMED) and "'No, the passage" in removed.reason
+    assert result.citations[0] == RESET.citation
+    # one check per kept claim, each showing the question, the claim and its evidence
+    first, second = (call[-1]["content"] for call in llm.calls[1:])
+    assert len(llm.calls) == 3 and QUESTION in first and QUESTION in second
+    assert "Answer sentence: Press and hold the Reset button for 10 seconds." in first
+    assert f"Answer sentence: {MISREAD}" in second
+    assert "press and hold the Reset button on the back for 10 seconds" in second
+
+
+def test_only_an_explicit_yes_confirms_and_nothing_confirmed_gives_the_quote(searcher):
+    # an empty reply and a sentence that merely contains "yes" are not confirmations
+    assistant, llm = make(searcher, TWO_CLAIMS, "", "I would say yes", model_check=True)
+    result = assistant.ask(QUESTION)
+    assert [c.text for c in result.removed_claims] == [
+        "Press and hold the Reset button for 10 seconds.", MISREAD]
+    assert result.mode == "quoted" and result.answer == RESET_QUOTE
+
+
+@pytest.mark.parametrize("reply, confirms", [
+    ("Yes", True), ("yes.", True), (" YES, it does", True), ("**Yes**", True),
+    ("No", False), ("", False), ("Yesterday", False), ("The passage says yes", False),
+])
+def test_model_confirms_reads_only_a_leading_yes(reply, confirms):
+    assert model_confirms(reply) is confirms

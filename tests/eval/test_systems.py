@@ -79,6 +79,19 @@ def test_eval_measures_the_agent_as_shipped(tiny_index):
     assert bare.ask(off_focus).mode == "generated"
 
 
+
+def test_model_check_reaches_the_agent_and_the_saved_config(tiny_index):
+    settings, make_searcher = tiny_index
+    options = SystemOptions(settings=settings, top_k=2, model_check=True)
+    llm = ScriptedChatModel([REPLY, "No"])
+    system = build_system("base", options, llm=llm, searcher=make_searcher())
+    record = system.answer("How do I reset the router?")
+    assert options.to_dict()["model_check"] is True
+    assert len(llm.calls) == 2 and "Does the passage state it?" in llm.calls[1][-1]["content"]
+    assert record["mode"] != "generated"  # the one sentence was not confirmed
+    assert any(c["reason"].startswith("the model check did not confirm")
+               for c in record["removed_claims"])
+
 class _BudgetRecorder(ScriptedChatModel):
     """A scripted model that also records the generation budget of each call."""
 
