@@ -5,7 +5,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from functools import cache
+from typing import Literal, get_args, get_origin, get_type_hints
 
 from agent.faq import FaqMatcher
 from agent.guards import Guard
@@ -26,7 +27,6 @@ class Cancelled(Exception):
 DEFAULT_MIN_SIMILARITY = 0.40
 DEFAULT_MIN_OVERLAP = 0.5
 DEFAULT_OVERLAP_FLOOR = 0.20
-RERANK_MODES = ("off", "best_first", "select")
 
 
 @dataclass
@@ -150,7 +150,14 @@ class Context:
                              f"or more")
         if self.max_rewrites < 0:
             raise UsageError(f"max_rewrites ({self.max_rewrites}) must be 0 or more")
-        if self.rerank not in RERANK_MODES:
-            raise UsageError(f"rerank ({self.rerank!r}) must be one of {', '.join(RERANK_MODES)}")
-        if self.answer_mode not in ("generate", "extract"):
-            raise UsageError(f"answer_mode ({self.answer_mode!r}) must be generate or extract")
+        for name, choices in _choices().items():  # rerank, answer_mode, quote_first
+            value = getattr(self, name)
+            if value not in choices:
+                raise UsageError(f"{name} ({value!r}) must be one of {', '.join(choices)}")
+
+
+@cache
+def _choices() -> dict[str, tuple[str, ...]]:
+    """The allowed values of each `Literal` field of `Context`, from its annotations."""
+    return {name: get_args(hint) for name, hint in get_type_hints(Context).items()
+            if get_origin(hint) is Literal}

@@ -104,6 +104,9 @@ def test_context_settings_are_read_as_the_fields_types():
     assert with_settings(base, []) == base
     for bad, why in (("support_quote=maybe", "takes true or false"),
                      ("max_new_tokens=many", "takes a number"),
-                     ("no_such_field=1", "FIELD=VALUE"), ("support_quote", "FIELD=VALUE")):
+                     ("no_such_field=1", "FIELD=VALUE"), ("support_quote", "FIELD=VALUE"),
+                     ("quote_first=foo", r"quote_first \('foo'\) must be one of ranker, model"),
+                     ("rerank=up", "rerank .* must be one of off, best_first, select")):
         with pytest.raises(UsageError, match=why):
             with_settings(base, [bad])
+    assert with_settings(base, ["quote_first=model"]).quote_first == "model"
