@@ -25,6 +25,10 @@ logistic regression on TF-IDF of words and word pairs (`retrieval.text.word_ngra
 regression on the scorers' logits (fitted where the rule calibrates, each item counted
 once); `--folds stable` assigns folds from each item's own hash (`agent.guard_train.
 stable_folds`) instead of dealing them in hash order; `--max-fpr` is the benign budget.
+`--encoder EPOCHS` adds a scorer that fine-tunes all-MiniLM-L6-v2 itself end to end (mean
+pooling and one linear unit, harmful against benign, `sample_weights` balance; about two
+minutes per fold and epoch pair on the team machine), and `--judge` names the scorer sets to
+judge (`vector+chars,encoder`: one table each; default all scorers together).
 
 Run it under the team's CPU lock (five fits of each scorer; about four minutes on the team
 machine): `flock /tmp/casewise-cpu.lock python bench/guard_folds.py`. A table goes to stdout,
@@ -35,6 +39,7 @@ Examples:
   python bench/guard_folds.py --train /tmp/train_variant.yaml --out /tmp/folds.json
   python bench/guard_folds.py --model logistic:4 --char-c 16
   python bench/guard_folds.py --folds stable --words 16 --combine stack
+  python bench/guard_folds.py --encoder 2 --judge vector+chars,encoder,encoder+vector+chars
 """
 
 from __future__ import annotations
@@ -114,9 +119,73 @@ def fit_word_model(texts: list[str], labels: list[str], c: float):
     return lambda batch: model.predict_proba(vectorizer.transform(batch))[:, 1]
 
 
+def fit_encoder_model(texts: list[str], labels: list[str], epochs: int = 2, lr: float = 5e-5,
+                      batch_size: int = 32):
+    """all-MiniLM-L6-v2 fine-tuned end to end as a harmful-against-benign scorer.
+
+    The bundled weights (`retrieval.embeddings.bundled_model_path`), mean pooling as the
+    sentence embedder pools, one linear unit on top; AdamW with a linear decay, sentences
+    weighted by `sample_weights`, seeded (reproducible on one machine). Only for measuring:
+    the shipped guard reuses retrieval's frozen embedder.
+
+    Args:
+        texts: Training sentences.
+        labels: Their labels (`"benign"` or a harmful category).
+        epochs: Passes over the training sentences.
+        lr: Peak learning rate.
+        batch_size: Sentences per step.
+
+    Returns:
+        A function from a list of texts to their harmful probabilities.
+    """
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from retrieval.embeddings import bundled_model_path
+
+    torch.manual_seed(0)
+    path = bundled_model_path()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    encoder = AutoModel.from_pretrained(path)
+    head = torch.nn.Linear(encoder.config.hidden_size, 1)
+
+    def logits(batch: list[str]):
+        tokens = tokenizer(batch, padding=True, truncation=True, max_length=64,
+                           return_tensors="pt")
+        mask = tokens["attention_mask"].unsqueeze(-1).float()
+        pooled = (encoder(**tokens).last_hidden_state * mask).sum(1) / mask.sum(1)
+        return head(pooled).squeeze(-1)
+
+    weights = torch.tensor(sample_weights(labels), dtype=torch.float32)
+    target = torch.tensor([label != BENIGN for label in labels], dtype=torch.float32)
+    optimizer = torch.optim.AdamW([*encoder.parameters(), *head.parameters()], lr=lr,
+                                  weight_decay=0.01)
+    steps = epochs * -(-len(texts) // batch_size)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1 - s / steps))
+    order = torch.Generator().manual_seed(0)
+    encoder.train()
+    for _ in range(epochs):
+        for idx in torch.randperm(len(texts), generator=order).split(batch_size):
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(
+                logits([texts[i] for i in idx]), target[idx], reduction="none")
+            optimizer.zero_grad()
+            (loss * weights[idx]).mean().backward()
+            optimizer.step()
+            schedule.step()
+    encoder.eval()
+
+    def probabilities(batch: list[str]) -> np.ndarray:
+        with torch.no_grad():
+            return np.concatenate([torch.sigmoid(logits(batch[i:i + 128])).numpy()
+                                   for i in range(0, len(batch), 128)]) if batch else np.empty(0)
+
+    return probabilities
+
+
 def out_of_fold_scores(examples, vectors: np.ndarray, spec: tuple, char_c: float,
                        say=print, folds: np.ndarray | None = None,
-                       word_c: float | None = None) -> dict[str, np.ndarray]:
+                       word_c: float | None = None,
+                       encoder_epochs: int | None = None) -> dict[str, np.ndarray]:
     """Each sentence's harmful probabilities from the models fitted without its fold.
 
     Args:
@@ -127,15 +196,18 @@ def out_of_fold_scores(examples, vectors: np.ndarray, spec: tuple, char_c: float
         say: Progress printer.
         folds: Each sentence's fold (`group_folds(examples)` when `None`).
         word_c: The word model's C (`fit_word_model`), or `None` for no word model.
+        encoder_epochs: Epochs of the fine-tuned encoder (`fit_encoder_model`), or `None` for
+            none.
 
     Returns:
-        `{"vector": ..., "chars": ...}` (and `"words"` with `word_c`), one probability per
-        sentence.
+        `{"vector": ..., "chars": ...}` (and `"words"` with `word_c`, `"encoder"` with
+        `encoder_epochs`), one probability per sentence.
     """
     folds = group_folds(examples) if folds is None else folds
     texts = [e.text for e in examples]
     labels = [e.label for e in examples]
-    names = ["vector", "chars"] + (["words"] if word_c is not None else [])
+    names = (["vector", "chars"] + (["words"] if word_c is not None else [])
+             + (["encoder"] if encoder_epochs is not None else []))
     scores = {name: np.empty(len(examples)) for name in names}
     for k in range(VALIDATION_EVERY):
         start = time.perf_counter()
@@ -149,6 +221,10 @@ def out_of_fold_scores(examples, vectors: np.ndarray, spec: tuple, char_c: float
         if word_c is not None:
             fitted = fit_word_model([t for t, r in zip(texts, rest) if r], rest_labels, word_c)
             scores["words"][held] = fitted([t for t, h in zip(texts, held) if h])
+        if encoder_epochs is not None:
+            fitted = fit_encoder_model([t for t, r in zip(texts, rest) if r], rest_labels,
+                                       encoder_epochs)
+            scores["encoder"][held] = fitted([t for t, h in zip(texts, held) if h])
         say(f"  fold {k}: {int(held.sum())} sentences scored out of fold "
             f"({time.perf_counter() - start:.0f} s)")
     return scores
@@ -250,6 +326,12 @@ def main(argv: list[str] | None = None) -> int:
                              "stable: each item's fold from its own hash")
     parser.add_argument("--words", type=float, default=None, metavar="C",
                         help="add the word and word-pair scorer with this C (default: none)")
+    parser.add_argument("--encoder", type=int, default=None, metavar="EPOCHS",
+                        help="add a scorer that fine-tunes all-MiniLM-L6-v2 end to end for "
+                             "this many epochs (default: none)")
+    parser.add_argument("--judge", default=None, metavar="SETS",
+                        help="comma-separated scorer sets to judge, each scorers joined by '+' "
+                             "(e.g. vector+chars,encoder; default: all scorers together)")
     parser.add_argument("--combine", choices=("mean", "stack"), default="mean",
                         help="mean of the calibrated probabilities (default, as shipped) or a "
                              "logistic regression on the scorers' logits")
@@ -260,6 +342,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.words is not None and args.words <= 0:
         parser.error(f"--words ({args.words:g}) must be a positive C")
+    if args.encoder is not None and args.encoder < 1:
+        parser.error(f"--encoder ({args.encoder}) must be at least 1 epoch")
     if not 0 < args.max_fpr < 1:
         parser.error(f"--max-fpr ({args.max_fpr:g}) must be between 0 and 1")
     return run_cli(lambda: run(args))
@@ -270,6 +354,13 @@ def run(args: argparse.Namespace) -> int:
     from retrieval.embeddings import load_embedder
 
     spec = parse_model(args.model)
+    available = ["vector", "chars"] + (["words"] if args.words is not None else []) + (
+        ["encoder"] if args.encoder is not None else [])
+    sets = [s.split("+") for s in (args.judge or "+".join(available)).split(",") if s]
+    unknown = sorted({n for names in sets for n in names} - set(available))
+    if unknown or not sets:
+        raise UsageError(f"--judge {args.judge!r}: scorers {', '.join(unknown) or 'none'} not "
+                         f"among {', '.join(available)} (--words and --encoder add theirs)")
     load_start = load_load()
     examples = load_training_set(args.train)
     print(f"{len(examples)} sentences from {args.train}", file=sys.stderr)
@@ -278,19 +369,25 @@ def run(args: argparse.Namespace) -> int:
     folds = FOLDS[args.folds](examples)
     scores = out_of_fold_scores(examples, vectors, spec, args.char_c,
                                 say=lambda m: print(m, file=sys.stderr), folds=folds,
-                                word_c=args.words)
-    rows = judge_rules(examples, scores, folds, args.combine, args.max_fpr)
-    print("| rule | threshold | recall per fold (0-4) | mean | benign items flagged per fold "
-          "(0-4) | mean |")
-    print("|---|---|---|---|---|---|")
-    for r in rows:
-        recall, benign = r["recall_per_fold"], r["benign_items_flagged_per_fold"]
-        print(f"| {r['rule']} | {r['threshold']:.4f} | {' '.join(f'{v:.3f}' for v in recall)} | "
-              f"{np.mean(recall):.3f} | {' '.join(f'{v:.3f}' for v in benign)} | "
-              f"{np.mean(benign):.3f} |")
+                                word_c=args.words, encoder_epochs=args.encoder)
+    judged = {}
+    for names in sets:
+        rows = judge_rules(examples, {n: scores[n] for n in names}, folds, args.combine,
+                           args.max_fpr)
+        judged["+".join(names)] = rows
+        print(f"\n{'+'.join(names)}\n")
+        print("| rule | threshold | recall per fold (0-4) | mean | benign items flagged per "
+              "fold (0-4) | mean |")
+        print("|---|---|---|---|---|---|")
+        for r in rows:
+            recall, benign = r["recall_per_fold"], r["benign_items_flagged_per_fold"]
+            print(f"| {r['rule']} | {r['threshold']:.4f} | "
+                  f"{' '.join(f'{v:.3f}' for v in recall)} | {np.mean(recall):.3f} | "
+                  f"{' '.join(f'{v:.3f}' for v in benign)} | {np.mean(benign):.3f} |")
     report = {"train": str(args.train), "model": args.model, "char_c": args.char_c,
-              "word_c": args.words, "folds": args.folds, "combine": args.combine,
-              "max_fpr": args.max_fpr, "rows": rows,
+              "word_c": args.words, "encoder_epochs": args.encoder, "folds": args.folds,
+              "combine": args.combine, "max_fpr": args.max_fpr,
+              "rows": next(iter(judged.values())), "judged": judged,
               "load_average": {"start": load_start, "end": load_load()}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")
