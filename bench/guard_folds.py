@@ -26,8 +26,8 @@ regression on the scorers' logits (fitted where the rule calibrates, each item c
 once); `--folds stable` assigns folds from each item's own hash (`agent.guard_train.
 stable_folds`) instead of dealing them in hash order; `--max-fpr` is the benign budget.
 `--encoder EPOCHS` adds a scorer that fine-tunes all-MiniLM-L6-v2 itself end to end (mean
-pooling and one linear unit, harmful against benign, `sample_weights` balance; about two
-minutes per fold and epoch pair on the team machine), and `--judge` names the scorer sets to
+pooling and one linear unit, harmful against benign, `sample_weights` balance; about a
+minute per fold and epoch on the team machine), and `--judge` names the scorer sets to
 judge (`vector+chars,encoder`: one table each; default all scorers together).
 
 Run it under the team's CPU lock (five fits of each scorer; about four minutes on the team
@@ -182,6 +182,12 @@ def fit_encoder_model(texts: list[str], labels: list[str], epochs: int = 2, lr: 
     return probabilities
 
 
+def scorer_names(word_c: float | None = None, encoder_epochs: int | None = None) -> list[str]:
+    """The scorers `out_of_fold_scores` fits: the shipped two, and the optional ones asked for."""
+    return (["vector", "chars"] + (["words"] if word_c is not None else [])
+            + (["encoder"] if encoder_epochs is not None else []))
+
+
 def out_of_fold_scores(examples, vectors: np.ndarray, spec: tuple, char_c: float,
                        say=print, folds: np.ndarray | None = None,
                        word_c: float | None = None,
@@ -206,9 +212,7 @@ def out_of_fold_scores(examples, vectors: np.ndarray, spec: tuple, char_c: float
     folds = group_folds(examples) if folds is None else folds
     texts = [e.text for e in examples]
     labels = [e.label for e in examples]
-    names = (["vector", "chars"] + (["words"] if word_c is not None else [])
-             + (["encoder"] if encoder_epochs is not None else []))
-    scores = {name: np.empty(len(examples)) for name in names}
+    scores = {name: np.empty(len(examples)) for name in scorer_names(word_c, encoder_epochs)}
     for k in range(VALIDATION_EVERY):
         start = time.perf_counter()
         rest, held = folds != k, folds == k
@@ -354,8 +358,7 @@ def run(args: argparse.Namespace) -> int:
     from retrieval.embeddings import load_embedder
 
     spec = parse_model(args.model)
-    available = ["vector", "chars"] + (["words"] if args.words is not None else []) + (
-        ["encoder"] if args.encoder is not None else [])
+    available = scorer_names(args.words, args.encoder)
     sets = [s.split("+") for s in (args.judge or "+".join(available)).split(",") if s]
     unknown = sorted({n for names in sets for n in names} - set(available))
     if unknown or not sets:

@@ -55,7 +55,8 @@ def load_items(path: Path = DATA) -> list[dict]:
 
 def word_verdicts(items: list[dict]):
     """Each item's claims after the word-level checks against its passage alone, as the
-    agent's `verify` node keeps them: `(item, kept claims)` per item."""
+    agent's `verify` node builds them: `(item, its passage as a Hit, the supported claims, the
+    number of claims)` per item."""
     from agent.graph import as_claim
     from retrieval.grounding import verify
     from retrieval.types import Chunk, Hit
@@ -85,12 +86,10 @@ def make_llm(system: str, args: argparse.Namespace):
 
 def measure(system: str, llm, verdicts) -> dict:
     """The model check over every item the word checks keep whole."""
-    from dataclasses import replace
-
     from agent.context import Context
     from agent.graph import model_check
 
-    ctx = replace(Context(searcher=None, llm=llm), model_check=True)
+    ctx = Context(searcher=None, llm=llm)  # model_check() asks `ctx.llm`; no index is read
     rows, seconds = [], []
     for item, hit, kept, total in verdicts:
         row = {"id": item["id"], "holds": item["holds"], "words_keep": len(kept) == total > 0}
