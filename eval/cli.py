@@ -24,7 +24,8 @@ RUN_EXAMPLES = """examples:
       --systems base --home runs/tv-home --judge none --out runs/quick
   # the same in chunks of the shared CPU lock: repeat until it prints the report
   flock /tmp/casewise-cpu.lock python -m eval run ... --max-minutes 9
-Killed or interrupted? Run the same command again: it resumes from the cache."""
+Killed or interrupted? Run the same command again: it resumes from the cache. A cached answer
+is reused only for the same question and options (exit 2 names what changed: use a new --out)."""
 
 REPORT_EXAMPLES = """examples:
   python -m eval report runs/eval-emanual                  # re-render, nothing regenerated
@@ -101,8 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "the agent CLI's is 256)")
     run.add_argument("--model-check", action="store_true",
                      help="agent systems ask their model whether each kept sentence's passage "
-                          "states it (agent --model-check; use a new --out: cached answers are "
-                          "reused as they are)")
+                          "states it (agent --model-check)")
     run.add_argument("--limit", type=int, help="at most N questions (conversations) per file")
     run.add_argument("--score-only", action="store_true",
                      help="answer nothing: score the cached answers (missing ones are reported)")

@@ -220,6 +220,70 @@ def common_questions(items: list, systems: list[str], answers) -> list:
             if all((s, q.id) in answers for s in systems if (s, question_group(q)) in active)]
 
 
+def asked(item: Question | Conversation) -> str | list[str]:
+    """What an item puts to a system: the question, or a conversation's user turns."""
+    return list(item.users) if isinstance(item, Conversation) else item.question
+
+
+def _flat(view: dict, prefix: str = "") -> dict:
+    out: dict = {}
+    for key, value in view.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def _differences(then: dict, now: dict) -> tuple[str, str]:
+    a, b = _flat(then), _flat(now)
+    keys = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+    return (", ".join(f"{k}={a.get(k)!r}" for k in keys),
+            ", ".join(f"{k}={b.get(k)!r}" for k in keys))
+
+
+def check_cached(cache, config: RunConfig, items: list) -> None:
+    """Refuse to reuse a cached answer made from other inputs than this run's.
+
+    Every answer the runner caches carries `made_from`: what was asked (`asked`) and the options
+    of its system (`SystemOptions.answer_options`). The cache is keyed by (system, id) alone,
+    so without this check a run directory answered with `--top-k 5` and run again with
+    `--top-k 8` (or with a question file whose text changed under the same id) would report
+    the old answers as the new run's. Answers cached before the stamp existed are reused with
+    a warning.
+
+    Raises:
+        RunDirError: A cached answer of one of `config.systems` was made from other inputs.
+    """
+    unstamped = 0
+    for name in config.systems:
+        options = config.options.answer_options(name)
+        for item in items:
+            record = cache.get(name, item.id)
+            if record is None:
+                continue
+            made = record.get("made_from")
+            if made is None:
+                unstamped += 1
+                continue
+            if made.get("asked") != asked(item):
+                raise RunDirError(
+                    f"{config.out}: the cached answer of {name} to {item.id!r} was asked "
+                    f"{made.get('asked')!r}; the question files now ask {asked(item)!r}: use a "
+                    f"new --out (cached answers are reused only for the same question)"
+                )
+            if made.get("options") != options:
+                then, now = _differences(made.get("options") or {}, options)
+                raise RunDirError(
+                    f"{config.out}: the cached answers of {name} were made with {then}; this "
+                    f"run asks {now}: use a new --out, or give the options of that run "
+                    f"({config.out / 'config.json'}) to resume it"
+                )
+    if unstamped:
+        _warn([f"{config.out}: {unstamped} cached answers carry no record of the options that "
+               "made them (written before eval stamped them); they are reused unchecked"])
+
+
 def _answer_one(system, item, deadline: float | None = None) -> dict | None:
     """The item's record, or `None` (not answered) when `deadline` has passed."""
     if deadline is not None and _clock() >= deadline:
@@ -264,6 +328,8 @@ def generate(config: RunConfig, questions: list[Question],
             batcher = (BatchingBackend(llm, max_batch=config.batch_size)
                        if config.batch_size > 1 and can_batch(llm) else None)
             system = build(name, config.options, llm=batcher or llm)
+            options = config.options.answer_options(name)
+            made_from = {q.id: {"asked": asked(q), "options": options} for q in todo[name]}
             start = time.perf_counter()
             done = 0
             bar.set_postfix_str(name + (f", batches of up to {config.batch_size}"
@@ -275,6 +341,7 @@ def generate(config: RunConfig, questions: list[Question],
                     if record is None:
                         continue
                     record["system"] = name
+                    record["made_from"] = made_from[record["id"]]
                     cache.put(record)
                     done += 1
                     bar.update(1)
@@ -312,11 +379,16 @@ def run(config: RunConfig, *, build: Callable = build_system, make_llm: Callable
     Returns:
         The results dictionary also written to `DIR/results.json`, or `None` when the time
         budget stopped the generation with answers left.
+
+    Raises:
+        RunDirError: `DIR` holds answers made from other questions or options (`check_cached`).
     """
     check_systems(config.systems, config.options)
     questions = collect_questions(config.questions, config.harmful, config.limit, config.spread)
     conversations = collect_conversations(config.conversations, config.limit, config.spread,
                                           taken=[q.id for q in questions])
+    if answer:  # before config.json is rewritten: a refused run leaves the old one in place
+        check_cached(answer_cache(config.out), config, list(questions) + list(conversations))
     config.out.mkdir(parents=True, exist_ok=True)
     _write_json(config.out / "config.json", config.to_dict())
     _write_jsonl(config.out / "questions.jsonl", (q.to_dict() for q in questions))
@@ -430,7 +502,9 @@ def score(run_dir: Path, *, judge: JudgeConfig | None = None, embedder=None,
                           "value": s.value, "reason": s.reason}
                 scores.put(cached)
             row_scores[metric] = {"value": cached["value"], "reason": cached["reason"]}
-        rows.append({**q.to_dict(), **{k: v for k, v in record.items() if k != "question"},
+        # `made_from` repeats the question and the system's options (config.json has them).
+        rows.append({**q.to_dict(), **{k: v for k, v in record.items()
+                                       if k not in ("question", "made_from")},
                      "set": question_set(q), "system": system, "scores": row_scores})
     rows += [_conversation_row(s, c, answers.get(s, c.id))
              for s in systems for c in conversations if (s, c.id) in answers]

@@ -17,6 +17,7 @@ in-process memory, gone when the run ends.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Callable
@@ -89,6 +90,26 @@ class SystemOptions:
             "max_new_tokens": self.max_new_tokens, "backend": self.backend,
             "model_check": self.model_check,
         }
+
+    def answer_options(self, name: str) -> dict:
+        """The options that shape the answers of system `name`, JSON-ready.
+
+        The runner stamps them on every answer it caches and reuses a cached answer only under
+        the same ones (`eval.runner.check_cached`): what a system does not read (the adapter
+        for `base`, the index for `no-rag`) is left out, so adding a system to a run directory
+        or answering systems in separate processes still resumes.
+        """
+        view: dict = {"max_new_tokens": self.max_new_tokens}
+        if name == "remote":
+            view.update(llm_url=self.llm_url, llm_model=self.llm_model)
+        else:
+            view.update(model=self.model, backend=self.backend)
+        if name == "finetuned":
+            view["adapter"] = self.adapter
+        if name != "no-rag":
+            view.update(settings=self.settings.to_dict(), top_k=self.top_k,
+                        model_check=self.model_check)
+        return json.loads(json.dumps(view, default=str))
 
 
 def check_systems(names: list[str], options: SystemOptions) -> None:

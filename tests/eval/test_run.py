@@ -158,3 +158,112 @@ def test_time_budget_stops_then_the_same_command_finishes(tmp_path, question_fil
     with pytest.raises(UsageError, match="--max-minutes"):
         RunConfig(questions=[], systems=["base"], out=tmp_path, options=config.options,
                   max_minutes=0)
+
+
+def _run_config(tmp_path, question_file, systems, **options):
+    """A run of `systems` over the question file with the fake systems; returns the config."""
+    settings = Settings.resolve(home=tmp_path / "home")
+    config = RunConfig(questions=[str(question_file)], systems=systems, out=tmp_path / "run",
+                       options=SystemOptions(settings=settings, **options),
+                       judge=JudgeConfig(kind="none"))
+    return config
+
+
+def test_cached_answers_are_reused_only_under_the_options_that_made_them(
+        tmp_path, question_file, hash_embedder):
+    from eval.runner import RunDirError
+
+    calls = []
+    config = _run_config(tmp_path, question_file, ["base"], top_k=5)
+    run(config, build=_builder(calls), embedder=hash_embedder)
+    assert len(calls) == 4
+    record = answer_cache(config.out).get("base", "a1")
+    assert record["made_from"]["asked"] == "How do I change Picture Mode"
+    assert record["made_from"]["options"]["top_k"] == 5
+    saved = (config.out / "config.json").read_text()
+
+    other = _run_config(tmp_path, question_file, ["base"], top_k=8)
+    with pytest.raises(RunDirError, match=r"base were made with top_k=5; this run asks top_k=8"):
+        run(other, build=_builder(calls), embedder=hash_embedder)
+    assert len(calls) == 4  # nothing answered
+    assert (config.out / "config.json").read_text() == saved  # the old run's options kept
+    # Scoring what is cached answers nothing, so it needs no matching options.
+    assert run(other, build=_builder(calls), embedder=hash_embedder, answer=False)
+    # The same options resume (nothing left to answer).
+    run(config, build=_builder(calls), embedder=hash_embedder)
+    assert len(calls) == 4
+
+
+def test_a_system_is_compared_on_the_options_it_reads(tmp_path, question_file, hash_embedder):
+    from eval.runner import RunDirError
+
+    calls = []
+    run(_run_config(tmp_path, question_file, ["base", "no-rag"]), build=_builder(calls),
+        embedder=hash_embedder)
+    # Adding finetuned (with its adapter) and a new top_k for it alone: base and no-rag were
+    # not asked again with a changed option they read, so only finetuned answers.
+    added = _run_config(tmp_path, question_file, ["finetuned"], adapter="a1", top_k=3)
+    run(added, build=_builder(calls), embedder=hash_embedder)
+    assert sorted({name for name, _ in calls}) == ["base", "finetuned", "no-rag"]
+    assert len(calls) == 12
+    # no-rag reads neither the index nor top_k; base does not read the adapter.
+    both = _run_config(tmp_path, question_file, ["base", "no-rag"], adapter="other", top_k=5)
+    run(both, build=_builder(calls), embedder=hash_embedder)
+    assert len(calls) == 12
+    moved = _run_config(tmp_path, question_file, ["finetuned"], adapter="a2", top_k=3)
+    with pytest.raises(RunDirError, match=r"finetuned were made with adapter='a1'; this run "
+                                          r"asks adapter='a2'"):
+        run(moved, build=_builder(calls), embedder=hash_embedder)
+
+
+def test_a_changed_question_under_the_same_id_is_not_answered_from_the_cache(
+        tmp_path, question_file, hash_embedder):
+    from eval.runner import RunDirError
+
+    calls = []
+    run(_run_config(tmp_path, question_file, ["base"]), build=_builder(calls),
+        embedder=hash_embedder)
+    lines = question_file.read_text().splitlines()
+    row = json.loads(lines[0])
+    row["question"] = "How do I change Sound Mode"
+    lines[0] = json.dumps(row)
+    question_file.write_text("\n".join(lines) + "\n")
+    with pytest.raises(RunDirError, match=r"'a1' was asked 'How do I change Picture Mode'; the "
+                                          r"question files now ask 'How do I change Sound Mode'"):
+        run(_run_config(tmp_path, question_file, ["base"]), build=_builder(calls),
+            embedder=hash_embedder)
+    assert len(calls) == 4
+
+
+def test_answers_cached_before_the_stamp_are_reused_with_a_warning(
+        tmp_path, question_file, hash_embedder, capsys):
+    calls = []
+    config = _run_config(tmp_path, question_file, ["base"])
+    run(config, build=_builder(calls), embedder=hash_embedder)
+    path = config.out / "answers.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    path.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "made_from"}) + "\n"
+                            for r in rows))
+    capsys.readouterr()
+    run(_run_config(tmp_path, question_file, ["base"], top_k=9), build=_builder(calls),
+        embedder=hash_embedder)
+    assert len(calls) == 4
+    assert "4 cached answers carry no record of the options" in capsys.readouterr().err
+
+
+def test_cli_names_the_changed_option_and_exits_2(tmp_path, question_file, capsys):
+    from eval.cli import main
+
+    home, out = tmp_path / "home", tmp_path / "run"
+    options = SystemOptions(settings=Settings.resolve(home=home), top_k=5)
+    out.mkdir()
+    (out / "answers.jsonl").write_text(json.dumps({
+        "system": "base", "id": "a1", "question": "How do I change Picture Mode", "answer": "x",
+        "made_from": {"asked": "How do I change Picture Mode",
+                      "options": options.answer_options("base")}}) + "\n")
+    code = main(["run", "--questions", str(question_file), "--systems", "base", "--home",
+                 str(home), "--judge", "none", "--top-k", "7", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "the cached answers of base were made with top_k=5; this run asks top_k=7" in err
+    assert "Traceback" not in err and not (out / "config.json").exists()
