@@ -64,7 +64,13 @@ from retrieval.errors import (
     IndexNotFoundError,
     IndexSettingsMismatchError,
 )
-from retrieval.manifest import new_manifest, read_manifest, write_manifest
+from retrieval.manifest import (
+    check_embedder_probe,
+    embedder_probe,
+    new_manifest,
+    read_manifest,
+    write_manifest,
+)
 from retrieval.settings import Settings
 from retrieval.store import ChunkStore, drop_collection
 from retrieval.types import Chunk, Embedder
@@ -402,15 +408,28 @@ class _Run:
         self._store: ChunkStore | None = None
         self._cleared = False  # the index-state record is gone: this run writes
         self._saved = False  # this run rewrote the manifest
+        self._probed = False  # the embedder was checked against the manifest's probe
 
     @property
     def embedder(self) -> Embedder:
+        """The embedder, loaded on first use and then checked against the index's probe.
+
+        Raises:
+            IndexSettingsMismatchError: It no longer embeds as the one that built the index.
+        """
         if self._embedder is None:
             from retrieval.embeddings import load_embedder
 
             # The same runtime as search (onnxruntime for the bundled model where installed,
             # CASEWISE_EMBEDDER_RUNTIME to choose): no torch import on a cold ingest.
             self._embedder = load_embedder(self.settings.embedder)
+        if not self._probed:
+            check_embedder_probe(self.manifest, self._embedder, self.settings.manifest_path,
+                                 "adding to the index would mix two embedding spaces: re-embed "
+                                 "everything with --rebuild")
+            # Recorded with the manifest's next save: an index from before the probe gets it.
+            self.manifest.setdefault("embedder_probe", embedder_probe(self._embedder))
+            self._probed = True
         return self._embedder
 
     def execute(self, paths: list[Path], *, prune: bool, rebuild: bool) -> IngestSummary:

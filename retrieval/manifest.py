@@ -3,10 +3,17 @@
 Written by ingest, read by search (to load the embedder that built the index) and by anyone who
 needs to know how an index was made. JSON at `settings.manifest_path`:
 
-    {"version": 1, "embedder": "default", "chunking": {...}, "settings": {...},
+    {"version": 1, "embedder": "default", "embedder_probe": [0.0123, ...],
+     "chunking": {...}, "settings": {...},
      "files": {"docs/a.pdf": {"hash": "...", "chunk_ids": [...], "type": "doc",
                               "status": "indexed", "pages": 12, "warnings": [...]}},
      "updated_at": "2026-01-15T09:00:00+00:00"}
+
+`embedder` names the model that built the vectors; `embedder_probe` is that model's vector of
+one fixed sentence (`PROBE_TEXT`), so that a name whose weights changed (an upgraded package,
+another model copied to the same path) is caught instead of searching two embedding spaces
+(`check_embedder_probe`). Indexes built before the probe existed get it on their next ingest
+that embeds anything.
 
 Writes are atomic (temporary file in the same directory, fsync, `os.replace`): a reader or a
 crash never sees half a manifest.
@@ -16,14 +23,23 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
-from retrieval.errors import IndexNotFoundError, UsageError
+from retrieval.errors import IndexNotFoundError, IndexSettingsMismatchError, UsageError
 
 MANIFEST_VERSION = 1
+
+
+# The probe: an ordinary support question. Weights behind one name that embed it with a cosine
+# below PROBE_MIN_COSINE are another model. The same weights on another runtime or CPU differ in
+# the last bits only (the bundled model on onnxruntime against torch: 0.99999999); its int8
+# build, 0.995 from it, has a name of its own.
+PROBE_TEXT = "How do I reset the device to its factory settings?"
+PROBE_MIN_COSINE = 0.999
 
 
 class ManifestError(UsageError):
@@ -49,6 +65,45 @@ def new_manifest(embedder: str, chunking: dict, settings: dict) -> dict:
         "files": {},
         "updated_at": None,
     }
+
+
+def embedder_probe(embedder) -> list[float]:
+    """`embedder`'s vector of `PROBE_TEXT`, rounded for the manifest."""
+    return [round(float(x), 6) for x in embedder.embed_query(PROBE_TEXT)]
+
+
+def check_embedder_probe(manifest: dict, embedder, path: Path, advice: str) -> None:
+    """Refuse an embedder that no longer embeds as the one that built the index did.
+
+    Args:
+        manifest: The index manifest; without `embedder_probe` (an index built before it
+            existed) nothing can be checked and nothing is.
+        embedder: The embedder loaded for the manifest's `embedder` name.
+        path: The manifest, named in the message.
+        advice: What the user should do (the caller's command).
+
+    Raises:
+        IndexSettingsMismatchError: The probe's vector changed dimension, or its cosine with
+            the recorded one is below `PROBE_MIN_COSINE`.
+    """
+    stored = manifest.get("embedder_probe")
+    if stored is None:
+        return
+    now = embedder_probe(embedder)
+    if len(now) != len(stored):
+        detail = f"its vectors have {len(now)} dimensions, the index's {len(stored)}"
+    else:
+        norms = math.sqrt(sum(a * a for a in stored)) * math.sqrt(sum(b * b for b in now))
+        cosine = sum(a * b for a, b in zip(stored, now, strict=True)) / (norms or 1.0)
+        if cosine >= PROBE_MIN_COSINE:
+            return
+        detail = (f"a fixed probe sentence now embeds at cosine {cosine:.3f} to the vector "
+                  f"recorded when the index was built, {PROBE_MIN_COSINE} needed")
+    raise IndexSettingsMismatchError(
+        f"{path}: embedder {manifest['embedder']!r} no longer embeds as it did when this index "
+        f"was built ({detail}): the weights behind the name changed (an upgraded package, or "
+        f"another model at that path); {advice}"
+    )
 
 
 def read_manifest(path: Path) -> dict:

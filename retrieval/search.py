@@ -265,7 +265,8 @@ def open_searcher(
     Raises:
         IndexNotFoundError: No manifest at `settings.manifest_path`.
         ManifestError: The manifest is damaged.
-        IndexSettingsMismatchError: The configured embedder differs from the one that built the index.
+        IndexSettingsMismatchError: The configured embedder differs from the one that built the
+            index, or no longer embeds as it did (`check_embedder_probe`).
         ModelNotFoundError: The manifest's embedder cannot be loaded.
     """
     settings = settings or Settings.resolve()
@@ -281,5 +282,7 @@ def open_searcher(
             "with `python -m ingest --rebuild docs/`"
         )
     embedder = embedder or load_embedder(built_with)
+    manifest_io.check_embedder_probe(manifest, embedder, settings.manifest_path,
+                                     "re-index with `python -m ingest --rebuild docs/`")
     store = ChunkStore(settings, built_with)
     return HybridSearcher(store, embedder, manifest_path=settings.manifest_path, **options)

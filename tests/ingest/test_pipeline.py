@@ -122,6 +122,47 @@ def test_other_embedder_or_chunking_needs_rebuild(ingest, settings, tmp_path):
     assert ingest([doc], embedder=other).counts["unchanged"] == 1
 
 
+class _RetrainedEmbedder(HashEmbedder):
+    """The same name and dimension as `HashEmbedder()`, other weights: a salted hash."""
+
+    def _vec(self, text):
+        return super()._vec("retrained " + " ".join(w + "x" for w in text.split()))
+
+
+def test_an_embedder_whose_weights_changed_under_its_name_is_refused(ingest, settings,
+                                                                      tmp_path):
+    from retrieval.manifest import PROBE_TEXT, write_manifest
+    from retrieval.search import open_searcher
+
+    doc = write_markdown(tmp_path / "docs" / "guide.md")
+    ingest([doc])
+    manifest = _assert_consistent(settings)
+    assert manifest["embedder_probe"] == pytest.approx(HashEmbedder()._vec(PROBE_TEXT), abs=1e-6)
+    before = settings.manifest_path.read_bytes()
+    count = _store(settings).count()
+    retrained = _RetrainedEmbedder()
+    more = write_markdown(tmp_path / "docs" / "more.md", tag="m")
+    with pytest.raises(IndexSettingsMismatchError,
+                       match=r"embedder 'hash-bow-256' no longer embeds as it did when this index "
+                             r"was built \(a fixed probe sentence now embeds at cosine .* to the "
+                             r"vector recorded .*--rebuild"):
+        ingest([doc, more], embedder=retrained)
+    assert settings.manifest_path.read_bytes() == before and _store(settings).count() == count
+    with pytest.raises(IndexSettingsMismatchError, match="no longer embeds.*ingest --rebuild"):
+        open_searcher(settings, embedder=retrained)
+    assert open_searcher(settings, embedder=HashEmbedder()).search("guide", k=1)
+    # An index from before the probe: nothing to check until an ingest that embeds records it.
+    del manifest["embedder_probe"]
+    write_manifest(settings.manifest_path, manifest)
+    assert open_searcher(settings, embedder=retrained).search("guide", k=1)
+    ingest([doc])  # nothing changed: nothing embedded, no embedder loaded, nothing recorded
+    assert "embedder_probe" not in read_manifest(settings.manifest_path)
+    ingest([doc, more])
+    assert read_manifest(settings.manifest_path)["embedder_probe"]
+    with pytest.raises(IndexSettingsMismatchError, match="no longer embeds"):
+        open_searcher(settings, embedder=retrained)
+
+
 def test_bad_inputs_are_reported_and_the_rest_indexed(ingest, settings, tmp_path):
     pdfs = shared_data("pdf-samples")
     bad = tmp_path / "bad"

@@ -76,3 +76,26 @@ def test_real_query_json_with_filters(minilm_index, capsys):
     assert {h["source"] for h in hits} == {"manual.pdf"}
     assert all(h["similarity"] is not None for h in hits)
     assert [h["rank"] for h in hits] == list(range(1, len(hits) + 1))
+
+
+@pytest.mark.integration
+def test_an_index_whose_embedder_weights_changed_is_refused(minilm_index, tmp_path, capsys):
+    import shutil
+
+    from retrieval.manifest import embedder_probe
+
+    home = tmp_path / "index"
+    shutil.copytree(minilm_index.home, home)
+    path = home / "manifest.json"
+    manifest = json.loads(path.read_text())
+    probe = embedder_probe(load_embedder("default"))
+    # What a package upgrade that changed the bundled weights would leave: the index's probe
+    # vector no longer the one today's model gives (here: its opposite).
+    path.write_text(json.dumps({**manifest, "embedder_probe": [-x for x in probe]}))
+    assert main(["How do I restore factory settings?", "--home", str(home)]) == 2
+    err = capsys.readouterr().err
+    assert "embedder 'default' no longer embeds as it did when this index was built" in err
+    assert "cosine -1.000" in err and "python -m ingest --rebuild" in err
+    assert "Traceback" not in err
+    path.write_text(json.dumps({**manifest, "embedder_probe": probe}))
+    assert main(["How do I restore factory settings?", "--home", str(home)]) == 0
