@@ -38,6 +38,7 @@ from agent.llm import (
     OpenAIChatModel,
     local_backend,
 )
+from agent.prompts import MODEL_CHECK_MAX_NEW_TOKENS
 from agent.state import AgentAnswer
 from finetune.format import adapter_format_warning
 from retrieval.errors import CasewiseError, ModelNotFoundError, UsageError, run_cli
@@ -101,6 +102,10 @@ def _add_common(parser: argparse.ArgumentParser, suppress: bool) -> None:
                    help="after the word-level checks, ask the model whether each kept sentence's "
                    "passage states it, and remove what it does not confirm (one short call per "
                    "sentence; for a capable or remote model, not the embedded 135M one)")
+    g.add_argument("--model-check-tokens", type=int, default=d(MODEL_CHECK_MAX_NEW_TOKENS),
+                   metavar="N", help="tokens each --model-check reply may take (default "
+                   f"{MODEL_CHECK_MAX_NEW_TOKENS}, enough for yes/no; a model that thinks first "
+                   "needs a few hundred)")
     g.add_argument("--reset-memory", action="store_true", default=d(False),
                    help="move the conversation memory (<home>/memory.sqlite) aside, kept as "
                    "memory.sqlite.<time>.bak, and start a fresh one (e.g. when it is damaged)")
@@ -290,7 +295,8 @@ def build_assistant(args: argparse.Namespace, llm: ChatBackend | None = None) ->
     assistant = Assistant.from_settings(settings, llm, top_k=args.top_k,
                                         faq_threshold=args.faq_threshold,
                                         max_new_tokens=args.max_new_tokens,
-                                        model_check=args.model_check)
+                                        model_check=args.model_check,
+                                        model_check_tokens=args.model_check_tokens)
     if isinstance(llm, (LocalChatModel, LlamaCppChatModel)):
         # Load now so that a wrong model or adapter path fails before the first question.
         llm.load()

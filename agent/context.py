@@ -11,6 +11,7 @@ from typing import Literal, get_args, get_origin, get_type_hints
 from agent.faq import FaqMatcher
 from agent.guards import Guard
 from agent.llm import ChatBackend
+from agent.prompts import MODEL_CHECK_MAX_NEW_TOKENS
 from finetune.format import PASSAGE_TOKENS, PASSAGE_WORDS
 from retrieval.errors import UsageError
 from retrieval.types import Embedder, Searcher
@@ -89,6 +90,10 @@ class Context:
             passage's words in a relation the passage does not state. Worth it with a capable
             or remote model; the embedded 135M model cannot judge it (docs/agent.md, "The
             model check"). Off by default: the default needs no extra model call.
+        model_check_tokens: The tokens each model-check reply may take. The default is
+            enough for "yes" or "no". A model that thinks first (`<think>...</think>`, or
+            a server that spends reasoning tokens) needs a few hundred; a reply cut off before
+            its "yes" confirms nothing.
         embedder: The retrieval embedder, reused to rank passage sentences for a quote (`None`:
             word overlap alone).
         term_weight: A content word's weight in the answer relevance bar, the index's IDF
@@ -124,6 +129,7 @@ class Context:
     support_quote: bool = True
     quote_first: Literal["ranker", "model"] = "ranker"
     model_check: bool = False
+    model_check_tokens: int = MODEL_CHECK_MAX_NEW_TOKENS
     embedder: Embedder | None = None
     term_weight: Callable[[str], float] | None = None
     term_reading: Callable[[str], str] | None = None
@@ -148,6 +154,8 @@ class Context:
         if self.passage_tokens < 0:
             raise UsageError(f"passage_tokens ({self.passage_tokens}) must be 0 (no budget) "
                              f"or more")
+        if self.model_check_tokens < 1:
+            raise UsageError(f"model_check_tokens ({self.model_check_tokens}) must be at least 1")
         if self.max_rewrites < 0:
             raise UsageError(f"max_rewrites ({self.max_rewrites}) must be 0 or more")
         for name, choices in _choices().items():  # rerank, answer_mode, quote_first

@@ -60,7 +60,6 @@ from agent.context import Cancelled, Context
 from agent.guards import SELF_HARM, SELF_HARM_ANSWER, default_guard
 from agent.prompts import (
     CONTEXTUALIZE_PROMPT,
-    MODEL_CHECK_MAX_NEW_TOKENS,
     MODEL_CHECK_PROMPT,
     NOT_CONFIRMED,
     REWRITE_QUERY_PROMPT,
@@ -411,7 +410,7 @@ def model_check(state: State, ctx: Context, kept: list[Claim]) -> tuple[list[Cla
         passage = claim.evidence or state["contexts"][claim.passage - 1].text
         prompt = MODEL_CHECK_PROMPT.format(question=state["standalone"], passage=passage,
                                            claim=claim.text)
-        reply = _complete(ctx, [{"role": "user", "content": prompt}], MODEL_CHECK_MAX_NEW_TOKENS)
+        reply = _complete(ctx, [{"role": "user", "content": prompt}], ctx.model_check_tokens)
         if model_confirms(reply):
             confirmed.append(claim)
         else:

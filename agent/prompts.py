@@ -33,11 +33,14 @@ MODEL_CHECK_PROMPT = (
     "otherwise reply no. Reply with one word.\n\nQuestion: {question}\n\nPassage: {passage}\n\n"
     "Answer sentence: {claim}\n\nDoes the passage state it?"
 )
-# Tokens the check's reply may take: "yes" or "no" and a little slack.
+# Tokens the check's reply may take by default: "yes" or "no" and a little slack. A model that
+# thinks before it answers needs room for its thinking (`Context.model_check_tokens`).
 MODEL_CHECK_MAX_NEW_TOKENS = 4
 # Why `verify` removes a claim under `Context.model_check` (the reply follows in brackets).
 NOT_CONFIRMED = "the model check did not confirm it from its passage"
 _CONFIRMS = re.compile(r"^\W*yes\b", re.IGNORECASE)
+# A reasoning model's thinking before its reply (closed: a cut-off one confirms nothing).
+_THINKING = re.compile(r"^\s*<think>.*?</think>", re.IGNORECASE | re.DOTALL)
 
 # Openings that carry the previous question over to a new object ("what about the TV?").
 _FOLLOW_UP_START = re.compile(
@@ -48,12 +51,14 @@ _PRONOUN = re.compile(r"\b(?:it|its|that|this|those|these|them|they|one|there)\b
 
 
 def model_confirms(reply: str) -> bool:
-    """Whether a reply to `MODEL_CHECK_PROMPT` confirms the claim: it starts with "yes".
+    """Whether a reply to `MODEL_CHECK_PROMPT` confirms the claim: it starts with "yes", after
+    a reasoning model's closed `<think>...</think>` block if there is one.
 
-    Anything else (no, an empty or cut-off reply, a sentence) is not a confirmation: the check
-    is a gate the operator turned on, so only an explicit yes lets a claim through.
+    Anything else (no, an empty or cut-off reply, thinking that never closed, a sentence) is
+    not a confirmation: the check is a gate the operator turned on, so only an explicit yes
+    lets a claim through.
     """
-    return bool(_CONFIRMS.match(reply))
+    return bool(_CONFIRMS.match(_THINKING.sub("", reply, count=1)))
 
 
 def is_follow_up(question: str) -> bool:

@@ -16,6 +16,8 @@ Examples:
     python bench/model_check.py               # the embedded model, with and without the adapter
     python bench/model_check.py --systems base --out /tmp/check.json
     python bench/model_check.py --systems remote --llm-url http://localhost:8000/v1 --llm-model m
+    python bench/model_check.py --systems remote --llm-url URL --llm-model m \
+        --model-check-tokens 512     # a model that thinks (<think>...</think>) before its verdict
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from agent.prompts import MODEL_CHECK_MAX_NEW_TOKENS  # noqa: E402
 from bench import doc_parser  # noqa: E402
 from retrieval.errors import UsageError, run_cli  # noqa: E402
 
@@ -84,12 +87,14 @@ def make_llm(system: str, args: argparse.Namespace):
     return llm
 
 
-def measure(system: str, llm, verdicts) -> dict:
-    """The model check over every item the word checks keep whole."""
+def measure(system: str, llm, verdicts, tokens: int = MODEL_CHECK_MAX_NEW_TOKENS) -> dict:
+    """The model check over every item the word checks keep whole (`tokens`: the reply budget,
+    `Context.model_check_tokens`)."""
     from agent.context import Context
     from agent.graph import model_check
 
-    ctx = Context(searcher=None, llm=llm)  # model_check() asks `ctx.llm`; no index is read
+    # model_check() asks `ctx.llm`; no index is read
+    ctx = Context(searcher=None, llm=llm, model_check_tokens=tokens)
     rows, seconds = [], []
     for item, hit, kept, total in verdicts:
         row = {"id": item["id"], "holds": item["holds"], "words_keep": len(kept) == total > 0}
@@ -102,7 +107,8 @@ def measure(system: str, llm, verdicts) -> dict:
             row["replies"] = [c.reason for c in rejected]
         rows.append(row)
     mean = round(sum(seconds) / len(seconds), 3) if seconds else None
-    summary: dict = {"system": system, "checks": len(seconds), "seconds_per_check": mean}
+    summary: dict = {"system": system, "checks": len(seconds), "seconds_per_check": mean,
+                     "reply_tokens": tokens}
     for kind, holds in (("holds", True), ("misread", False)):
         part = [r for r in rows if r["holds"] is holds]
         passed = [r for r in part if r["words_keep"]]
@@ -123,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="LoRA adapter of the `adapter` system (default adapters/smollm2-gpu)")
     parser.add_argument("--llm-url", help="OpenAI-compatible base URL of the `remote` system")
     parser.add_argument("--llm-model", help="model name of the `remote` system")
+    parser.add_argument("--model-check-tokens", type=int, default=MODEL_CHECK_MAX_NEW_TOKENS,
+                        metavar="N", help="reply budget of each check (default "
+                        f"{MODEL_CHECK_MAX_NEW_TOKENS}; a model that thinks first needs more)")
     parser.add_argument("--data", type=Path, default=DATA, help="the contrast set (JSONL)")
     parser.add_argument("--out", type=Path, default=OUT, help=f"JSON written here (default {OUT})")
     args = parser.parse_args(argv)
@@ -142,7 +151,7 @@ def _main(args: argparse.Namespace) -> int:
     result = {"data": str(args.data), "load_average_start": os.getloadavg(), "systems": []}
     print(f"{'system':<8} {'kind':<8} {'n':>3} {'words keep':>10} {'model confirms':>14}")
     for system in systems:
-        summary = measure(system, make_llm(system, args), verdicts)
+        summary = measure(system, make_llm(system, args), verdicts, args.model_check_tokens)
         result["systems"].append(summary)
         for kind in ("holds", "misread"):
             s = summary[kind]

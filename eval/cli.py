@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from agent.llm import BACKENDS
+from agent.prompts import MODEL_CHECK_MAX_NEW_TOKENS
 from eval.systems import EVAL_MAX_NEW_TOKENS
 from retrieval.errors import UsageError, run_cli
 
@@ -103,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--model-check", action="store_true",
                      help="agent systems ask their model whether each kept sentence's passage "
                           "states it (agent --model-check)")
+    run.add_argument("--model-check-tokens", type=int, default=MODEL_CHECK_MAX_NEW_TOKENS,
+                     metavar="N", help="tokens each model-check reply may take (default "
+                     f"{MODEL_CHECK_MAX_NEW_TOKENS}; a model that thinks first needs a few hundred)")
     run.add_argument("--limit", type=int, help="at most N questions (conversations) per file")
     run.add_argument("--score-only", action="store_true",
                      help="answer nothing: score the cached answers (missing ones are reported)")
@@ -181,6 +185,7 @@ def _run(args) -> int:
         settings=settings, model=args.model, adapter=args.adapter, llm_url=args.llm_url,
         llm_model=args.llm_model, top_k=args.top_k, max_new_tokens=args.max_new_tokens,
         backend=args.backend, model_check=args.model_check,
+        model_check_tokens=args.model_check_tokens,
     )
     config = RunConfig(
         questions=args.questions, systems=[s.strip() for s in args.systems.split(",") if s.strip()],

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from agent.prompts import MODEL_CHECK_MAX_NEW_TOKENS
 from retrieval.errors import UsageError
 from retrieval.settings import Settings
 
@@ -70,6 +71,7 @@ class SystemOptions:
         backend: Local inference engine (`agent.llm.local_backend`: `auto`, `llama.cpp`,
             `transformers`; `None`: `CASEWISE_LLM_BACKEND`, else auto).
         model_check: The agent systems' `Context.model_check`.
+        model_check_tokens: Their `Context.model_check_tokens`.
     """
 
     settings: Settings
@@ -81,6 +83,7 @@ class SystemOptions:
     max_new_tokens: int = EVAL_MAX_NEW_TOKENS
     backend: str | None = None
     model_check: bool = False
+    model_check_tokens: int = MODEL_CHECK_MAX_NEW_TOKENS
 
     def to_dict(self) -> dict:
         """JSON-ready view."""
@@ -88,7 +91,7 @@ class SystemOptions:
             "settings": self.settings.to_dict(), "model": self.model, "adapter": self.adapter,
             "llm_url": self.llm_url, "llm_model": self.llm_model, "top_k": self.top_k,
             "max_new_tokens": self.max_new_tokens, "backend": self.backend,
-            "model_check": self.model_check,
+            "model_check": self.model_check, "model_check_tokens": self.model_check_tokens,
         }
 
     def answer_options(self, name: str) -> dict:
@@ -109,6 +112,8 @@ class SystemOptions:
         if name != "no-rag":
             view.update(settings=self.settings.to_dict(), top_k=self.top_k,
                         model_check=self.model_check)
+            if self.model_check:
+                view["model_check_tokens"] = self.model_check_tokens
         return json.loads(json.dumps(view, default=str))
 
 
@@ -249,5 +254,6 @@ def build_system(name: str, options: SystemOptions, llm=None, searcher=None) -> 
     searcher = searcher if searcher is not None else open_searcher(options.settings)
     assistant = Assistant.from_searcher(searcher, llm, memory_path=None, top_k=options.top_k,
                                         max_new_tokens=options.max_new_tokens,
-                                        model_check=options.model_check)
+                                        model_check=options.model_check,
+                                        model_check_tokens=options.model_check_tokens)
     return AgentSystem(assistant, name)

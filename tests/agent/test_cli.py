@@ -145,6 +145,7 @@ class CheckingModel(BaseHTTPRequestHandler):
     one."""
 
     checks: list[str] = []
+    thinks = False
 
     def log_message(self, *args):
         pass
@@ -155,6 +156,9 @@ class CheckingModel(BaseHTTPRequestHandler):
         if "Does the passage state it?" in prompt:
             type(self).checks.append(prompt)
             reply = "yes" if "Answer sentence: Press and hold" in prompt else "no"
+            if type(self).thinks:  # a reasoning model: thinking first, cut at max_tokens
+                reply = ("<think>Compare the steps, numbers and their order with the "
+                         f"passage.</think>{reply}")[:4 * body["max_tokens"]]
         else:
             reply = ("Answer: Press and hold the Reset button for 10 seconds. The power light "
                      "blinks orange for 10 seconds before you press the Reset button.")
@@ -481,3 +485,30 @@ def test_a_ctrl_c_while_the_answer_thread_starts_arrives_once_it_runs():
     # the interrupt came after start() returned, with the thread running (so it is joined)
     assert alive_after_start == [True]
     thread.join()
+
+
+@pytest.mark.integration
+def test_model_check_tokens_leave_a_thinking_model_room_for_its_verdict(real_home, capsys):
+    CheckingModel.checks, CheckingModel.thinks = [], True
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), CheckingModel)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    base = ["ask", QUESTION, "--json", "--home", str(real_home), "--llm-url", url,
+            "--llm-model", "m", "--model-check"]
+    try:
+        assert main(base) == 0  # 4 tokens: the thinking is cut before its verdict
+        cut = json.loads(capsys.readouterr().out)
+        assert main(base + ["--model-check-tokens", "64"]) == 0
+        room = json.loads(capsys.readouterr().out)
+        assert main(base + ["--model-check-tokens", "0"]) == 2
+        assert "model_check_tokens (0) must be at least 1" in capsys.readouterr().err
+    finally:
+        CheckingModel.thinks = False
+        httpd.shutdown()
+        httpd.server_close()
+    assert cut["mode"] == "quoted"  # nothing confirmed: the manual's words instead
+    assert all("it replied '<think>Compare" in c["reason"] for c in cut["removed_claims"]
+               if c["reason"].startswith(NOT_CONFIRMED))
+    assert room["mode"] == "generated"
+    assert room["answer"].startswith("Press and hold the Reset button for 10 seconds.")
+    assert "before you press" not in room["answer"]

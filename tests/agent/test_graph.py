@@ -742,6 +742,10 @@ def test_only_an_explicit_yes_confirms_and_nothing_confirmed_gives_the_quote(sea
 @pytest.mark.parametrize("reply, confirms", [
     ("Yes", True), ("yes.", True), (" YES, it does", True), ("**Yes**", True),
     ("No", False), ("", False), ("Yesterday", False), ("The passage says yes", False),
+    ("<think>The passage gives 10 seconds.</think>\nYes", True),
+    ("<think>It says yes, but</think> No", False),
+    ("<think>The passage says yes", False),  # cut off before the verdict
+    ("<think></think>yes", True), ("Yes <think>x</think>", True),
 ])
 def test_model_confirms_reads_only_a_leading_yes(reply, confirms):
     assert model_confirms(reply) is confirms

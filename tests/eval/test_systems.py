@@ -87,6 +87,15 @@ def test_model_check_reaches_the_agent_and_the_saved_config(tiny_index):
     system = build_system("base", options, llm=llm, searcher=make_searcher())
     record = system.answer("How do I reset the router?")
     assert options.to_dict()["model_check"] is True
+    assert options.to_dict()["model_check_tokens"] == 4
+    # The reply budget is one of the options a cached answer is reused under, with the check on.
+    assert options.answer_options("base")["model_check_tokens"] == 4
+    assert "model_check_tokens" not in SystemOptions(settings=settings).answer_options("base")
+    roomy = SystemOptions(settings=settings, top_k=2, model_check=True, model_check_tokens=300)
+    budgets = _BudgetRecorder([REPLY, "<think>The passage says so.</think> yes"])
+    build_system("base", roomy, llm=budgets, searcher=make_searcher()).answer(
+        "How do I reset the router?")
+    assert budgets.budgets[1:] == [300]
     assert len(llm.calls) == 2 and "Does the passage state it?" in llm.calls[1][-1]["content"]
     assert record["mode"] != "generated"  # the one sentence was not confirmed
     assert any(c["reason"].startswith("the model check did not confirm")
