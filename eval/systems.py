@@ -100,8 +100,12 @@ class SystemOptions:
         The runner stamps them on every answer it caches and reuses a cached answer only under
         the same ones (`eval.runner.check_cached`): what a system does not read (the adapter
         for `base`, the index for `no-rag`) is left out, so adding a system to a run directory
-        or answering systems in separate processes still resumes.
+        or answering systems in separate processes still resumes. The agent systems' view
+        includes the index itself (`index_manifest`: the start of its manifest's sha256), so a
+        re-ingest with other documents is not answered from the old index's answers.
         """
+        from retrieval.manifest import manifest_digest
+
         view: dict = {"max_new_tokens": self.max_new_tokens}
         if name == "remote":
             view.update(llm_url=self.llm_url, llm_model=self.llm_model)
@@ -110,8 +114,9 @@ class SystemOptions:
         if name == "finetuned":
             view["adapter"] = self.adapter
         if name != "no-rag":
+            digest = manifest_digest(self.settings.manifest_path)
             view.update(settings=self.settings.to_dict(), top_k=self.top_k,
-                        model_check=self.model_check)
+                        model_check=self.model_check, index_manifest=digest and digest[:16])
             if self.model_check:
                 view["model_check_tokens"] = self.model_check_tokens
         return json.loads(json.dumps(view, default=str))

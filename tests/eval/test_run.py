@@ -267,3 +267,22 @@ def test_cli_names_the_changed_option_and_exits_2(tmp_path, question_file, capsy
     assert code == 2
     assert "the cached answers of base were made with top_k=5; this run asks top_k=7" in err
     assert "Traceback" not in err and not (out / "config.json").exists()
+
+
+def test_answers_of_another_index_are_not_reused(tmp_path, question_file, hash_embedder):
+    from eval.runner import RunDirError
+
+    calls = []
+    config = _run_config(tmp_path, question_file, ["base", "no-rag"])
+    manifest = config.options.settings.manifest_path
+    manifest.parent.mkdir(parents=True, exist_ok=True)
+    manifest.write_text('{"files": {"manual.pdf": {}}}')
+    run(config, build=_builder(calls), embedder=hash_embedder)
+    run(config, build=_builder(calls), embedder=hash_embedder)  # the same index: resumes
+    assert len(calls) == 8
+    manifest.write_text('{"files": {"manual.pdf": {}, "other.pdf": {}}}')  # re-ingested
+    with pytest.raises(RunDirError, match=r"cached answers of base were made with "
+                                          r"index_manifest='[0-9a-f]{16}'; this run asks "
+                                          r"index_manifest='[0-9a-f]{16}'"):
+        run(config, build=_builder(calls), embedder=hash_embedder)
+    assert len(calls) == 8
