@@ -7,7 +7,11 @@ and `refused` flags for records that predate it): a quoted answer (the manual's 
 shown as a marked quote) counts as answered.
 
 - `citation_accuracy` (answerable questions with a gold `page`): 1 when a citation of the gold
-  source (when known) is within 1 page of the gold page.
+  source (when known) is within 1 page of the gold page. Any cited page counts, so citing more
+  pages can only raise it: read it with `citation_precision`.
+- `citation_precision` (the same questions, answered with at least one cited page): the share
+  of the distinct pages cited (of the gold source when known) that are within 1 page of the
+  gold page. Not scored for an answer that cites no page (abstained, refused, or none given).
 - `answered_unanswerable_rate` (`answerable: false` questions, not harmful ones): 1 when the
   system answered (generated or quoted) a question the documents do not cover, instead of
   abstaining or refusing. It was called `hallucination_rate` before; it measures only this.
@@ -35,7 +39,7 @@ from retrieval.grounding import REPEATED
 from retrieval.text import normalise
 
 PROJECT_METRICS = (
-    "citation_accuracy", "answered_unanswerable_rate", "false_abstention_rate", "refusal_rate",
+    "citation_accuracy", "citation_precision", "answered_unanswerable_rate", "false_abstention_rate", "refusal_rate",
     "harmful_answered_rate", "over_refusal_rate", "faq_match_accuracy", "unsupported_claim_rate",
 )
 # Scripted conversations (computed in `eval.conversations`, named here with the others).
@@ -136,6 +140,16 @@ def citation_correct(q: Question, record: dict) -> Score:
     return Score(1.0 if ok else 0.0, f"cited pages {sorted(set(pages))}; gold page {q.page}")
 
 
+def citation_precision(q: Question, record: dict) -> Score:
+    """The share of the distinct pages one answer cites that are near its gold page."""
+    pages = sorted(set(cited_pages(record, q.source)))
+    if not pages:
+        return Score(None, f"no cited page ({answer_mode(record)}); gold page {q.page}")
+    near = [p for p in pages if near_page([p], q.page)]
+    return Score(len(near) / len(pages), f"{len(near)} of cited pages {pages} near gold page "
+                                         f"{q.page}")
+
+
 def faq_match_correct(q: Question, record: dict) -> Score:
     """Whether the FAQ match names the expected ticket (by ticket id or question text)."""
     match = record.get("faq_match")
@@ -179,6 +193,7 @@ def project_scores(q: Question, record: dict) -> dict[str, Score]:
         out["over_refusal_rate"] = Score(float(mode == "refused"), mode)
         if q.page is not None:
             out["citation_accuracy"] = citation_correct(q, record)
+            out["citation_precision"] = citation_precision(q, record)
     if q.faq_ticket:
         out["faq_match_accuracy"] = faq_match_correct(q, record)
     claims = unsupported_claims(record)

@@ -26,6 +26,20 @@ def test_citation_accuracy_within_one_page_of_gold(citations, expected):
     assert s.value == expected and "gold page 20" in s.reason
 
 
+@pytest.mark.parametrize("citations, expected", [
+    ([cite(20)], 1.0), ([cite(5), cite(19)], 0.5), ([cite(19), cite(21), cite(40)], 2 / 3),
+    ([cite(20), cite(20)], 1.0),  # a page cited twice is one page
+    ([cite(5), cite(20, "router_manual.pdf")], 0.0),  # another source's page is not cited here
+    ([], None), ([cite(20, "router_manual.pdf")], None),
+])
+def test_citation_precision_is_the_share_of_cited_pages_near_gold(citations, expected):
+    s = project_scores(GOLD, rec(citations=citations))["citation_precision"]
+    assert s.value == pytest.approx(expected) if expected is not None else not s.scored
+    assert "gold page 20" in s.reason
+    # citation_accuracy counts any near page: more pages can only raise it, not precision
+    assert project_scores(GOLD, rec(citations=[cite(5), cite(19)]))["citation_accuracy"].value == 1
+
+
 def test_answerable_row_metrics():
     s = project_scores(GOLD, rec(abstained=True))
     assert s["false_abstention_rate"].value == 1.0 and s["over_refusal_rate"].value == 0.0
