@@ -73,7 +73,8 @@ SET_HEADLINES = {
                       "turn_abstained_uncovered_rate", "follow_up_resolved_rate",
                       "turn_over_refusal_rate", "conversation_success_rate"),
 }
-UNANSWERABLE_HEADLINES = ("answered_unanswerable_rate", "unsupported_claim_rate")
+UNANSWERABLE_HEADLINES = ("answered_unanswerable_rate", "over_refusal_rate",
+                          "unsupported_claim_rate")
 SPLIT_NOTES = {
     "calibration": "calibration part: thresholds may be tuned on it; do not quote it",
     "report": "report part: never used to tune anything; quote this one",
