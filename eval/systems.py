@@ -85,6 +85,13 @@ class SystemOptions:
     model_check: bool = False
     model_check_tokens: int = MODEL_CHECK_MAX_NEW_TOKENS
 
+    def __post_init__(self) -> None:
+        # Checked here, before a run directory is written or a model loaded (the agent's
+        # Context checks the same again, with the same messages).
+        for name in ("top_k", "max_new_tokens", "model_check_tokens"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"{name} ({getattr(self, name)}) must be at least 1")
+
     def to_dict(self) -> dict:
         """JSON-ready view."""
         return {

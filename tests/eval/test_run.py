@@ -286,3 +286,16 @@ def test_answers_of_another_index_are_not_reused(tmp_path, question_file, hash_e
                                           r"index_manifest='[0-9a-f]{16}'"):
         run(config, build=_builder(calls), embedder=hash_embedder)
     assert len(calls) == 8
+
+
+@pytest.mark.parametrize("flag", ["--top-k", "--max-new-tokens", "--model-check-tokens"])
+def test_a_bad_budget_stops_before_anything_is_written_or_loaded(tmp_path, question_file, flag,
+                                                                  capsys):
+    from eval.cli import main
+
+    out = tmp_path / "run"
+    assert main(["run", "--questions", str(question_file), "--systems", "base", "--judge",
+                 "none", "--out", str(out), flag, "0"]) == 2
+    name = flag.lstrip("-").replace("-", "_")
+    assert f"error: {name} (0) must be at least 1" in capsys.readouterr().err
+    assert not out.exists()
