@@ -441,8 +441,8 @@ class Classifier:
         each = self.scorer_probabilities(vectors, texts, p)
         if self.char_model is None:
             return each["vector"], categories
-        combined = (_platt(each["vector"], self.calibration["vector"])
-                    + _platt(each["chars"], self.calibration["chars"])) / 2
+        combined = (platt(each["vector"], self.calibration["vector"])
+                    + platt(each["chars"], self.calibration["chars"])) / 2
         return combined, categories
 
     def scorer_probabilities(self, vectors: np.ndarray, texts: list[str] | None = None,
@@ -571,7 +571,7 @@ def _char_arrays(classifier: Classifier, with_vector: bool = True) -> list[np.nd
                       if with_vector or k != "vector" for v in classifier.calibration[k]])]
 
 
-def _platt(p: np.ndarray, ab: tuple[float, float]) -> np.ndarray:
+def platt(p: np.ndarray, ab: tuple[float, float]) -> np.ndarray:
     """`sigmoid(a * logit(p) + b)`: Platt scaling of a probability."""
     p = np.clip(p, 1e-7, 1 - 1e-7)
     a, b = ab

@@ -71,7 +71,7 @@ from agent.guard_train import (  # noqa: E402
     sample_weights,
     stable_folds,
 )
-from agent.guards import BENIGN, _platt  # noqa: E402
+from agent.guards import BENIGN, platt  # noqa: E402
 from bench import doc_parser  # noqa: E402
 from bench.guard import load_load  # noqa: E402
 from retrieval.errors import UsageError, run_cli  # noqa: E402
@@ -250,7 +250,7 @@ def combine(scores: dict[str, np.ndarray], harmful: np.ndarray, fit_on: np.ndarr
         One score per sentence, all sentences.
     """
     if how == "mean":
-        return np.mean([_platt(p, fit_platt(p[fit_on], harmful[fit_on]))
+        return np.mean([platt(p, fit_platt(p[fit_on], harmful[fit_on]))
                         for p in scores.values()], axis=0)
     from sklearn.linear_model import LogisticRegression
 
