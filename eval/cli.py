@@ -106,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "states it (agent --model-check)")
     run.add_argument("--model-check-tokens", type=int, default=MODEL_CHECK_MAX_NEW_TOKENS,
                      metavar="N", help="tokens each model-check reply may take (default "
-                     f"{MODEL_CHECK_MAX_NEW_TOKENS}; a model that thinks first needs a few hundred)")
+                     f"{MODEL_CHECK_MAX_NEW_TOKENS}; a model that thinks first needs a few "
+                     "hundred)")
     run.add_argument("--limit", type=int, help="at most N questions (conversations) per file")
     run.add_argument("--score-only", action="store_true",
                      help="answer nothing: score the cached answers (missing ones are reported)")

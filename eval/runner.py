@@ -25,7 +25,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from eval.batching import BatchingBackend, can_batch, run_parallel
-from eval.cache import answer_cache, score_cache
+from eval.cache import JsonlCache, answer_cache, score_cache
 from eval.conversations import (
     CONVERSATION_SET,
     Conversation,
@@ -298,19 +298,20 @@ def _answer_one(system, item, deadline: float | None = None) -> dict | None:
 
 
 def generate(config: RunConfig, questions: list[Question],
-             conversations: list[Conversation] = (), *,
+             conversations: list[Conversation] = (), *, cache: JsonlCache | None = None,
              build: Callable = build_system, make_llm: Callable = build_llm) -> int:
     """Answer every (system, question) and (system, conversation) pair not yet cached.
 
     Systems are loaded only when they have work left, so a resumed or finished run loads no
     model. One progress bar covers the work left (with its rate and ETA). After
-    `config.max_minutes` no new answer is started (those in flight finish). `build` and
+    `config.max_minutes` no new answer is started (those in flight finish). `cache`: the run's
+    answer cache when the caller has it open (`run` has, to check it first). `build` and
     `make_llm` are injectable for tests.
 
     Returns:
         How many pairs are still unanswered (0 unless the time budget ran out).
     """
-    cache = answer_cache(config.out)
+    cache = cache if cache is not None else answer_cache(config.out)
     items = list(questions) + list(conversations)
     todo = {name: interleave([q for q in items if (name, q.id) not in cache])
             for name in config.systems}
@@ -387,14 +388,16 @@ def run(config: RunConfig, *, build: Callable = build_system, make_llm: Callable
     questions = collect_questions(config.questions, config.harmful, config.limit, config.spread)
     conversations = collect_conversations(config.conversations, config.limit, config.spread,
                                           taken=[q.id for q in questions])
+    cache = answer_cache(config.out)
     if answer:  # before config.json is rewritten: a refused run leaves the old one in place
-        check_cached(answer_cache(config.out), config, list(questions) + list(conversations))
+        check_cached(cache, config, list(questions) + list(conversations))
     config.out.mkdir(parents=True, exist_ok=True)
     _write_json(config.out / "config.json", config.to_dict())
     _write_jsonl(config.out / "questions.jsonl", (q.to_dict() for q in questions))
     _write_jsonl(config.out / "conversations.jsonl", (c.to_dict() for c in conversations))
     if answer:
-        left = generate(config, questions, conversations, build=build, make_llm=make_llm)
+        left = generate(config, questions, conversations, cache=cache, build=build,
+                        make_llm=make_llm)
         if left:
             print(f"--max-minutes {config.max_minutes:g} reached: {left} answers left (cached "
                   f"so far in {config.out / 'answers.jsonl'}); run the same command again to "

@@ -427,8 +427,9 @@ class _Run:
             check_embedder_probe(self.manifest, self._embedder, self.settings.manifest_path,
                                  "adding to the index would mix two embedding spaces: re-embed "
                                  "everything with --rebuild")
-            # Recorded with the manifest's next save: an index from before the probe gets it.
-            self.manifest.setdefault("embedder_probe", embedder_probe(self._embedder))
+            if "embedder_probe" not in self.manifest:
+                # Recorded with the manifest's next save: an index from before the probe gets it.
+                self.manifest["embedder_probe"] = embedder_probe(self._embedder)
             self._probed = True
         return self._embedder
 

@@ -115,8 +115,8 @@ def test_run_scores_with_its_own_judge_even_if_config_json_changes(
     config.judge = JudgeConfig(kind="none")
     real_generate = runner.generate
 
-    def generate_then_clobber(cfg, questions, conversations, build, make_llm):
-        real_generate(cfg, questions, conversations, build=build, make_llm=make_llm)
+    def generate_then_clobber(cfg, questions, conversations, cache, build, make_llm):
+        real_generate(cfg, questions, conversations, cache=cache, build=build, make_llm=make_llm)
         saved = json.loads((cfg.out / "config.json").read_text())
         saved["judge"]["kind"] = "local"  # another process answering another system
         (cfg.out / "config.json").write_text(json.dumps(saved))
