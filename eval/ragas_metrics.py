@@ -8,7 +8,8 @@ any casewise `ChatBackend` (the embedded local model, or an OpenAI-compatible se
 
 Without an LLM: `non_llm_context_precision` / `non_llm_context_recall` (RAGAS's
 NonLLMContextPrecisionWithReference / NonLLMContextRecall: Levenshtein similarity of retrieved
-passages to the reference contexts, threshold 0.5), `rouge_l` (RougeScore, ROUGE-L F1),
+passages to the reference contexts, threshold 0.5), `rouge_l` (RougeScore, ROUGE-L F1 of the
+answer as shown), `rouge_l_claims` (the same score of the answer's claims alone, `claims_text`),
 `string_similarity` (NonLLMStringSimilarity, normalised Levenshtein) and `semantic_similarity`
 (SemanticSimilarity with the project's embedder), all against the question's `reference`
 (reference contexts: the `reference_contexts` field when present, else `[reference]`).
@@ -36,8 +37,8 @@ os.environ.setdefault("RAGAS_DO_NOT_TRACK", "true")
 
 LLM_METRICS = ("faithfulness", "answer_relevancy", "context_precision", "context_recall")
 NON_LLM_METRICS = (
-    "non_llm_context_precision", "non_llm_context_recall", "rouge_l", "string_similarity",
-    "semantic_similarity",
+    "non_llm_context_precision", "non_llm_context_recall", "rouge_l", "rouge_l_claims",
+    "string_similarity", "semantic_similarity",
 )
 RAGAS_METRICS = LLM_METRICS + NON_LLM_METRICS
 # Metrics about retrieved passages: meaningless for a system that retrieves nothing (no-rag).
@@ -47,8 +48,24 @@ CONTEXT_METRICS = frozenset(
 )
 _NEEDS_REFERENCE = frozenset(
     {"context_precision", "context_recall", "non_llm_context_precision", "non_llm_context_recall",
-     "rouge_l", "string_similarity", "semantic_similarity"}
+     "rouge_l", "rouge_l_claims", "string_similarity", "semantic_similarity"}
 )
+# Metrics of the answer's words against the reference.
+_ANSWER_TEXT_METRICS = frozenset(
+    {"rouge_l", "rouge_l_claims", "string_similarity", "semantic_similarity"}
+)
+
+
+def claims_text(record: dict) -> str:
+    """What an answer record asserts: its claims' sentences joined, without the frame the answer
+    shows them in ('The manual says (file p.N): "..."', "also p.M"); the answer itself when it
+    has no claims (abstained, refused, the no-rag system).
+
+    `rouge_l` scores the answer as shown, frame included, which no reference contains;
+    `rouge_l_claims` scores this, as a baseline that copies a passage is scored.
+    """
+    texts = [(c.get("text") or "").strip() for c in record.get("claims") or []]
+    return " ".join(t for t in texts if t) or record.get("answer") or ""
 
 
 class JudgeOutputError(ValueError):
@@ -190,6 +207,7 @@ class RagasScorer:
             "non_llm_context_precision": NonLLMContextPrecisionWithReference(),
             "non_llm_context_recall": NonLLMContextRecall(),
             "rouge_l": RougeScore(rouge_type="rougeL", mode="fmeasure"),
+            "rouge_l_claims": RougeScore(rouge_type="rougeL", mode="fmeasure"),
             "string_similarity": NonLLMStringSimilarity(),
             "semantic_similarity": SemanticSimilarity(embeddings=emb),
         }
@@ -244,12 +262,13 @@ class RagasScorer:
 
     def score(self, metric: str, q: Question, record: dict) -> Score:
         """One metric on one row; never raises for judge trouble (see the not-scored policy)."""
-        answer = (record.get("answer") or "").strip()
+        answer = (claims_text(record) if metric == "rouge_l_claims"
+                  else record.get("answer") or "").strip()
         contexts = [c["text"] for c in record.get("contexts") or [] if c.get("text")]
         if metric in CONTEXT_METRICS and not contexts:
             return Score(None, "no retrieved contexts")
-        if metric in ("faithfulness", "answer_relevancy", "rouge_l", "string_similarity",
-                      "semantic_similarity") and not answer:
+        if (metric in _ANSWER_TEXT_METRICS or metric in ("faithfulness", "answer_relevancy")) \
+                and not answer:
             return Score(None, "empty answer")
         if self.judge is not None:
             self.judge.transcript = []
@@ -279,7 +298,7 @@ class RagasScorer:
 
             sample = SingleTurnSample(retrieved_contexts=contexts, reference_contexts=ref_contexts)
             return await m.single_turn_ascore(sample)
-        if metric in ("rouge_l", "string_similarity", "semantic_similarity"):
+        if metric in _ANSWER_TEXT_METRICS:
             call = m.ascore(reference=ref, response=answer)
         elif metric == "faithfulness":
             call = m.ascore(user_input=q.question, response=answer, retrieved_contexts=contexts)

@@ -67,7 +67,8 @@ def summary_table(results: dict) -> str:
 # The metrics the per-set table shows for each kind of set (the full table has every metric).
 SET_HEADLINES = {
     "answerable": ("citation_accuracy", "citation_precision", "false_abstention_rate",
-                   "over_refusal_rate", "unsupported_claim_rate", "rouge_l", "faithfulness"),
+                   "over_refusal_rate", "unsupported_claim_rate", "rouge_l", "rouge_l_claims",
+                   "faithfulness"),
     "harmful": ("refusal_rate", "harmful_answered_rate"),
     "conversations": ("turn_correct_rate", "turn_cited_page_rate",
                       "turn_abstained_uncovered_rate", "follow_up_resolved_rate",

@@ -7,6 +7,7 @@ from eval.ragas_metrics import (
     JudgeOutputError,
     RagasScorer,
     chat_judge,
+    claims_text,
     parse_structured,
 )
 from tests.eval.conftest import SchemaJudge
@@ -91,3 +92,23 @@ def test_applicability(hash_embedder):
     assert scorer.applicable(harmful, retrieval=True, judged=True) == []
     judged = RagasScorer(hash_embedder, chat_judge(SchemaJudge()))
     assert "faithfulness" not in judged.applicable(Q, retrieval=True, judged=False)
+
+
+def test_rouge_l_claims_scores_what_the_answer_asserts_without_its_frame(hash_embedder):
+    scorer = RagasScorer(hash_embedder, None)
+    assert "rouge_l_claims" in scorer.applicable(Q, retrieval=True, judged=False)
+    quoted = {"answer": 'The manual says (tv.pdf p.10): "Open Settings and choose Picture Mode."',
+              "claims": [{"text": "Open Settings and choose Picture Mode.", "supported": True}],
+              "contexts": REC["contexts"]}
+    assert claims_text(quoted) == "Open Settings and choose Picture Mode."
+    framed = scorer.score("rouge_l", Q, quoted).value
+    assert scorer.score("rouge_l_claims", Q, quoted).value == pytest.approx(1.0)
+    assert framed < 0.8  # the frame's words are in no reference
+    # No claims (abstained, refused, no-rag): the answer as shown, the same as rouge_l.
+    abstained = {"answer": "The documents do not cover Picture Mode.", "claims": [],
+                 "contexts": REC["contexts"]}
+    assert claims_text(abstained) == abstained["answer"]
+    assert scorer.score("rouge_l_claims", Q, abstained).value == pytest.approx(
+        scorer.score("rouge_l", Q, abstained).value)
+    empty = scorer.score("rouge_l_claims", Q, {"answer": "", "claims": []})
+    assert empty.value is None and empty.reason == "empty answer"
