@@ -41,7 +41,7 @@ from agent.llm import (
 from agent.prompts import MODEL_CHECK_MAX_NEW_TOKENS
 from agent.state import AgentAnswer
 from finetune.format import adapter_format_warning
-from retrieval.errors import CasewiseError, ModelNotFoundError, UsageError, run_cli
+from retrieval.errors import CasewiseError, ModelNotFoundError, UsageError, at_least, run_cli
 from retrieval.grounding import REPEATED
 from retrieval.settings import Settings
 from retrieval.text import sentences
@@ -234,8 +234,7 @@ def make_llm(args: argparse.Namespace) -> ChatBackend:
     Raises:
         UsageError: Contradictory backend flags.
     """
-    if args.top_k < 1:
-        raise UsageError(f"--top-k ({args.top_k}) must be at least 1")
+    at_least("--top-k", args.top_k)
     if args.llm_url:
         if args.adapter:
             raise UsageError("--adapter applies to the local model; with --llm-url load the "

@@ -13,7 +13,7 @@ from agent.guards import Guard
 from agent.llm import ChatBackend
 from agent.prompts import MODEL_CHECK_MAX_NEW_TOKENS
 from finetune.format import PASSAGE_TOKENS, PASSAGE_WORDS
-from retrieval.errors import UsageError
+from retrieval.errors import UsageError, at_least
 from retrieval.types import Embedder, Searcher
 
 
@@ -137,10 +137,9 @@ class Context:
     cancel: threading.Event | None = None
 
     def __post_init__(self) -> None:
-        if self.top_k < 1:
-            raise UsageError(f"top_k ({self.top_k}) must be at least 1")
-        if not 1 <= self.max_contexts:
-            raise UsageError(f"max_contexts ({self.max_contexts}) must be at least 1")
+        at_least("top_k", self.top_k)
+        at_least("max_contexts", self.max_contexts)
+        at_least("max_new_tokens", self.max_new_tokens)
         if not -1.0 <= self.overlap_floor <= self.min_similarity <= 1.0:
             raise UsageError(
                 f"thresholds must satisfy -1 <= overlap_floor ({self.overlap_floor}) <= "
@@ -154,8 +153,7 @@ class Context:
         if self.passage_tokens < 0:
             raise UsageError(f"passage_tokens ({self.passage_tokens}) must be 0 (no budget) "
                              f"or more")
-        if self.model_check_tokens < 1:
-            raise UsageError(f"model_check_tokens ({self.model_check_tokens}) must be at least 1")
+        at_least("model_check_tokens", self.model_check_tokens)
         if self.max_rewrites < 0:
             raise UsageError(f"max_rewrites ({self.max_rewrites}) must be 0 or more")
         for name, choices in _choices().items():  # rerank, answer_mode, quote_first

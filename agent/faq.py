@@ -21,7 +21,7 @@ import re
 from agent.state import FaqMatch
 from retrieval.text import content_words
 from retrieval.types import Hit, Searcher
-from retrieval.errors import UsageError
+from retrieval.errors import UsageError, at_least
 
 # Calibrated by `python bench/faq_match.py` on faq_history's paraphrase groups: the lowest
 # threshold within 0.025 F1 of the best (1.01), since a shown match is advisory (docs/agent.md).
@@ -66,8 +66,7 @@ class FaqMatcher:
             raise UsageError(
                 f"faq threshold ({threshold}) must be within [-1, {1.0 + QUESTION_WEIGHT}]"
             )
-        if candidates < 1:
-            raise UsageError(f"candidates ({candidates}) must be at least 1")
+        at_least("candidates", candidates)
         self.searcher = searcher
         self.threshold = threshold
         self.candidates = candidates

@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
 
-from retrieval.errors import CasewiseError, ModelNotFoundError, UsageError
+from retrieval.errors import CasewiseError, ModelNotFoundError, UsageError, at_least
 
 DEFAULT_MAX_NEW_TOKENS = 256
 # The small model loops on long passages; a mild penalty keeps greedy output usable. Applied the
@@ -115,8 +115,7 @@ class LocalChatModel:
         max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
         device: str = "cpu",
     ) -> None:
-        if max_new_tokens < 1:
-            raise UsageError(f"max_new_tokens ({max_new_tokens}) must be at least 1")
+        at_least("max_new_tokens", max_new_tokens)
         self.model_name = model
         self.adapter = adapter
         self.max_new_tokens = max_new_tokens
@@ -398,10 +397,8 @@ class LlamaCppChatModel:
         batch_seqs: int = BATCH_MAX_SEQS,
         kv_unified: bool = False,
     ) -> None:
-        if max_new_tokens < 1:
-            raise UsageError(f"max_new_tokens ({max_new_tokens}) must be at least 1")
-        if batch_seqs < 1:
-            raise UsageError(f"batch_seqs ({batch_seqs}) must be at least 1")
+        at_least("max_new_tokens", max_new_tokens)
+        at_least("batch_seqs", batch_seqs)
         source = "weights" if weights else ENV_LLAMA_WEIGHTS
         weights = (weights or os.environ.get(ENV_LLAMA_WEIGHTS) or "auto").strip().lower()
         if weights not in LLAMA_WEIGHTS:

@@ -73,7 +73,7 @@ from agent.cli import apply_reset_memory, build_assistant, make_llm, resolve_set
 from agent.feedback import FEEDBACK_FILE, FeedbackStore, UnknownAnswerError
 from agent.llm import ChatBackend, LlamaCppChatModel, LocalChatModel, OpenAIChatModel
 from agent.state import MODES
-from retrieval.errors import CasewiseError, UsageError
+from retrieval.errors import CasewiseError, UsageError, at_least
 from retrieval.settings import Settings
 
 log = logging.getLogger("casewise.serve")
@@ -122,17 +122,12 @@ class ServeConfig:
     def __post_init__(self) -> None:
         if not 1 <= self.port <= 65535:
             raise UsageError(f"--port ({self.port}) must be between 1 and 65535")
-        if self.workers < 1:
-            raise UsageError(f"--workers ({self.workers}) must be at least 1")
-        if self.max_body_bytes < 1024:
-            raise UsageError(f"--max-body-bytes ({self.max_body_bytes}) must be at least 1024")
-        if self.max_question_chars < 1:
-            raise UsageError(f"--max-question-chars ({self.max_question_chars}) must be at "
-                             f"least 1")
+        at_least("--workers", self.workers)
+        at_least("--max-body-bytes", self.max_body_bytes, 1024)
+        at_least("--max-question-chars", self.max_question_chars)
         if self.rate_limit < 0:
             raise UsageError(f"--rate-limit ({self.rate_limit}) must be 0 (off) or more")
-        if self.max_pending < 1:
-            raise UsageError(f"--max-pending ({self.max_pending}) must be at least 1")
+        at_least("--max-pending", self.max_pending)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ServeConfig:

@@ -9,7 +9,7 @@ from pathlib import Path
 from agent.llm import BACKENDS
 from agent.prompts import MODEL_CHECK_MAX_NEW_TOKENS
 from eval.systems import EVAL_MAX_NEW_TOKENS
-from retrieval.errors import UsageError, run_cli
+from retrieval.errors import UsageError, at_least, run_cli
 
 RUN_EXAMPLES = """examples:
   # every set, three systems (the release evaluation; docs/eval.md has the full command)
@@ -175,8 +175,7 @@ def _run(args) -> int:
     if not args.questions and not args.conversations and not args.harmful:
         raise UsageError("give at least one --questions, --conversations or --harmful file")
     if args.threads is not None:
-        if args.threads < 1:
-            raise UsageError(f"--threads ({args.threads}) must be at least 1")
+        at_least("--threads", args.threads)
         import torch
 
         torch.set_num_threads(args.threads)

@@ -52,7 +52,7 @@ from eval.ragas_metrics import RAGAS_METRICS, RagasScorer
 from eval.report import write_report
 from eval.systems import SystemOptions, build_llm, build_system, check_systems
 from ingest.loaders import read_jsonl
-from retrieval.errors import UsageError
+from retrieval.errors import UsageError, at_least
 
 DEFAULT_BATCH_SIZE = 16
 _clock = time.monotonic  # the time budget's clock (tests advance a fake one)
@@ -95,10 +95,9 @@ class RunConfig:
     max_minutes: float | None = None
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise UsageError(f"--batch-size ({self.batch_size}) must be at least 1")
-        if self.limit is not None and self.limit < 1:
-            raise UsageError(f"--limit ({self.limit}) must be at least 1")
+        at_least("--batch-size", self.batch_size)
+        if self.limit is not None:
+            at_least("--limit", self.limit)
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise UsageError(f"--max-minutes ({self.max_minutes}) must be positive")
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from agent.prompts import MODEL_CHECK_MAX_NEW_TOKENS
-from retrieval.errors import UsageError
+from retrieval.errors import UsageError, at_least
 from retrieval.settings import Settings
 
 SYSTEMS = ("no-rag", "base", "finetuned", "remote")
@@ -89,8 +89,7 @@ class SystemOptions:
         # Checked here, before a run directory is written or a model loaded (the agent's
         # Context checks the same again, with the same messages).
         for name in ("top_k", "max_new_tokens", "model_check_tokens"):
-            if getattr(self, name) < 1:
-                raise UsageError(f"{name} ({getattr(self, name)}) must be at least 1")
+            at_least(name, getattr(self, name))
 
     def to_dict(self) -> dict:
         """JSON-ready view."""

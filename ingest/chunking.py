@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 
 from ingest.loaders import Block, LoadedFile
 from retrieval.types import Chunk
-from retrieval.errors import UsageError
+from retrieval.errors import UsageError, at_least
 
 
 @dataclass(frozen=True)
@@ -43,8 +43,7 @@ class ChunkingConfig:
     heading_prefix: bool = False
 
     def __post_init__(self) -> None:
-        if self.chunk_size < 1:
-            raise UsageError(f"chunk_size ({self.chunk_size}) must be at least 1 word")
+        at_least("chunk_size", self.chunk_size, 1, unit="word")
         if self.chunk_overlap < 0:
             raise UsageError(f"chunk_overlap ({self.chunk_overlap}) must not be negative")
         if self.chunk_overlap >= self.chunk_size:

@@ -57,6 +57,17 @@ class ModelNotFoundError(UsageError):
     """A model id or path (generator or embedder) that cannot be resolved or loaded."""
 
 
+def at_least(name: str, value: float, least: int = 1, *, unit: str = "",
+             error: type[UsageError] = UsageError) -> None:
+    """The one check of a count or budget: `error` (exit 2) unless `value >= least`.
+
+    The message is "NAME (VALUE) must be at least LEAST[ UNIT]", e.g.
+    "--top-k (0) must be at least 1", "chunk_size (0) must be at least 1 word".
+    """
+    if value < least:
+        raise error(f"{name} ({value}) must be at least {least}{' ' + unit if unit else ''}")
+
+
 def run_cli(main: Callable[[], int], *, interrupted: str = "interrupted") -> int:
     """Run a CLI body and turn expected errors into one line on stderr and the policy's code.
 

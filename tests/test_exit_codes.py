@@ -68,3 +68,20 @@ def test_ingest_bad_setting_is_a_usage_error(tmp_path, capsys):
 
     assert main([str(tmp_path), "--home", str(tmp_path / "h"), "--chunk-size", "0"]) == 2
     assert capsys.readouterr().err.startswith("error: chunk_size (0)")
+
+
+def test_at_least_is_the_one_count_check():
+    from retrieval.errors import at_least
+
+    at_least("--top-k", 1)
+    at_least("--max-body-bytes", 1024, 1024)
+    with pytest.raises(UsageError, match=r"^--top-k \(0\) must be at least 1$"):
+        at_least("--top-k", 0)
+    with pytest.raises(UsageError, match=r"^chunk_size \(0\) must be at least 1 word$"):
+        at_least("chunk_size", 0, unit="word")
+
+    class ConfigError(UsageError):
+        pass
+
+    with pytest.raises(ConfigError):
+        at_least("k", -1, error=ConfigError)

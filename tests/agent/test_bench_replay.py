@@ -106,7 +106,9 @@ def test_context_settings_are_read_as_the_fields_types():
                      ("max_new_tokens=many", "takes a number"),
                      ("no_such_field=1", "FIELD=VALUE"), ("support_quote", "FIELD=VALUE"),
                      ("quote_first=foo", r"quote_first \('foo'\) must be one of ranker, model"),
-                     ("rerank=up", "rerank .* must be one of off, best_first, select")):
+                     ("rerank=up", "rerank .* must be one of off, best_first, select"),
+                     ("max_new_tokens=0", r"max_new_tokens \(0\) must be at least 1"),
+                     ("max_contexts=0", r"max_contexts \(0\) must be at least 1")):
         with pytest.raises(UsageError, match=why):
             with_settings(base, [bad])
     assert with_settings(base, ["quote_first=model"]).quote_first == "model"
