@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO))
 
 from agent.prompts import MODEL_CHECK_MAX_NEW_TOKENS  # noqa: E402
 from bench import doc_parser  # noqa: E402
-from retrieval.errors import UsageError, run_cli  # noqa: E402
+from retrieval.errors import UsageError, at_least, run_cli  # noqa: E402
 
 DATA = REPO / "bench" / "data" / "model_check.jsonl"
 OUT = REPO / "bench" / "results_cpu" / "model_check.json"
@@ -147,6 +147,7 @@ def _main(args: argparse.Namespace) -> int:
         raise UsageError("--systems remote needs --llm-url and --llm-model")
     if not args.data.is_file():
         raise UsageError(f"--data {args.data}: not found")
+    at_least("--model-check-tokens", args.model_check_tokens)  # before any model loads
     verdicts = word_verdicts(load_items(args.data))
     result = {"data": str(args.data), "load_average_start": os.getloadavg(), "systems": []}
     print(f"{'system':<8} {'kind':<8} {'n':>3} {'words keep':>10} {'model confirms':>14}")

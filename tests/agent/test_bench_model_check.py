@@ -57,3 +57,31 @@ def test_bad_input_names_the_file_and_line(tmp_path, capsys):
     assert main(["--systems", "remote"]) == 2
     assert "needs --llm-url and --llm-model" in capsys.readouterr().err
     assert main(["--systems", "nope"]) == 2
+
+
+class Thinker(ScriptedChatModel):
+    """Thinks before its verdict, and is cut off when the reply budget is too small."""
+
+    def complete(self, messages, *, max_new_tokens=256):
+        self.calls.append(max_new_tokens)
+        return "<think>the passage says so</think> Yes" if max_new_tokens >= 16 else "<think>the"
+
+
+def test_the_reply_budget_reaches_every_check():
+    verdicts = word_verdicts(load_items())
+    cut = Thinker()
+    short = measure("thinker", cut, verdicts)  # the default budget cuts it before its verdict
+    assert short["reply_tokens"] == 4 and set(cut.calls) == {4}
+    assert short["holds"]["model_confirms"] == 0 and short["misread"]["model_confirms"] == 0
+    room = Thinker()
+    long = measure("thinker", room, verdicts, 64)
+    assert long["reply_tokens"] == 64 and set(room.calls) == {64}
+    assert long["holds"]["model_confirms"] == long["holds"]["words_keep"] > 0
+
+
+def test_a_bad_reply_budget_stops_before_any_model_loads(capsys, monkeypatch):
+    import bench.model_check
+
+    monkeypatch.setattr(bench.model_check, "make_llm", lambda *a: pytest.fail("model loaded"))
+    assert main(["--systems", "base", "--model-check-tokens", "0"]) == 2
+    assert "--model-check-tokens (0) must be at least 1" in capsys.readouterr().err
