@@ -10,7 +10,8 @@ heading):
    "45 seconds" or "4 minutes"; number words count as digits), quoted strings, menu paths
    (labels in order), URLs/domains/e-mail addresses, and names (UI labels and product names
    such as "Reset button" or "Dolby Atmos", `retrieval.text.names`);
-2. at least `MIN_COVERAGE` of the claim's distinct content words occur there;
+2. at least `MIN_COVERAGE` of the claim's distinct content words occur there, and more than
+   `CLAUSE_MIN_COVERAGE` of each of its clauses' (a clause of at least `CLAUSE_MIN_WORDS`);
 3. the passage names the question's subject: every name, quoted string and menu path of the
    question (a passage about the Universal Guide does not support an answer about the Universal
    Remote);
@@ -55,6 +56,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from retrieval.text import (
+    clauses,
     content_words,
     menu_paths,
     names,
@@ -73,6 +75,13 @@ from retrieval.types import Embedder, PassageLike
 # fallback rule) let half an answer be invented; a supported paraphrase of a manual sentence
 # keeps most of its content words (it may add one or two of its own).
 MIN_COVERAGE = 0.75
+# ... and each clause of it (`retrieval.text.clauses`) with at least `CLAUSE_MIN_WORDS` distinct
+# content words must have more than this share of them in the same window: a well-covered clause
+# must not carry an invented one ("To listen to the TV through a Samsung audio device that
+# supports the Wi-Fi function, you need to have a compatible Wi-Fi adapter." holds 9 of its 13
+# words, but of its second clause only "Wi-Fi").
+CLAUSE_MIN_COVERAGE = 0.5
+CLAUSE_MIN_WORDS = 3
 # A claim may draw on up to this many consecutive sentences of one passage (PDF extraction
 # splits one instruction over several "sentences", and glues headings to them).
 MAX_WINDOW = 3
@@ -318,6 +327,8 @@ def check_claim(
         # use Bluetooth headphones."), checked like a "Yes".
         return ClaimCheck(claim, False, reason="only restates the question")
     anchors = _Anchors.of(text)
+    parts = [(c, ws) for c in clauses(text)
+             if len(ws := set(content_words(c))) >= CLAUSE_MIN_WORDS and ws != words]
     # A "No." keeps the older, weaker rule below (its proposition is checked for a negation
     # anywhere in the window); every other claim must agree with its window on what is negated.
     denied = set() if negative else negated(text)  # a subset of `words`
@@ -350,6 +361,10 @@ def check_claim(
                 elif coverage < MIN_COVERAGE:
                     why = (f"holds only {coverage:.0%} of its content words (needs "
                            f"{MIN_COVERAGE:.0%})")
+                elif (thin := next((c for c, ws in parts
+                                    if len(ws & held) <= CLAUSE_MIN_COVERAGE * len(ws)), None)):
+                    why = (f'holds too little of its clause "{thin}" (needs more than '
+                           f"{CLAUSE_MIN_COVERAGE:.0%} of its content words)")
                 elif (gap := anchors.missing(norm, set().union(*(s.quantities for s in window)))):
                     why = f"does not contain {gap}"
                 elif negative and not _NEGATION & set(norm.split()):

@@ -137,6 +137,14 @@ _CLAUSE_BREAK = re.compile(r"[,;:.!?()\[\]]|\b(?:but|however|although|though|unl
                            r"instead|except)\b", re.IGNORECASE)
 
 
+def clauses(text: str) -> list[str]:
+    """The clauses of `text`: its pieces between punctuation (`, ; : . ! ? ( ) [ ]`) and the
+    conjunctions that turn a sentence (but, however, although, though, unless, whereas,
+    instead, except), stripped, empty ones dropped. The scope of a negation (`negated`) and of
+    verification's per-clause coverage (`retrieval.grounding.CLAUSE_MIN_COVERAGE`)."""
+    return [c.strip() for c in _CLAUSE_BREAK.split(text) if c and c.strip()]
+
+
 def negated(text: str) -> set[str]:
     """Stems of the content words of `text` that a negation governs.
 
@@ -152,7 +160,7 @@ def negated(text: str) -> set[str]:
         The governed stems (empty when `text` negates nothing).
     """
     out: set[str] = set()
-    for clause in _CLAUSE_BREAK.split(text):
+    for clause in clauses(text):
         left = 0
         for word in words(clause):
             if word in NEGATIONS:

@@ -85,6 +85,22 @@ def test_unsupported_claims_say_why(claim, why):
     assert not check.supported and check.evidence == () and why in check.reason
 
 
+def test_a_well_covered_clause_does_not_carry_an_invented_one():
+    # The sentence as a whole holds 10 of its 13 content words (over MIN_COVERAGE), but its last
+    # clause holds none of its own.
+    claim = ("To reset the router, keep it turned on and press and hold the recessed Reset "
+             "button for 10 seconds, then buy a new modem.")
+    check = check_claim(claim, Q, [RESET])
+    assert not check.supported
+    assert 'its clause "then buy a new modem"' in check.reason
+    # Clauses of fewer than CLAUSE_MIN_WORDS content words are not read on their own, and a
+    # paraphrased clause that keeps most of its words passes.
+    assert check_claim("To reset it, hold the recessed Reset button for 10 seconds.", Q,
+                       [RESET]).supported
+    assert check_claim("To reset the router, press and hold the Reset button for 10 seconds, "
+                       "until the power light blinks amber.", Q, [RESET]).supported
+
+
 def test_anchors_must_appear_in_the_same_window():
     # "10 seconds" and "amber" are in the passage, but far apart from "Reset" is fine; a number
     # from another sentence window is not.

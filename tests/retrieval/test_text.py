@@ -114,6 +114,15 @@ def test_char_ngrams_of_a_misspelling_mostly_match_the_word():
     assert not set(char_ngrams("explosive")) & set(char_ngrams("quiz"))
 
 
+def test_clauses_split_at_punctuation_and_turning_conjunctions():
+    from retrieval.text import clauses
+
+    assert clauses("To reset it, hold Reset (10 s); it restarts, but slowly.") == [
+        "To reset it", "hold Reset", "10 s", "it restarts", "slowly"]
+    assert clauses("Everything except Wi-Fi") == ["Everything", "Wi-Fi"]
+    assert clauses(" , . ") == []
+
+
 def test_negated_words_are_the_word_after_a_negation_within_its_clause():
     assert negated("The TV does not support Apple AirPlay.") == {"support"}
     assert negated("It doesn't work without Wi-Fi.") == {"work", "wi"}
