@@ -253,39 +253,10 @@ class ClaimChecker(Protocol):
     def __call__(self, answer: str, question: str, passages: Sequence[Chunk]) -> list: ...
 
 
-@dataclass(frozen=True)
-class CoverageVerdict:
-    """One claim's verdict from `coverage_check`."""
-
-    text: str
-    supported: bool
-    coverage: float
-
-
-# Share of a claim's content words one passage must hold (the bar retrieval.grounding uses).
-MIN_COVERAGE = 0.75
-
-
-def coverage_check(answer: str, question: str, passages: Sequence[Chunk]) -> list:
-    """A stand-in for `retrieval.grounding.verify` with its signature, used only until that
-    module is on this branch: each sentence of the answer is a claim, supported when one passage
-    holds `MIN_COVERAGE` of its content words (no anchors, no subject check)."""
-    from retrieval.text import overlap, sentences
-
-    verdicts = []
-    for claim in sentences(answer):
-        best = max((overlap(claim, p.text) for p in passages), default=0.0)
-        verdicts.append(CoverageVerdict(claim, best >= MIN_COVERAGE, best))
-    return verdicts
-
-
 def default_claim_checker() -> ClaimChecker:
-    """The model-free claim check of the agent's `verify` node, `retrieval.grounding.verify`;
-    `coverage_check` while that module has not landed (transitional: drop the fallback then)."""
-    try:
-        from retrieval.grounding import verify
-    except ModuleNotFoundError:
-        return coverage_check
+    """The model-free claim check of the agent's `verify` node, `retrieval.grounding.verify`."""
+    from retrieval.grounding import verify
+
     return verify
 
 

@@ -326,11 +326,13 @@ def test_mined_prompts_round_trip(prompts, tmp_path):
         [(c.text, c.citation) for c in p.passages] for p in prompts]
 
 
-def test_coverage_check_rejects_invented_claims():
-    from finetune.align import coverage_check
+def test_the_default_claim_check_is_the_agents_verify_and_rejects_invented_claims():
+    from finetune.align import default_claim_checker
+    from retrieval.grounding import verify
 
+    assert default_claim_checker() is verify
     passages = manual_chunks()[:3]
     kept = passages[0].text.split(". ")[2]  # "Open Settings then General then Reset ..."
-    verdicts = coverage_check(f"{kept}. Then unplug the router and call the fire brigade.",
-                              "How do I reset?", passages)
+    verdicts = default_claim_checker()(
+        f"{kept}. Then unplug the router and call the fire brigade.", "How do I reset?", passages)
     assert [v.supported for v in verdicts] == [True, False]
