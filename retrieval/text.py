@@ -396,7 +396,18 @@ UI_NOUNS = frozenset(
 _TOKEN = re.compile(r"[^\W_][\w+'’-]*")
 
 
+# The pronoun and its contractions: capitalised by grammar, never part of a name.
+_PRONOUN_I = re.compile(r"I(?:['’](?:m|ve|d|ll))?")
+# An all-caps word at least this long without a digit is emphasis ("THIRD", "EVERYTHING"), not a
+# name; acronyms are shorter ("HDMI", "QLED", "USB", "TV").
+EMPHASIS_MIN_LETTERS = 5
+
+
 def _is_name_token(token: str) -> bool:
+    if _PRONOUN_I.fullmatch(token):
+        return False
+    if token.isupper() and len(token) >= EMPHASIS_MIN_LETTERS and token.isalpha():
+        return False
     return token[:1].isupper() or any(c.isdigit() for c in token) and any(c.isalpha() for c in token)
 
 
@@ -410,15 +421,22 @@ def _is_strong(token: str) -> bool:
 def names(text: str) -> list[str]:
     """Product names and UI labels in `text`, normalised ("dolby atmos", "reset button").
 
-    A name is a run of capitalised (or alphanumeric, like "AX3000") words, without leading stop
-    words, extended by one following UI noun in lower case ("Universal remote" -> "universal
-    remote", "Reset button" -> "reset button"). The first word of a sentence is capitalised for
-    grammar, so it starts a name only when it is all-caps, mixed-case or alphanumeric ("HDMI",
-    "AirPlay").
+    A name is a run of capitalised (or alphanumeric, like "AX3000") words with only spaces
+    between them, without leading stop words, extended by one following UI noun in lower case
+    ("Universal remote" -> "universal remote", "Reset button" -> "reset button"). The first word
+    of a sentence is capitalised for grammar, so it starts a name only when it is all-caps,
+    mixed-case or alphanumeric ("HDMI", "AirPlay"). Punctuation other than a menu path's ">"
+    ends a name ("HDMI, Bluetooth" are two); the pronoun "I" and an all-caps word of `EMPHASIS_MIN_LETTERS` letters or more
+    (shouting: "THIRD", "EVERYTHING") are no names.
     """
     out: list[str] = []
     for sentence in sentences(text) or [text]:
-        tokens = [re.sub(r"['’]s$", "", t) for t in _TOKEN.findall(sentence)]
+        matches = list(_TOKEN.finditer(sentence))
+        tokens = [re.sub(r"['’]s$", "", m.group()) for m in matches]
+        # A token continues its predecessor's name when only whitespace, or a menu path's ">",
+        # separates them ("Settings > Picture Mode" stays one anchor for a claim).
+        joined = [i > 0 and sentence[matches[i - 1].end():m.start()].strip() in ("", ">")
+                  for i, m in enumerate(matches)]
         run: list[str] = []
 
         def close(next_token: str | None) -> None:
@@ -434,10 +452,12 @@ def names(text: str) -> list[str]:
             run.clear()
 
         for i, token in enumerate(tokens):
+            if run and not joined[i]:
+                close(None)  # punctuation between: the name ended
             starts = i == 0 and not _is_strong(token)
             if _is_name_token(token) and not starts:
                 run.append(token)
             else:
-                close(token)
+                close(token if joined[i] else None)
         close(None)
     return out

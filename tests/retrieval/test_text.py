@@ -94,6 +94,21 @@ def test_names_are_capitalised_runs_with_their_ui_noun():
     assert names("Select an option. HDMI works. AirPlay is fun.") == ["hdmi", "airplay"]
 
 
+def test_names_end_at_punctuation_and_are_never_the_pronoun_or_shouting():
+    # a list is several names, not one ("hdmi bluetooth" is in no passage)
+    assert names("Does the TV support HDMI, Bluetooth and AirPlay?") == [
+        "tv", "hdmi", "bluetooth", "airplay"]
+    assert names("Does it support Auto Low Latency Mode (ALLM)?") == [
+        "auto low latency mode", "allm"]
+    # a menu path's ">" does not end a name: the path stays one anchor
+    assert names("Open Settings > Picture Mode now.") == ["settings picture mode"]
+    # "I" is capitalised by grammar; an all-caps word of 5+ letters is emphasis
+    assert names("I opened an app and EVERYTHING is in English, I don't speak English") == [
+        "english"]
+    assert names("This is the THIRD time I'm writing. The TV keeps switching OFF.") == ["tv"]
+    assert names("Plug it into the HDMI ARC port or a USB port.") == ["hdmi arc port", "usb port"]
+
+
 def test_char_ngrams_pad_each_word_and_keep_short_words_whole():
     assert char_ngrams("Go b0mb!", (2, 3)) == [
         " g", "go", "o ", " go", "go ",
