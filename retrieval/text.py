@@ -426,8 +426,8 @@ def names(text: str) -> list[str]:
     ("Universal remote" -> "universal remote", "Reset button" -> "reset button"). The first word
     of a sentence is capitalised for grammar, so it starts a name only when it is all-caps,
     mixed-case or alphanumeric ("HDMI", "AirPlay"). Punctuation other than a menu path's ">"
-    ends a name ("HDMI, Bluetooth" are two); the pronoun "I" and an all-caps word of `EMPHASIS_MIN_LETTERS` letters or more
-    (shouting: "THIRD", "EVERYTHING") are no names.
+    ends a name ("HDMI, Bluetooth" are two); the pronoun "I" and an all-caps word of
+    `EMPHASIS_MIN_LETTERS` letters or more (shouting: "THIRD", "EVERYTHING") are no names.
     """
     out: list[str] = []
     for sentence in sentences(text) or [text]:
