@@ -52,7 +52,7 @@ from finetune.data import (
     split_groups,
 )
 from finetune.format import format_answer, parse_answer
-from retrieval.errors import UsageError
+from retrieval.errors import UsageError, at_least
 from retrieval.types import Chunk, Searcher
 
 METHODS = ("dpo", "kto", "orpo")
@@ -119,10 +119,7 @@ class AlignArgs:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise AlignConfigError(f"method ({self.method!r}) must be one of {', '.join(METHODS)}")
-        if self.samples_per_prompt < 1:
-            raise AlignConfigError(
-                f"samples_per_prompt ({self.samples_per_prompt}) must be at least 1"
-            )
+        at_least("samples_per_prompt", self.samples_per_prompt, error=AlignConfigError)
         if not 0.0 < self.temperature <= 2.0:
             raise AlignConfigError(f"temperature ({self.temperature}) must be in (0, 2]")
 

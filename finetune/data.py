@@ -52,7 +52,7 @@ from finetune.format import (
 # and read_faq are re-exported here because the dataset builders below speak in them.
 from ingest.loaders import FaqRow, Problem, read_faq  # noqa: F401
 from ingest.redact import redact
-from retrieval.errors import UsageError
+from retrieval.errors import UsageError, at_least
 from retrieval.text import content_words, normalise, overlap, sentences
 from retrieval.types import Chunk, Searcher
 
@@ -106,8 +106,7 @@ class DataConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= self.p_gold <= 1.0:
             raise DataError(f"p_gold ({self.p_gold}) must be between 0 and 1")
-        if self.k < 1:
-            raise DataError(f"k ({self.k}) must be at least 1 (passages per prompt)")
+        at_least("k", self.k, unit="(passages per prompt)", error=DataError)
         if self.search_k < self.k + 1:
             raise DataError(
                 f"search_k ({self.search_k}) must exceed k ({self.k}): distractors are drawn "

@@ -54,7 +54,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, field
 
-from retrieval.errors import UsageError
+from retrieval.errors import UsageError, at_least
 
 CHECKPOINT_MODES = ("full", "selective", "off")
 PACKED_ATTENTION = ("flex_attention", "sdpa", "keep")
@@ -125,11 +125,9 @@ class SpeedArgs:
                 f"padding_free_attention ({self.padding_free_attention!r}) must be one of "
                 f"{', '.join(PACKED_ATTENTION)}"
             )
-        if self.checkpoint_every_n_layers < 1:
-            raise SpeedConfigError(
-                f"checkpoint_every_n_layers ({self.checkpoint_every_n_layers}) must be at least 1 "
-                "(1 checkpoints every layer; use gradient_checkpointing_mode off for none)"
-            )
+        at_least("checkpoint_every_n_layers", self.checkpoint_every_n_layers,
+                 unit="(1 checkpoints every layer; use gradient_checkpointing_mode off for none)",
+                 error=SpeedConfigError)
         if self.uncheckpointed_layers < 0:
             raise SpeedConfigError(
                 f"uncheckpointed_layers ({self.uncheckpointed_layers}) must be 0 or positive"

@@ -61,8 +61,10 @@ def at_least(name: str, value: float, least: int = 1, *, unit: str = "",
              error: type[UsageError] = UsageError) -> None:
     """The one check of a count or budget: `error` (exit 2) unless `value >= least`.
 
-    The message is "NAME (VALUE) must be at least LEAST[ UNIT]", e.g.
-    "--top-k (0) must be at least 1", "chunk_size (0) must be at least 1 word".
+    The message is "NAME (VALUE) must be at least LEAST[ UNIT]", UNIT being what is counted or
+    a hint, e.g. "--top-k (0) must be at least 1", "chunk_size (0) must be at least 1 word",
+    "k (0) must be at least 1 (passages per prompt)". `error` is the package's own
+    `UsageError` subclass, where it has one.
     """
     if value < least:
         raise error(f"{name} ({value}) must be at least {least}{' ' + unit if unit else ''}")

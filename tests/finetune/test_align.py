@@ -300,6 +300,7 @@ def test_align_help_has_examples():
 
 @pytest.mark.parametrize("argv, message", [
     (["--method", "ppo"], "method ('ppo') must be one of dpo, kto, orpo"),
+    (["--samples_per_prompt", "0"], "samples_per_prompt (0) must be at least 1"),
     (["--adapter", "/nonexistent/adapter", "--use_cpu", "--output_dir", "OUT"],
      "adapter path /nonexistent/adapter does not exist"),
     (["--config", "/nonexistent.yaml"], "config file /nonexistent.yaml does not exist"),

@@ -162,6 +162,8 @@ def test_bad_config_names_the_field():
         DataConfig(p_gold=1.5)
     with pytest.raises(DataError, match=r"search_k \(3\) must exceed k \(3\)"):
         DataConfig(k=3, search_k=3)
+    with pytest.raises(DataError, match=r"^k \(0\) must be at least 1 \(passages per prompt\)$"):
+        DataConfig(k=0)
 
 
 def test_best_sentence_and_clip():

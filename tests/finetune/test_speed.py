@@ -101,6 +101,12 @@ def test_gpu_levers_off_leave_packing_and_disable_checkpointing():
     assert sft.activation_checkpointing_kwargs == {"use_reentrant": False}
 
 
+def test_a_checkpoint_interval_below_one_says_how_to_turn_checkpointing_off():
+    with pytest.raises(SpeedConfigError, match=r"^checkpoint_every_n_layers \(0\) must be at "
+                       r"least 1 \(1 checkpoints every layer; use gradient_checkpointing_mode off"):
+        SpeedArgs(checkpoint_every_n_layers=0)
+
+
 def test_prepare_model_on_gpu_without_liger_says_how_to_fix(tiny_llama, monkeypatch):
     import sys
 
