@@ -458,6 +458,6 @@ def names(text: str) -> list[str]:
             if _is_name_token(token) and not starts:
                 run.append(token)
             else:
-                close(token if joined[i] else None)
+                close(token)  # after punctuation the run is already closed
         close(None)
     return out
